@@ -1,0 +1,237 @@
+//! Reading JetStream consumer lag: the NATS request ([`jetstream`]), the
+//! shared cache in front of it ([`cache`]) and push activation ([`watch`]).
+//!
+//! # Why lag is `num_pending + num_ack_pending`
+//! - `num_pending` counts the messages the consumer has not delivered yet. The
+//!   server computes it against the consumer's own filter, so a consumer that
+//!   reads a few subjects of a multi-subject stream only counts its own work.
+//! - `num_ack_pending` counts messages delivered but not yet acknowledged: work
+//!   in flight, and messages waiting to be redelivered after a NAK or an
+//!   expired ack wait. A worker pool that is busy or failing still has that
+//!   work ahead of it, so it must not be scaled down as if the queue were empty.
+//! - Redeliveries are not added again: a redelivered message is already in
+//!   `num_ack_pending` until it is acknowledged.
+//!
+//! `CONSUMER.INFO` is answered by the consumer's leader only, so on a cluster
+//! the request reaches the one server that knows the numbers: no leader hunt.
+pub mod cache;
+pub mod jetstream;
+pub mod watch;
+
+use std::sync::Arc;
+
+pub use cache::LagCache;
+pub use jetstream::JetStreamLag;
+pub use watch::Watchers;
+
+use crate::nats::NatsArgs;
+
+/// Which consumer, on which connection and JetStream domain.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsumerKey {
+    pub connection: Arc<str>,
+    pub domain: Option<Arc<str>>,
+    pub stream: Arc<str>,
+    pub consumer: Arc<str>,
+}
+
+impl ConsumerKey {
+    pub fn new(connection: &str, domain: Option<&str>, stream: &str, consumer: &str) -> Self {
+        ConsumerKey {
+            connection: connection.into(),
+            domain: domain.map(Into::into),
+            stream: stream.into(),
+            consumer: consumer.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConsumerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.stream, self.consumer)?;
+        if let Some(domain) = &self.domain {
+            write!(f, " (domain {domain})")?;
+        }
+        write!(f, " on connection {}", self.connection)
+    }
+}
+
+/// What `CONSUMER.INFO` told us about one consumer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerState {
+    pub pending: u64,
+    pub ack_pending: u64,
+    pub redelivered: u64,
+    pub waiting: u64,
+    /// The consumer's subject filter (empty: the whole stream).
+    pub filter_subjects: Vec<String>,
+}
+
+impl ConsumerState {
+    /// The backlog KEDA scales on. See the module docs for why.
+    pub fn lag(&self) -> u64 {
+        self.pending.saturating_add(self.ack_pending)
+    }
+}
+
+/// Why a lag could not be read. Never a number in disguise.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LagError {
+    #[error("no NATS connection named {0:?} is configured")]
+    UnknownConnection(String),
+    #[error("stream {stream:?} not found on connection {connection}")]
+    StreamNotFound { connection: String, stream: String },
+    #[error("consumer {consumer:?} not found on stream {stream:?} (connection {connection})")]
+    ConsumerNotFound {
+        connection: String,
+        stream: String,
+        consumer: String,
+    },
+    #[error("NATS connection {connection} ({servers}) is not connected")]
+    Disconnected { connection: String, servers: String },
+    #[error("JetStream did not answer within {millis} ms on connection {connection}")]
+    Timeout { connection: String, millis: u128 },
+    #[error("JetStream is not available on connection {connection}: {reason}")]
+    Unavailable { connection: String, reason: String },
+    #[error("JetStream API error {code}/{err_code} on connection {connection}: {description}")]
+    Api {
+        connection: String,
+        code: u16,
+        err_code: u64,
+        description: String,
+    },
+    #[error("reading the consumer info: {0}")]
+    Internal(String),
+}
+
+impl LagError {
+    /// A short, stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LagError::UnknownConnection(_) => "unknown_connection",
+            LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. } => "not_found",
+            LagError::Disconnected { .. } => "disconnected",
+            LagError::Timeout { .. } => "timeout",
+            LagError::Unavailable { .. } => "unavailable",
+            LagError::Api { .. } => "api_error",
+            LagError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The replica count an HPA picks for `lag` with target `threshold` per
+/// replica: `ceil(lag / threshold)`, clamped to `min..=max`.
+pub fn desired_replicas(lag: u64, threshold: f64, min: u32, max: u32) -> u32 {
+    let wanted = if threshold > 0.0 {
+        (lag as f64 / threshold).ceil()
+    } else {
+        f64::from(max)
+    };
+    (wanted.min(f64::from(u32::MAX)) as u32).clamp(min, max.max(min))
+}
+
+/// Registers descriptions for the lag metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("eds_consumer_lag", "Consumer lag: num_pending + num_ack_pending.");
+    describe_gauge!("eds_consumer_pending", "Messages not yet delivered to the consumer.");
+    describe_gauge!("eds_consumer_ack_pending", "Messages delivered and not yet acknowledged.");
+    describe_gauge!("eds_consumer_redelivered", "Messages redelivered and not yet acknowledged.");
+    describe_gauge!("eds_consumer_waiting", "Pull requests waiting on the consumer.");
+    describe_counter!("eds_nats_requests_total", "JetStream API requests by connection and result.");
+    describe_histogram!(
+        "eds_nats_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "JetStream API request latency by connection."
+    );
+    describe_counter!("eds_lag_cache_requests_total", "Lag lookups by result: hit, miss or coalesced.");
+    describe_gauge!("eds_nats_connected", "1 while the named NATS connection is up.");
+    describe_gauge!("eds_push_watchers", "Consumers watched for push activation.");
+}
+
+/// `eds lag`: flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Stream name.
+    #[arg(long)]
+    pub stream: String,
+    /// Durable consumer name.
+    #[arg(long)]
+    pub consumer: String,
+    /// Named connection from --nats-config.
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// JetStream domain.
+    #[arg(long)]
+    pub js_domain: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `eds lag`: prints one consumer's lag breakdown.
+pub async fn run_cli(args: Args) -> crate::Result<()> {
+    let connections = crate::nats::Connections::connect(&args.nats, "eds-lag").await?;
+    let name = args.connection.as_deref().unwrap_or(crate::nats::DEFAULT_CONNECTION);
+    let conn = connections
+        .get(Some(name))
+        .ok_or_else(|| LagError::UnknownConnection(name.to_string()))?;
+    // The first request may race the initial connect; give it the same bound.
+    let deadline = tokio::time::Instant::now() + conn.request_timeout;
+    while conn.client.connection_state() != async_nats::connection::State::Connected
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let key = ConsumerKey::new(name, args.js_domain.as_deref(), &args.stream, &args.consumer);
+    let state = JetStreamLag::new(connections).consumer_state(&key).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "stream": args.stream, "consumer": args.consumer,
+                "pending": state.pending, "ackPending": state.ack_pending,
+                "redelivered": state.redelivered, "waiting": state.waiting,
+                "lag": state.lag(), "filterSubjects": state.filter_subjects,
+            })
+        );
+    } else {
+        println!("stream       {}", args.stream);
+        println!("consumer     {}", args.consumer);
+        println!("pending      {}", state.pending);
+        println!("ack-pending  {}", state.ack_pending);
+        println!("redelivered  {}", state.redelivered);
+        println!("waiting      {}", state.waiting);
+        println!("lag          {}  (pending + ack-pending)", state.lag());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_pending_plus_ack_pending() {
+        let s = ConsumerState {
+            pending: 7,
+            ack_pending: 3,
+            redelivered: 2,
+            waiting: 9,
+            ..Default::default()
+        };
+        assert_eq!(s.lag(), 10);
+    }
+
+    #[test]
+    fn desired_replicas_is_ceil_clamped() {
+        assert_eq!(desired_replicas(0, 5.0, 0, 10), 0);
+        assert_eq!(desired_replicas(0, 5.0, 1, 10), 1);
+        assert_eq!(desired_replicas(1, 5.0, 0, 10), 1);
+        assert_eq!(desired_replicas(11, 5.0, 0, 10), 3);
+        assert_eq!(desired_replicas(1000, 5.0, 0, 10), 10);
+        assert_eq!(desired_replicas(7, 2.5, 1, 10), 3);
+    }
+}

@@ -1,0 +1,28 @@
+//! EventDrivenService: NATS JetStream workers on Kubernetes, autoscaled by KEDA
+//! on their real backlog.
+//!
+//! - [`scaler`]: KEDA external scaler (gRPC) serving consumer lag.
+//! - [`lag`]: reading, caching and watching JetStream consumer lag.
+//! - [`api`], [`render`], [`controller`]: the `EventDrivenService` resource,
+//!   the pure functions that render its children, and the kube-rs controller.
+#![deny(warnings, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod demo;
+pub mod error;
+pub mod lag;
+pub mod nats;
+pub mod render;
+pub mod scaler;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+
+/// Generated from `proto/externalscaler.proto` (KEDA's wire contract).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("externalscaler");
+}

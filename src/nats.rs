@@ -1,0 +1,372 @@
+//! NATS connection settings: servers, auth and TLS, for one default connection
+//! (from flags) and any number of named connections (from a config file).
+//!
+//! The scaler only ever dials the servers listed here. Trigger metadata can
+//! *pick* a connection by name; it can never supply a server or a credential.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::{Error, Result};
+
+/// The name of the connection built from the `--nats-*` flags.
+pub const DEFAULT_CONNECTION: &str = "default";
+
+/// The `--nats-*` flags shared by every subcommand that talks to NATS.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NatsArgs {
+    /// NATS server URL(s) of the default connection, comma separated.
+    #[arg(long, env = "EDS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Credentials file (JWT + nkey seed) for the default connection.
+    #[arg(long, env = "EDS_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding an nkey seed (`SU...`) for the default connection.
+    #[arg(long, env = "EDS_NATS_NKEY_SEED_FILE")]
+    pub nats_nkey_seed_file: Option<PathBuf>,
+    /// Token for the default connection.
+    #[arg(long, env = "EDS_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// User name for the default connection (with --nats-password).
+    #[arg(long, env = "EDS_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// Password for the default connection.
+    #[arg(long, env = "EDS_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// CA bundle (PEM) that signs the NATS servers' certificates.
+    #[arg(long, env = "EDS_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS mutual TLS.
+    #[arg(long, env = "EDS_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for NATS mutual TLS.
+    #[arg(long, env = "EDS_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// YAML file of named connections (see docs/scaler.md). A connection named
+    /// `default` there replaces the one built from the flags above.
+    #[arg(long, env = "EDS_NATS_CONFIG")]
+    pub nats_config: Option<PathBuf>,
+    /// How long one NATS request may take before it counts as failed.
+    #[arg(long, env = "EDS_NATS_REQUEST_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub nats_request_timeout: Duration,
+}
+
+/// One connection's settings, as written in the config file (camelCase).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    pub creds_file: Option<PathBuf>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub tls: Option<TlsSettings>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSettings {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    connections: BTreeMap<String, ConnectionSettings>,
+}
+
+impl NatsArgs {
+    /// Flags for the default connection at `url` and nothing else (tests, demo).
+    pub fn for_url(url: impl Into<String>) -> Self {
+        NatsArgs {
+            nats_url: url.into(),
+            nats_request_timeout: Duration::from_millis(1500),
+            ..Default::default()
+        }
+    }
+
+    /// Every configured connection by name: the flags' one as `default`, then
+    /// the config file's.
+    pub fn connection_settings(&self) -> Result<BTreeMap<String, ConnectionSettings>> {
+        let mut all = BTreeMap::new();
+        all.insert(
+            DEFAULT_CONNECTION.to_string(),
+            ConnectionSettings {
+                url: self.nats_url.clone(),
+                creds_file: self.nats_creds.clone(),
+                nkey_seed_file: self.nats_nkey_seed_file.clone(),
+                token: self.nats_token.clone(),
+                user: self.nats_user.clone(),
+                password: self.nats_password.clone(),
+                tls: (self.nats_tls_ca.is_some() || self.nats_tls_cert.is_some()).then(|| {
+                    TlsSettings {
+                        ca_file: self.nats_tls_ca.clone(),
+                        cert_file: self.nats_tls_cert.clone(),
+                        key_file: self.nats_tls_key.clone(),
+                    }
+                }),
+                ..Default::default()
+            },
+        );
+        if let Some(path) = &self.nats_config {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+            all.extend(parse_config(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?);
+        }
+        Ok(all)
+    }
+}
+
+/// Parses the named-connections config file.
+pub fn parse_config(text: &str) -> std::result::Result<BTreeMap<String, ConnectionSettings>, String> {
+    let file: ConfigFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    for (name, settings) in &file.connections {
+        if !is_connection_name(name) {
+            return Err(format!(
+                "connection name {name:?}: use lowercase letters, digits and '-' (at most 63)"
+            ));
+        }
+        if settings.url.trim().is_empty() {
+            return Err(format!("connections.{name}.url: must not be empty"));
+        }
+        if settings.token.is_some() && settings.token_file.is_some() {
+            return Err(format!("connections.{name}: set token or tokenFile, not both"));
+        }
+        if settings.password.is_some() && settings.password_file.is_some() {
+            return Err(format!("connections.{name}: set password or passwordFile, not both"));
+        }
+    }
+    Ok(file.connections)
+}
+
+/// Connection names follow Kubernetes DNS labels, so a claim can carry one.
+pub fn is_connection_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// One live NATS connection and what the rest of the crate needs to know
+/// about it.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub name: Arc<str>,
+    pub client: Client,
+    /// The servers it was configured with (for error messages).
+    pub servers: Arc<str>,
+    /// Bumped on every (re)connect, so watchers can re-check at once.
+    pub connects: watch::Receiver<u64>,
+    pub request_timeout: Duration,
+}
+
+/// All configured connections, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Connections {
+    by_name: Arc<BTreeMap<String, Connection>>,
+}
+
+impl Connections {
+    /// Starts every configured connection. Connecting goes on in the
+    /// background: a server that is down now is retried for ever, and requests
+    /// on it fail fast until it is back.
+    pub async fn connect(args: &NatsArgs, client_name: &str) -> Result<Self> {
+        let mut by_name = BTreeMap::new();
+        for (name, settings) in args.connection_settings()? {
+            let conn = connect_one(&name, &settings, client_name, args.nats_request_timeout).await?;
+            by_name.insert(name, conn);
+        }
+        Ok(Connections {
+            by_name: Arc::new(by_name),
+        })
+    }
+
+    /// The connection trigger metadata named, or the default one.
+    pub fn get(&self, name: Option<&str>) -> Option<&Connection> {
+        self.by_name.get(name.unwrap_or(DEFAULT_CONNECTION))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// `Ok` when every connection is up; otherwise the names that are not.
+    pub fn all_connected(&self) -> std::result::Result<(), String> {
+        let down: Vec<&str> = self
+            .by_name
+            .values()
+            .filter(|c| c.client.connection_state() != async_nats::connection::State::Connected)
+            .map(|c| &*c.name)
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("NATS not connected: {}", down.join(", ")))
+        }
+    }
+}
+
+async fn connect_one(
+    name: &str,
+    settings: &ConnectionSettings,
+    client_name: &str,
+    request_timeout: Duration,
+) -> Result<Connection> {
+    let err = |message: String| Error::Nats {
+        connection: name.to_string(),
+        message,
+    };
+    let (connects_tx, connects) = watch::channel(0u64);
+    let label = name.to_string();
+    let mut opts = ConnectOptions::new()
+        .name(format!("{client_name}/{name}"))
+        // Cluster members advertise other servers; we dial only our own list.
+        .ignore_discovered_servers()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(request_timeout))
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(2000)))
+        .event_callback(move |event| {
+            let label = label.clone();
+            let connects_tx = connects_tx.clone();
+            async move {
+                let gauge = metrics::gauge!("eds_nats_connected", "connection" => label.clone());
+                match event {
+                    Event::Connected => {
+                        gauge.set(1.0);
+                        connects_tx.send_modify(|n| *n += 1);
+                        tracing::info!(connection = %label, "NATS connected");
+                    }
+                    Event::Disconnected => {
+                        gauge.set(0.0);
+                        tracing::warn!(connection = %label, "NATS disconnected");
+                    }
+                    other => tracing::warn!(connection = %label, event = %other, "NATS event"),
+                }
+            }
+        });
+    if let Some(path) = &settings.creds_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| err(format!("credentials file {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &settings.nkey_seed_file {
+        opts = opts.nkey(read_secret(path)?);
+    }
+    if let Some(token) = secret(&settings.token, &settings.token_file)? {
+        opts = opts.token(token);
+    }
+    if let Some(user) = &settings.user {
+        let password = secret(&settings.password, &settings.password_file)?.unwrap_or_default();
+        opts = opts.user_and_password(user.clone(), password);
+    }
+    if let Some(tls) = &settings.tls {
+        opts = opts.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let servers: Vec<async_nats::ServerAddr> = settings
+        .url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| err(format!("server URL {:?}: {e}", settings.url)))?;
+    let client = opts
+        .connect(servers)
+        .await
+        .map_err(|e| err(format!("connecting to {}: {e}", settings.url)))?;
+    Ok(Connection {
+        name: name.into(),
+        client,
+        servers: settings.url.as_str().into(),
+        connects,
+        request_timeout,
+    })
+}
+
+fn secret(inline: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
+    match (inline, file) {
+        (Some(value), _) => Ok(Some(value.clone())),
+        (None, Some(path)) => read_secret(path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+fn read_secret(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::io(path.display().to_string(), e))
+}
+
+/// Parses `1500ms`, `2s`, `1m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_names_connections() {
+        let parsed = parse_config(
+            "connections:\n  orders:\n    url: nats://a:4222,nats://b:4222\n    credsFile: /etc/eds/orders.creds\n    tls:\n      caFile: /etc/eds/ca.pem\n",
+        )
+        .unwrap();
+        let orders = &parsed["orders"];
+        assert_eq!(orders.url, "nats://a:4222,nats://b:4222");
+        assert_eq!(orders.creds_file.as_deref(), Some(Path::new("/etc/eds/orders.creds")));
+        assert_eq!(orders.tls.as_ref().unwrap().ca_file.as_deref(), Some(Path::new("/etc/eds/ca.pem")));
+    }
+
+    #[test]
+    fn config_file_refuses_bad_input() {
+        assert!(parse_config("connections:\n  Bad_Name:\n    url: nats://a\n").unwrap_err().contains("Bad_Name"));
+        assert!(parse_config("connections:\n  a:\n    url: ''\n").unwrap_err().contains("connections.a.url"));
+        assert!(parse_config("connections:\n  a:\n    url: x\n    server: y\n").unwrap_err().contains("server"));
+        assert!(
+            parse_config("connections:\n  a:\n    url: x\n    token: t\n    tokenFile: /f\n")
+                .unwrap_err()
+                .contains("not both")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+}
