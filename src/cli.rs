@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "eds", version, about = "NATS JetStream workers on Kubernetes, autoscaled on their backlog")]
+#[command(
+    name = "eds",
+    version,
+    about = "NATS JetStream workers on Kubernetes, autoscaled on their backlog"
+)]
 pub struct Args {
     /// Log format.
     #[arg(long, env = "EDS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]

@@ -110,12 +110,10 @@ impl NatsArgs {
                 token: self.nats_token.clone(),
                 user: self.nats_user.clone(),
                 password: self.nats_password.clone(),
-                tls: (self.nats_tls_ca.is_some() || self.nats_tls_cert.is_some()).then(|| {
-                    TlsSettings {
-                        ca_file: self.nats_tls_ca.clone(),
-                        cert_file: self.nats_tls_cert.clone(),
-                        key_file: self.nats_tls_key.clone(),
-                    }
+                tls: (self.nats_tls_ca.is_some() || self.nats_tls_cert.is_some()).then(|| TlsSettings {
+                    ca_file: self.nats_tls_ca.clone(),
+                    cert_file: self.nats_tls_cert.clone(),
+                    key_file: self.nats_tls_key.clone(),
                 }),
                 ..Default::default()
             },
@@ -154,7 +152,9 @@ pub fn parse_config(text: &str) -> std::result::Result<BTreeMap<String, Connecti
 pub fn is_connection_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -345,14 +345,29 @@ mod tests {
         let orders = &parsed["orders"];
         assert_eq!(orders.url, "nats://a:4222,nats://b:4222");
         assert_eq!(orders.creds_file.as_deref(), Some(Path::new("/etc/eds/orders.creds")));
-        assert_eq!(orders.tls.as_ref().unwrap().ca_file.as_deref(), Some(Path::new("/etc/eds/ca.pem")));
+        assert_eq!(
+            orders.tls.as_ref().unwrap().ca_file.as_deref(),
+            Some(Path::new("/etc/eds/ca.pem"))
+        );
     }
 
     #[test]
     fn config_file_refuses_bad_input() {
-        assert!(parse_config("connections:\n  Bad_Name:\n    url: nats://a\n").unwrap_err().contains("Bad_Name"));
-        assert!(parse_config("connections:\n  a:\n    url: ''\n").unwrap_err().contains("connections.a.url"));
-        assert!(parse_config("connections:\n  a:\n    url: x\n    server: y\n").unwrap_err().contains("server"));
+        assert!(
+            parse_config("connections:\n  Bad_Name:\n    url: nats://a\n")
+                .unwrap_err()
+                .contains("Bad_Name")
+        );
+        assert!(
+            parse_config("connections:\n  a:\n    url: ''\n")
+                .unwrap_err()
+                .contains("connections.a.url")
+        );
+        assert!(
+            parse_config("connections:\n  a:\n    url: x\n    server: y\n")
+                .unwrap_err()
+                .contains("server")
+        );
         assert!(
             parse_config("connections:\n  a:\n    url: x\n    token: t\n    tokenFile: /f\n")
                 .unwrap_err()

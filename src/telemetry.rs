@@ -34,8 +34,7 @@ pub fn init_logging(format: LogFormat) {
 /// Buckets for every `*_seconds` histogram: from 10 µs (a warm cache hit) to
 /// 5 s (past the scaler's own deadline).
 const SECONDS_BUCKETS: &[f64] = &[
-    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0,
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 /// Installs the global Prometheus recorder once and returns its handle.

@@ -148,8 +148,8 @@ struct InfoConfig {
 
 /// Turns a `CONSUMER.INFO` reply into a state or a precise error.
 pub fn parse_consumer_info(payload: &[u8], connection: &str, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
-    let reply: InfoReply =
-        serde_json::from_slice(payload).map_err(|e| LagError::Internal(format!("decoding CONSUMER.INFO for {key}: {e}")))?;
+    let reply: InfoReply = serde_json::from_slice(payload)
+        .map_err(|e| LagError::Internal(format!("decoding CONSUMER.INFO for {key}: {e}")))?;
     if let Some(error) = reply.error {
         return Err(match error.err_code {
             STREAM_NOT_FOUND => LagError::StreamNotFound {
@@ -210,7 +210,8 @@ mod tests {
 
     #[test]
     fn parses_counts_and_filters() {
-        let payload = br#"{"type":"io.nats.jetstream.api.v1.consumer_info_response","stream_name":"ORDERS","name":"workers",
+        let payload =
+            br#"{"type":"io.nats.jetstream.api.v1.consumer_info_response","stream_name":"ORDERS","name":"workers",
             "config":{"durable_name":"workers","filter_subjects":["orders.eu.>","orders.us.>"]},
             "num_ack_pending":3,"num_redelivered":1,"num_waiting":2,"num_pending":40}"#;
         let s = parse_consumer_info(payload, "default", &key()).unwrap();

@@ -135,16 +135,28 @@ pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("eds_consumer_lag", "Consumer lag: num_pending + num_ack_pending.");
     describe_gauge!("eds_consumer_pending", "Messages not yet delivered to the consumer.");
-    describe_gauge!("eds_consumer_ack_pending", "Messages delivered and not yet acknowledged.");
-    describe_gauge!("eds_consumer_redelivered", "Messages redelivered and not yet acknowledged.");
+    describe_gauge!(
+        "eds_consumer_ack_pending",
+        "Messages delivered and not yet acknowledged."
+    );
+    describe_gauge!(
+        "eds_consumer_redelivered",
+        "Messages redelivered and not yet acknowledged."
+    );
     describe_gauge!("eds_consumer_waiting", "Pull requests waiting on the consumer.");
-    describe_counter!("eds_nats_requests_total", "JetStream API requests by connection and result.");
+    describe_counter!(
+        "eds_nats_requests_total",
+        "JetStream API requests by connection and result."
+    );
     describe_histogram!(
         "eds_nats_request_duration_seconds",
         metrics::Unit::Seconds,
         "JetStream API request latency by connection."
     );
-    describe_counter!("eds_lag_cache_requests_total", "Lag lookups by result: hit, miss or coalesced.");
+    describe_counter!(
+        "eds_lag_cache_requests_total",
+        "Lag lookups by result: hit, miss or coalesced."
+    );
     describe_gauge!("eds_nats_connected", "1 while the named NATS connection is up.");
     describe_gauge!("eds_push_watchers", "Consumers watched for push activation.");
 }

@@ -50,7 +50,10 @@ impl Trigger {
                     let known: Vec<&str> = connections.names().collect();
                     return Err(bad(
                         NATS_CONNECTION,
-                        format!("no connection named {name:?} is configured (known: {})", known.join(", ")),
+                        format!(
+                            "no connection named {name:?} is configured (known: {})",
+                            known.join(", ")
+                        ),
                     ));
                 }
                 name
@@ -61,10 +64,7 @@ impl Trigger {
 
     /// As [`Trigger::parse`], with the connection already chosen (no check
     /// against a live configuration).
-    pub fn parse_with_connection(
-        metadata: &HashMap<String, String>,
-        connection: &str,
-    ) -> Result<Self, MetadataError> {
+    pub fn parse_with_connection(metadata: &HashMap<String, String>, connection: &str) -> Result<Self, MetadataError> {
         let stream = required_name(metadata, STREAM)?;
         let consumer = required_name(metadata, CONSUMER)?;
         let domain = match metadata.get(JS_DOMAIN).map(|s| s.trim()) {
@@ -74,7 +74,10 @@ impl Trigger {
         };
         let lag_threshold = number(metadata, LAG_THRESHOLD, DEFAULT_LAG_THRESHOLD)?;
         if lag_threshold <= 0.0 {
-            return Err(bad(LAG_THRESHOLD, format!("must be greater than 0, got {lag_threshold}")));
+            return Err(bad(
+                LAG_THRESHOLD,
+                format!("must be greater than 0, got {lag_threshold}"),
+            ));
         }
         let activation_lag_threshold = number(metadata, ACTIVATION_LAG_THRESHOLD, 0.0)?;
         if activation_lag_threshold < 0.0 {
@@ -136,7 +139,9 @@ pub fn metric_name(stream: &str, consumer: &str) -> String {
 
 /// 32-bit FNV-1a: stable across versions and platforms, unlike std's hasher.
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes
+        .iter()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 /// Stream, consumer and domain names NATS accepts in an API subject: not
@@ -221,10 +226,22 @@ mod tests {
             (&[("stream", "a.b"), ("consumer", "C")], "stream"),
             (&[("stream", "S"), ("consumer", "x>")], "consumer"),
             (&[("stream", "S"), ("consumer", "has space")], "consumer"),
-            (&[("stream", "S"), ("consumer", "C"), ("lagThreshold", "five")], "lagThreshold"),
-            (&[("stream", "S"), ("consumer", "C"), ("lagThreshold", "0")], "lagThreshold"),
-            (&[("stream", "S"), ("consumer", "C"), ("lagThreshold", "NaN")], "lagThreshold"),
-            (&[("stream", "S"), ("consumer", "C"), ("activationLagThreshold", "-1")], "activationLagThreshold"),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "five")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "0")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "NaN")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("activationLagThreshold", "-1")],
+                "activationLagThreshold",
+            ),
             (&[("stream", "S"), ("consumer", "C"), ("jsDomain", "a.b")], "jsDomain"),
         ];
         for (pairs, key) in cases {
@@ -238,14 +255,21 @@ mod tests {
     fn metric_names_are_stable_and_clean() {
         assert_eq!(metric_name("orders", "workers"), "nats-lag-orders-workers");
         let upper = metric_name("MY_SERVICE_STREAM", "my-service-workers");
-        assert!(upper.starts_with("nats-lag-my-service-stream-my-service-workers-"), "{upper}");
+        assert!(
+            upper.starts_with("nats-lag-my-service-stream-my-service-workers-"),
+            "{upper}"
+        );
         assert_eq!(upper, metric_name("MY_SERVICE_STREAM", "my-service-workers"));
         assert_ne!(metric_name("A_B", "c"), metric_name("a-b", "c"));
         assert_ne!(metric_name("A_B", "c"), metric_name("A__B", "c"));
         let long = metric_name(&"S".repeat(200), &"c".repeat(200));
         assert!(long.len() <= 120, "{}", long.len());
         for name in [upper, long, metric_name("weird$$name", "ünïcode")] {
-            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'), "{name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{name}"
+            );
             assert!(!name.ends_with('-') && !name.contains("--"), "{name}");
         }
     }

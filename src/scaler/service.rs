@@ -217,5 +217,8 @@ pub fn describe_metrics() {
         "Scaler RPC latency by method and gRPC status code."
     );
     describe_gauge!("eds_push_streams", "Open StreamIsActive streams.");
-    describe_counter!("eds_push_activations_total", "Times a push stream told KEDA a consumer became active.");
+    describe_counter!(
+        "eds_push_activations_total",
+        "Times a push stream told KEDA a consumer became active."
+    );
 }

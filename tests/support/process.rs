@@ -1,0 +1,136 @@
+//! Peers as child processes: spawned with their output in a log file, waited
+//! on until ready, killed on drop, and their log printed when a test fails.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A binary from `.tools/bin`, built by `scripts/tools.sh`.
+pub fn tool(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/tools.sh` (the test scripts do this for you)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running peer.
+pub struct Peer {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+    command: Option<Command>,
+}
+
+impl Peer {
+    /// Starts `command` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Peer {
+        let child = Self::start(name, &mut command, log);
+        Peer {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+            command: Some(command),
+        }
+    }
+
+    fn start(name: &str, command: &mut Command, log: &Path) -> Child {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"))
+    }
+
+    /// The peer's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Waits until `ready()` holds; panics with the log on timeout or exit.
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut(&Peer) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if ready(self) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("{} exited ({status}) before {what}\n{}", self.name, self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("{} not {what} after {timeout:?}\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        self.wait_until(&format!("logging {needle:?}"), timeout, |p| p.log().contains(needle));
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks the process to exit (SIGTERM), then kills it after `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        if let Some(child) = &mut self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.stop();
+    }
+
+    /// Starts the same command again, appending to the same log.
+    pub fn restart(&mut self) {
+        self.stop();
+        let command = self.command.as_mut().expect("command kept");
+        self.child = Some(Self::start(&self.name, command, &self.log));
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(200).collect();
+            eprintln!("----- {} log (last {} lines) -----", self.name, tail.len());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            eprintln!("----- end of {} log -----", self.name);
+        }
+    }
+}
