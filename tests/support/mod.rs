@@ -1,5 +1,7 @@
 //! Shared harnesses for integration tests.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod nats;
 pub mod process;
+pub mod scaler;
