@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod js;
 pub mod nats;
 pub mod process;
 pub mod scaler;
