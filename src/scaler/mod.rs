@@ -1,4 +1,5 @@
 //! `eds scaler`: KEDA's external scaler API over JetStream consumer lag.
+pub mod codec;
 pub mod metadata;
 pub mod service;
 
