@@ -143,6 +143,7 @@ impl Watchers {
         let mut retry = Backoff::default();
         let mut since = Instant::now();
         let mut last_notified: Option<Instant> = None;
+        let mut schedule = Schedule::new(self.config.active_poll);
         loop {
             let reading = self.cache.get_newer_than(&key, since).await;
             let state = reading.result.as_ref().ok().cloned();
@@ -170,18 +171,22 @@ impl Watchers {
                     }
                 }
             }
-            let wait = match (&state, &notifier) {
+            let period = match (&state, &notifier) {
                 (Some(_), Some(_)) if !all_active => self.config.idle_recheck,
                 _ => self.config.active_poll,
             };
+            // Never more often than the TTL: NATS sees at most one read per
+            // consumer per TTL. At the TTL, a busy consumer's value is
+            // renewed as it expires, so KEDA's calls find it fresh.
+            let due = schedule.next(period.max(self.cache.ttl()));
             tokio::select! {
                 _ = watch.readings.closed() => {
                     if self.retire_if_unused(&key, &watch) {
                         return;
                     }
                 }
-                _ = tokio::time::sleep(wait) => {
-                    since = Instant::now().checked_sub(self.cache.ttl()).unwrap_or(since);
+                _ = tokio::time::sleep_until(due.into()) => {
+                    since = due;
                 }
                 changed = connects.changed() => {
                     if changed.is_err() {
@@ -216,6 +221,44 @@ impl Watchers {
             }
         }
     }
+}
+
+/// When a watcher re-reads: on a grid of the period from a random phase.
+/// A slow read or a busy scheduler delays one wake, not the grid. Re-reading
+/// a fixed time after each read instead lets watchers that were released
+/// together (they started together, or one slow NATS answer freed them all)
+/// re-read together for ever, and a burst of thousands of requests queues
+/// on the server: every read in it, and the KEDA calls waiting on them, pay.
+struct Schedule {
+    due: Instant,
+}
+
+impl Schedule {
+    fn new(period: Duration) -> Self {
+        Schedule {
+            due: Instant::now() + random_fraction(period),
+        }
+    }
+
+    /// The first grid point after now. A shorter period than before (the
+    /// consumer went from idle to busy) starts its grid within one period.
+    fn next(&mut self, period: Duration) -> Instant {
+        let period = period.max(Duration::from_millis(1));
+        let now = Instant::now();
+        self.due = self.due.min(now + period);
+        if self.due <= now {
+            let behind = (now - self.due).as_nanos() / period.as_nanos() + 1;
+            self.due += period * u32::try_from(behind).unwrap_or(u32::MAX);
+        }
+        self.due
+    }
+}
+
+/// Uniform in `[0, period)`.
+fn random_fraction(period: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let random = std::hash::RandomState::new().hash_one(Instant::now());
+    period.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 /// Doubling retry delay for notifier creation (e.g. missing permissions).
@@ -326,6 +369,42 @@ mod tests {
         fn fetch(&self, _key: &ConsumerKey) -> BoxFuture<'static, Result<ConsumerState, LagError>> {
             Box::pin(async { Ok(ConsumerState::default()) })
         }
+    }
+
+    #[test]
+    fn watchers_start_at_spread_phases() {
+        let period = Duration::from_secs(1);
+        let now = Instant::now();
+        let firsts: Vec<Duration> = (0..200).map(|_| Schedule::new(period).due - now).collect();
+        assert!(
+            firsts.iter().all(|d| *d <= period + Duration::from_millis(50)),
+            "{firsts:?}"
+        );
+        let tenths: std::collections::HashSet<u128> = firsts.iter().map(|d| d.as_millis() / 100).collect();
+        assert!(
+            tenths.len() >= 8,
+            "first re-reads fall in {} of 10 tenths",
+            tenths.len()
+        );
+    }
+
+    #[test]
+    fn a_late_wake_keeps_the_grid() {
+        let period = Duration::from_millis(100);
+        let start = Instant::now() + Duration::from_millis(30);
+        let mut schedule = Schedule { due: start };
+        // Woken 250 ms late (a slow read, a stalled process): the next
+        // re-read is the next point of the same grid, not 100 ms from now.
+        std::thread::sleep(Duration::from_millis(280));
+        let due = schedule.next(period);
+        assert!(due > Instant::now());
+        let offset = (due - start).as_nanos() % period.as_nanos();
+        assert_eq!(offset, 0, "{:?} after the first point", due - start);
+        // And a shorter period (idle to busy) re-reads within one period.
+        let mut idle = Schedule {
+            due: Instant::now() + Duration::from_secs(15),
+        };
+        assert!(idle.next(period) <= Instant::now() + period);
     }
 
     /// Every watched consumer holds one watcher task for as long as KEDA
