@@ -394,8 +394,10 @@ fn apiserver_command(dir: &Path, port: u16, etcd_port: u16) -> Command {
         .args(["--service-account-key-file", &file("service-account.pub")])
         .args(["--service-account-signing-key-file", &file("service-account.key")])
         // The aggregation layer, for extension API servers such as KEDA's
-        // metrics adapter; routing to endpoints because nothing implements
-        // Service IPs here.
+        // metrics adapter. No `--enable-aggregator-routing`: its endpoint
+        // resolver refuses ExternalName Services, and an ExternalName Service
+        // for `localhost` is how an APIService reaches a loopback process
+        // (Endpoints refuse loopback addresses). See `super::keda`.
         .args(["--requestheader-client-ca-file", &file("front-proxy-ca.crt")])
         .args(["--requestheader-allowed-names", "front-proxy-client"])
         .args(["--requestheader-username-headers", "X-Remote-User"])
@@ -403,7 +405,6 @@ fn apiserver_command(dir: &Path, port: u16, etcd_port: u16) -> Command {
         .args(["--requestheader-extra-headers-prefix", "X-Remote-Extra-"])
         .args(["--proxy-client-cert-file", &file("front-proxy-client.crt")])
         .args(["--proxy-client-key-file", &file("front-proxy-client.key")])
-        .arg("--enable-aggregator-routing=true")
         .arg("--profiling=false");
     command
 }

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod keda;
 pub mod kube;
 pub mod nats;
 pub mod process;
+pub mod rig;
 pub mod scaler;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,7 +70,11 @@ impl Peer {
 
     fn start(name: &str, command: &Command, log: &Path) -> Child {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        // A group of its own: Ctrl-C at a terminal (or `timeout`) signals the
+        // whole foreground group, which would kill the guard's watcher and
+        // leave a peer shutting down at its own pace. Peers die by the guard.
         guarded(command)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -195,6 +200,7 @@ pub fn remove_at_exit(dir: &Path) {
         .arg(r#"read _; sleep 1; rm -rf -- "$1""#)
         .arg("sh")
         .arg(dir)
+        .process_group(0)
         .stdin(Stdio::piped())
         .spawn()
         .expect("starting the directory remover");
