@@ -53,9 +53,15 @@ fn not_nullable(schema: &mut JSONSchemaProps) {
     }
 }
 
-/// The CRD as YAML, exactly as committed under `apis/`.
+/// Where the generated CRD is committed, relative to the repository root.
+pub const CRD_FILE: &str = "apis/eventdrivenservices.platform.bizmatters.io.yaml";
+
+/// The CRD as YAML, exactly as committed at [`CRD_FILE`].
 pub fn crd_yaml() -> Result<String> {
-    serde_yaml::to_string(&crd()).map_err(|e| Error::Serialize(format!("the CRD: {e}")))
+    let yaml = serde_yaml::to_string(&crd()).map_err(|e| Error::Serialize(format!("the CRD: {e}")))?;
+    Ok(format!(
+        "# Generated from src/api by `eds crd` (scripts/gen-crd.sh). Do not edit.\n{yaml}"
+    ))
 }
 
 /// Prints the CRD as YAML.

@@ -117,6 +117,17 @@ pub enum Size {
     Large,
 }
 
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Size::Micro => "micro",
+            Size::Small => "small",
+            Size::Medium => "medium",
+            Size::Large => "large",
+        })
+    }
+}
+
 /// Single values that replace the size's.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

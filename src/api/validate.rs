@@ -68,7 +68,7 @@ pub fn check_claim(value: &Value) -> Result<EventDrivenService, InvalidClaim> {
         return Err(invalid(errors));
     }
     if let Err(failures) = Validator::new().validate_compiled(&SCHEMA.compiled, &value, None) {
-        let errors = failures
+        let mut errors: Vec<FieldError> = failures
             .iter()
             .map(|failure| {
                 let detail = match failure.kind {
@@ -84,6 +84,8 @@ pub fn check_claim(value: &Value) -> Result<EventDrivenService, InvalidClaim> {
                 }
             })
             .collect();
+        // The evaluator walks objects in no fixed order; a report should not change between runs.
+        errors.sort_by(|a, b| a.field.cmp(&b.field));
         return Err(invalid(errors));
     }
     serde_json::from_value(value).map_err(|e| {

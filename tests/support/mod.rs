@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod js;
 pub mod keda;
 pub mod kube;
 pub mod nats;
