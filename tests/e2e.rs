@@ -8,19 +8,25 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 use eds::api::{CONDITION_SCALER_READY, EventDrivenService};
+use eds::proto::external_scaler_client::ExternalScalerClient;
+use eds::scaler::Tuning;
 use eds::scaler::metadata::metric_name;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
+use support::js;
 use support::kube::apply_yaml;
-use support::rig::{self, SharedRig};
+use support::rig::{self, Rig, SharedRig};
+use support::scaler::{metrics_request, scaled_object};
 use tokio::sync::RwLock;
+use tonic::Code;
 
 /// Claim, Deployment and consumer name in every scenario.
 const WORKER: &str = "worker";
@@ -160,6 +166,239 @@ spec:
     println!("activation, built-in nats-jetstream, pollingInterval 30: publish -> replicas 1 in {took:?}");
 }
 
+/// 3. The external metric KEDA serves through the API server's aggregation
+///    layer is pending + ack-pending, and the HPA controller scales 1 -> N
+///    with N = ceil(lag / lagThreshold), clamped to maxReplicas.
+#[tokio::test]
+async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
+    let _nats = NATS.read().await;
+    let s = Scenario::new("metric").await;
+    s.apply_claim("minReplicas: 0\n    maxReplicas: 10\n    pollingInterval: 2")
+        .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_hpa().await;
+
+    // 18 waiting and 3 taken by a worker but not yet acknowledged. 21 tells
+    // ceil (5 replicas) from floor and rounding (4).
+    s.publish(21).await;
+    s.take(3, false).await;
+    let (pending, ack_pending) = s.nats_lag().await;
+    assert_eq!((pending, ack_pending), (18, 3));
+    s.wait_external_metric(21.0).await;
+    s.wait_replicas(desired_replicas(21, 10), Duration::from_secs(30)).await;
+    s.wait_hpa_desired(desired_replicas(21, 10)).await;
+
+    // 61 would need 13 replicas; maxReplicas caps it. (The HPA adds at most
+    // 100% or 4 replicas per 15 s, so this step takes that long.)
+    s.publish(40).await;
+    s.wait_external_metric(61.0).await;
+    s.wait_replicas(desired_replicas(61, 10), Duration::from_secs(45)).await;
+    s.wait_hpa_desired(desired_replicas(61, 10)).await;
+}
+
+/// 4. Once the backlog is drained the consumer goes inactive, and after the
+///    cooldown the Deployment returns to 0.
+#[tokio::test]
+async fn drained_backlog_scales_to_zero_after_the_cooldown() {
+    const POLLING: u64 = 2;
+    const COOLDOWN: u64 = 5;
+    let _nats = NATS.read().await;
+    let s = Scenario::new("drain").await;
+    s.apply_claim(&format!(
+        "minReplicas: 0\n    pollingInterval: {POLLING}\n    cooldownPeriod: {COOLDOWN}"
+    ))
+    .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+    s.publish(8).await;
+    eventually("the worker scaled up", Duration::from_secs(10), async || {
+        (s.replicas().await? >= 1).then_some(())
+    })
+    .await;
+
+    s.take(8, true).await;
+    assert_eq!(s.nats_lag().await, (0, 0));
+    let drained = Instant::now();
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+    let took = drained.elapsed();
+    println!("drained -> replicas 0 in {took:?} (cooldownPeriod {COOLDOWN}s, pollingInterval {POLLING}s)");
+    // KEDA counts the cooldown from the last poll that saw work, at most one
+    // polling interval before the drain.
+    assert!(
+        took >= Duration::from_secs(COOLDOWN - POLLING) - Duration::from_millis(500),
+        "scaled to zero {took:?} after the drain, before the {COOLDOWN}s cooldown"
+    );
+    let active = s.scaled_object_condition("Active").await.expect("Active condition");
+    assert_eq!(active["status"], "False", "{active}");
+}
+
+/// 5. NATS goes away: the scaler answers with an error (never a made-up
+///    zero), KEDA marks the trigger failing and applies the claim's fallback.
+///    NATS comes back: everything recovers by itself.
+#[tokio::test]
+async fn nats_outage_falls_back_and_recovers() {
+    const FALLBACK: i32 = 3;
+    let _nats = NATS.write().await;
+    let s = Scenario::new("outage").await;
+    s.apply_claim(&format!(
+        "minReplicas: 1\n    maxReplicas: 10\n    pollingInterval: 2\n    fallback:\n      failureThreshold: 2\n      replicas: {FALLBACK}"
+    ))
+    .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_hpa().await;
+    s.wait_replicas(1, Duration::from_secs(30)).await;
+    s.wait_external_metric(0.0).await;
+
+    let outage = NatsOutage::begin(&s.rig);
+    let stopped = Instant::now();
+    // What the scaler read within its cache TTL before the outage is still
+    // true; anything older must not be served.
+    tokio::time::sleep(Tuning::default().cache_ttl + Duration::from_millis(200)).await;
+    let mut scaler = ExternalScalerClient::connect(format!("http://{}", s.rig.scaler_address))
+        .await
+        .expect("the scaler's gRPC");
+    let trigger = scaled_object(&[("stream", &s.stream), ("consumer", WORKER)]);
+    let asked = Instant::now();
+    let refused = scaler
+        .get_metrics(metrics_request(trigger))
+        .await
+        .expect_err("no lag can be known while NATS is down");
+    assert!(
+        matches!(refused.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{refused:?}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(3), "KEDA gives a call 3 s");
+
+    eventually("KEDA marks the trigger failing", Duration::from_secs(30), async || {
+        (s.trigger_health().await? == "Failing").then_some(())
+    })
+    .await;
+    eventually("KEDA's Fallback condition", Duration::from_secs(30), async || {
+        (s.scaled_object_condition("Fallback").await?["status"] == "True").then_some(())
+    })
+    .await;
+    s.wait_replicas(FALLBACK, Duration::from_secs(30)).await;
+    println!("NATS down -> fallback replicas {FALLBACK} in {:?}", stopped.elapsed());
+    // KEDA's stand-in value: the HPA lands on exactly `replicas`.
+    s.wait_external_metric((i64::from(FALLBACK) * LAG_THRESHOLD) as f64)
+        .await;
+
+    drop(outage);
+    let restarted = Instant::now();
+    eventually("the trigger healthy again", Duration::from_secs(30), async || {
+        (s.trigger_health().await? == "Happy").then_some(())
+    })
+    .await;
+    eventually("the Fallback condition cleared", Duration::from_secs(30), async || {
+        (s.scaled_object_condition("Fallback").await?["status"] == "False").then_some(())
+    })
+    .await;
+    s.wait_external_metric(0.0).await;
+    println!(
+        "NATS back -> trigger healthy, real metric served in {:?}",
+        restarted.elapsed()
+    );
+    // Real numbers drive scaling again: 30 messages want 6 replicas.
+    s.publish(30).await;
+    s.wait_external_metric(30.0).await;
+    s.wait_replicas(desired_replicas(30, 10), Duration::from_secs(30)).await;
+}
+
+/// 6. Deleting the claim removes the Deployment, Service, ServiceAccount,
+///    ScaledObject and KEDA's HPA (garbage collection through owners).
+#[tokio::test]
+async fn deleting_the_claim_removes_every_child() {
+    let _nats = NATS.read().await;
+    let s = Scenario::new("delete").await;
+    s.apply_claim("minReplicas: 1").await;
+    s.wait_scaled_object_ready().await;
+    s.wait_hpa().await;
+    let children = s.children().await;
+    assert_eq!(children, ALL_CHILDREN, "every child exists before the deletion");
+
+    let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
+    claims
+        .delete(WORKER, &DeleteParams::default())
+        .await
+        .expect("delete the claim");
+    eventually("every child gone", Duration::from_secs(60), async || {
+        s.children().await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// 7. An invalid claim is refused with a message naming the field, and
+///    nothing is created.
+#[tokio::test]
+async fn invalid_claim_is_refused_and_creates_nothing() {
+    let s = Scenario::new("invalid").await;
+    for (scaling, field, message) in [
+        (
+            "minReplicas: 5\n    maxReplicas: 2",
+            "spec.scaling",
+            "scaling.minReplicas must not be greater than scaling.maxReplicas",
+        ),
+        (
+            "maxReplicas: 3\n    pollingInterval: 0",
+            "spec.scaling.pollingInterval",
+            "scaling.pollingInterval must be between 1 and 3600 seconds",
+        ),
+    ] {
+        let claim: Value = serde_yaml::from_str(&s.claim(scaling)).expect("claim YAML");
+        let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
+        let refused = claims
+            .patch(WORKER, &PatchParams::apply("e2e").force(), &Patch::Apply(&claim))
+            .await
+            .expect_err("an invalid claim must be refused");
+        let kube::Error::Api(status) = refused else {
+            panic!("not the API server's refusal: {refused}");
+        };
+        assert_eq!(status.code, 422, "{status:?}");
+        assert!(
+            status.message.contains(&format!("{field}: Invalid value")) && status.message.contains(message),
+            "{field} / {message:?} in {:?}",
+            status.message
+        );
+    }
+    // Longer than the controller takes to act on a new claim.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
+    assert!(claims.list(&Default::default()).await.unwrap().items.is_empty());
+    assert_eq!(s.children().await, Vec::<&str>::new());
+}
+
+/// NATS stopped until dropped, so a failing test leaves it running for the
+/// others.
+struct NatsOutage<'a>(&'a Rig);
+
+impl<'a> NatsOutage<'a> {
+    fn begin(rig: &'a Rig) -> Self {
+        rig.nats().stop();
+        NatsOutage(rig)
+    }
+}
+
+impl Drop for NatsOutage<'_> {
+    fn drop(&mut self) {
+        self.0.nats().start_again();
+    }
+}
+
+/// `ceil(lag / lagThreshold)`, clamped to `1..=max`.
+fn desired_replicas(lag: i64, max: i32) -> i32 {
+    let wanted = (lag as f64 / LAG_THRESHOLD as f64).ceil() as i32;
+    wanted.clamp(1, max)
+}
+
+/// What a claim owns, directly or through its ScaledObject.
+const ALL_CHILDREN: [&str; 5] = [
+    "Deployment",
+    "Service",
+    "ServiceAccount",
+    "ScaledObject",
+    "HorizontalPodAutoscaler",
+];
+
 /// A scenario: a namespace, a stream named after it with a durable pull
 /// consumer, and clients for both.
 struct Scenario {
@@ -176,27 +415,11 @@ impl Scenario {
         let rig = rig();
         let client = rig.client().await;
         let ns = rig.control_plane().namespace(&client, prefix).await;
-        let js = jetstream::new(async_nats::connect(&rig.nats_url).await.expect("NATS"));
+        let js = js::js(&rig.nats_url).await;
         let stream = ns.clone();
-        js.create_stream(stream::Config {
-            name: stream.clone(),
-            subjects: vec![format!("{stream}.>")],
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
-        js.create_consumer_on_stream(
-            consumer::pull::Config {
-                durable_name: Some(WORKER.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                // Messages taken without an ack stay ack-pending for the test.
-                ack_wait: Duration::from_secs(600),
-                ..Default::default()
-            },
-            stream.as_str(),
-        )
-        .await
-        .expect("consumer");
+        let created = js::stream_with(&js, &stream, &[&format!("{stream}.>")]).await;
+        // Messages taken without an ack stay ack-pending for the test.
+        js::pull_consumer(&created, WORKER, "", Duration::from_secs(600)).await;
         Scenario {
             rig,
             client,
@@ -233,25 +456,18 @@ spec:
     }
 
     async fn publish(&self, n: usize) {
-        for i in 0..n {
-            self.js
-                .publish(format!("{}.job", self.stream), format!("job {i}").into())
-                .await
-                .expect("publish")
-                .await
-                .expect("publish ack");
-        }
+        js::publish(&self.js, &format!("{}.job", self.stream), n).await;
     }
 
-    /// The consumer's lag as NATS reports it: pending + ack-pending.
-    async fn nats_lag(&self) -> u64 {
+    /// The consumer's (pending, ack-pending) as NATS reports them.
+    async fn nats_lag(&self) -> (u64, usize) {
         let mut consumer: consumer::PullConsumer = self
             .js
             .get_consumer_from_stream(WORKER, self.stream.as_str())
             .await
             .expect("consumer");
         let info = consumer.info().await.expect("consumer info");
-        info.num_pending + info.num_ack_pending as u64
+        (info.num_pending, info.num_ack_pending)
     }
 
     /// Takes `n` messages as a worker would; acks them or leaves them in flight.
@@ -327,6 +543,94 @@ spec:
         .await;
     }
 
+    async fn wait_hpa_desired(&self, want: i32) {
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), &self.ns);
+        let name = format!("keda-hpa-{WORKER}");
+        eventually(
+            &format!("HPA desiredReplicas == {want}"),
+            Duration::from_secs(30),
+            async || {
+                let desired = hpas.get(&name).await.ok()?.status?.desired_replicas;
+                (desired == want).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// KEDA's health record of our trigger: `Happy` or `Failing`.
+    async fn trigger_health(&self) -> Option<String> {
+        let so = self.scaled_objects().get(WORKER).await.ok()?;
+        so.data["status"]["health"][self.hpa_metric()]["status"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// The external metric as the HPA controller reads it: through the API
+    /// server's aggregation layer, from KEDA's metrics adapter.
+    async fn external_metric(&self) -> Result<f64, String> {
+        let path = format!(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{}",
+            self.ns,
+            self.hpa_metric()
+        );
+        let selector = ListParams::default().labels(&format!("scaledobject.keda.sh/name={WORKER}"));
+        let request = kube::core::Request::new(path).list(&selector).expect("request");
+        let list: Value = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let items = list["items"].as_array().ok_or_else(|| format!("no items: {list}"))?;
+        let [item] = items.as_slice() else {
+            return Err(format!("not one value: {list}"));
+        };
+        parse_quantity(item["value"].as_str().unwrap_or_default())
+    }
+
+    /// Waits until the served metric is `want`, reporting the last answer.
+    async fn wait_external_metric(&self, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let served = self.external_metric().await;
+            if served == Ok(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the external metric is not {want} after 30s: last {served:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The kinds in [`ALL_CHILDREN`] that exist now.
+    async fn children(&self) -> Vec<&'static str> {
+        let ns = &self.ns;
+        let client = &self.client;
+        let hpa = format!("keda-hpa-{WORKER}");
+        let exists = [
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .get_opt(WORKER)
+                .await
+                .map(|o| o.is_some()),
+            Api::<Service>::namespaced(client.clone(), ns)
+                .get_opt(WORKER)
+                .await
+                .map(|o| o.is_some()),
+            Api::<ServiceAccount>::namespaced(client.clone(), ns)
+                .get_opt(WORKER)
+                .await
+                .map(|o| o.is_some()),
+            self.scaled_objects().get_opt(WORKER).await.map(|o| o.is_some()),
+            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
+                .get_opt(&hpa)
+                .await
+                .map(|o| o.is_some()),
+        ];
+        ALL_CHILDREN
+            .iter()
+            .zip(exists)
+            .filter(|(_, exists)| *exists.as_ref().expect("reading a child"))
+            .map(|(kind, _)| *kind)
+            .collect()
+    }
+
     /// Polls `spec.replicas` every 20 ms until it is `want`; the time since
     /// `since`, which must stay within `bound`.
     async fn time_to_replicas(&self, want: i32, since: Instant, bound: Duration) -> Duration {
@@ -354,4 +658,14 @@ async fn eventually<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A Kubernetes quantity as KEDA writes metric values: an integer, or
+/// thousandths with an `m` suffix.
+fn parse_quantity(text: &str) -> Result<f64, String> {
+    let parsed = match text.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map(|v| v / 1000.0),
+        None => text.parse::<f64>(),
+    };
+    parsed.map_err(|e| format!("metric value {text:?}: {e}"))
 }
