@@ -17,4 +17,6 @@ if [ "$tier" != fast ]; then
   scripts/tools.sh etcd kube keda helm
   echo "== slow tier: control plane and KEDA"
   cargo test --locked --features control-plane --tests
+  # scripts/rig.sh's program: it shares the e2e harness, so it must keep building.
+  cargo build --locked --features control-plane --example rig
 fi
