@@ -331,6 +331,7 @@ async fn deleting_the_claim_removes_every_child() {
 ///    nothing is created.
 #[tokio::test]
 async fn invalid_claim_is_refused_and_creates_nothing() {
+    let _nats = NATS.read().await;
     let s = Scenario::new("invalid").await;
     for (scaling, field, message) in [
         (

@@ -29,7 +29,7 @@ use kube::discovery::pinned_kind;
 
 use super::certs::Pki;
 use super::kube::{ControlPlane, apply_yaml};
-use super::process::{Peer, free_port, http_get, tool};
+use super::process::{Peer, free_port, tool};
 
 /// KEDA's own namespace: the Service the APIService names lives here, and
 /// the operator looks for cluster-wide trigger secrets here.
@@ -44,10 +44,6 @@ pub struct Keda {
     pub adapter: Peer,
     /// The adapter's HTTPS port (the aggregated API, on 127.0.0.1).
     pub adapter_port: u16,
-    /// The operator's metrics gRPC service, `127.0.0.1:<port>`.
-    pub metrics_service: String,
-    /// The operator's Prometheus endpoint, `127.0.0.1:<port>`.
-    pub operator_metrics: String,
 }
 
 impl Keda {
@@ -116,7 +112,7 @@ impl Keda {
             .args(["--port", &free_port().to_string()]);
         let mut adapter = Peer::spawn("keda-adapter", adapter, &dir.join("keda-adapter.log"));
 
-        operator.wait_until("ready", STARTUP, |_| http_ok(probes, "/readyz"));
+        operator.wait_http_ok(probes, "/readyz", STARTUP);
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&pki.ca_pem).unwrap());
         apply_yaml(
             client,
@@ -154,13 +150,7 @@ spec:
             operator,
             adapter,
             adapter_port,
-            metrics_service,
-            operator_metrics,
         }
-    }
-
-    pub fn peers_mut(&mut self) -> [&mut Peer; 2] {
-        [&mut self.operator, &mut self.adapter]
     }
 }
 
@@ -175,10 +165,6 @@ fn keda_command(binary: &str, kubeconfig: &Path) -> Command {
         .env("KEDA_CLUSTER_OBJECT_NAMESPACE", NAMESPACE)
         .env("POD_NAMESPACE", NAMESPACE);
     command
-}
-
-fn http_ok(port: u16, path: &str) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get(port, path).0 == 200
 }
 
 /// Waits for the APIService's `Available` condition, which the API server

@@ -108,6 +108,13 @@ impl Peer {
         }
     }
 
+    /// Waits until `GET path` on loopback `port` answers 200.
+    pub fn wait_http_ok(&mut self, port: u16, path: &str, timeout: Duration) {
+        self.wait_until(&format!("answering GET {path}"), timeout, |_| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get(port, path).0 == 200
+        });
+    }
+
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
         self.wait_until(&format!("logging {needle:?}"), timeout, |p| p.log().contains(needle));

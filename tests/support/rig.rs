@@ -25,7 +25,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use super::keda::Keda;
 use super::kube::{self as control_plane, ControlPlane, apply_yaml};
 use super::nats::NatsServer;
-use super::process::{Peer, free_port, http_get, remove_at_exit};
+use super::process::{Peer, free_port, remove_at_exit};
 
 const STARTUP: Duration = Duration::from_secs(60);
 
@@ -168,10 +168,13 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
 
     let monitoring = format!("127.0.0.1:{}", free_port());
     let nats = NatsServer::start_with(&format!("http: {monitoring}"));
+    // The shared rig is never dropped, and neither is the server's directory.
+    remove_at_exit(nats.dir.path());
     let nats_url = nats.url();
 
     let scaler_address = format!("127.0.0.1:{}", free_port());
-    let scaler_http = format!("127.0.0.1:{}", free_port());
+    let scaler_http_port = free_port();
+    let scaler_http = format!("127.0.0.1:{scaler_http_port}");
     let mut scaler = Command::new(eds);
     scaler
         .arg("scaler")
@@ -179,7 +182,7 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         .args(["--grpc-addr", &scaler_address])
         .args(["--http-addr", &scaler_http]);
     let mut scaler = Peer::spawn("eds-scaler", scaler, &dir.join("eds-scaler.log"));
-    wait_http_ready(&mut scaler, &scaler_http);
+    scaler.wait_http_ok(scaler_http_port, "/readyz", STARTUP);
 
     let keda = Keda::start(cp, &client, &dir).await;
 
@@ -189,7 +192,8 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         None,
     )
     .await;
-    let controller_http = format!("127.0.0.1:{}", free_port());
+    let controller_http_port = free_port();
+    let controller_http = format!("127.0.0.1:{controller_http_port}");
     let mut controller = Command::new(eds);
     controller
         .arg("controller")
@@ -201,7 +205,7 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         // Claims show their lag soon after it changes.
         .args(["--lag-interval", "2s"]);
     let mut controller = Peer::spawn("eds-controller", controller, &dir.join("eds-controller.log"));
-    wait_http_ready(&mut controller, &controller_http);
+    controller.wait_http_ok(controller_http_port, "/readyz", STARTUP);
 
     Rig {
         kubeconfig: cp.kubeconfig(),
@@ -219,12 +223,4 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         keda: Mutex::new(keda),
         dir,
     }
-}
-
-/// Waits until `GET /readyz` on `addr` answers 200.
-fn wait_http_ready(peer: &mut Peer, addr: &str) {
-    let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("host:port");
-    peer.wait_until("ready (/readyz)", STARTUP, |_| {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get(port, "/readyz").0 == 200
-    });
 }
