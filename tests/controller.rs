@@ -498,6 +498,41 @@ async fn drift_is_repaired_and_deleted_children_come_back() {
 }
 
 #[tokio::test]
+async fn an_object_someone_else_made_is_not_taken_over() {
+    let scene = Scene::new("taken", NO_NATS).await;
+    // A ServiceAccount of the claim's name, made by someone else, with a
+    // field we would set to another value.
+    let theirs: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": "worker"},
+        "automountServiceAccountToken": true
+    }))
+    .unwrap();
+    scene
+        .api::<ServiceAccount>()
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    create(&scene.client, &claim(&scene.ns, "worker")).await;
+
+    let claim = scene
+        .claim_where("Reconciled False", |c| is(c, "Reconciled", "False"))
+        .await;
+    let (_, message) = condition(&claim, "Reconciled").unwrap();
+    assert!(
+        message.contains("ServiceAccount") && message.contains("conflict"),
+        "{message}"
+    );
+    let sa = scene.api::<ServiceAccount>().get("worker").await.unwrap();
+    assert_eq!(sa.automount_service_account_token, Some(true), "their value stands");
+    assert!(sa.owner_references().is_empty(), "not adopted");
+    // The other children are still made.
+    children_now(&scene.client, &scene.ns, "worker")
+        .await
+        .1
+        .expect("the Deployment");
+}
+
+#[tokio::test]
 async fn deleting_the_claim_deletes_every_child() {
     let scene = Scene::new("cascade", NO_NATS).await;
     scene.run(claim("", "worker")).await;

@@ -444,8 +444,10 @@ fn apiserver_command(dir: &Path, credentials: &Credentials, port: u16, etcd_port
         .arg("--service-account-signing-key-file")
         .arg(&credentials.service_account_key)
         // The aggregation layer, for extension API servers such as KEDA's
-        // metrics adapter; routing to endpoints because nothing implements
-        // Service IPs here.
+        // metrics adapter. No `--enable-aggregator-routing`: its endpoint
+        // resolver refuses ExternalName Services, and an ExternalName Service
+        // for `localhost` is how an APIService reaches a loopback process
+        // (Endpoints refuse loopback addresses). See `super::keda`.
         .arg("--requestheader-client-ca-file")
         .arg(&credentials.front_proxy_ca)
         .args(["--requestheader-allowed-names", "front-proxy-client"])
@@ -456,7 +458,6 @@ fn apiserver_command(dir: &Path, credentials: &Credentials, port: u16, etcd_port
         .arg(&credentials.front_proxy_client.cert)
         .arg("--proxy-client-key-file")
         .arg(&credentials.front_proxy_client.key)
-        .arg("--enable-aggregator-routing=true")
         .arg("--audit-policy-file")
         .arg(dir.join("audit-policy.yaml"))
         .arg("--audit-log-path")
