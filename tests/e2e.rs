@@ -99,6 +99,8 @@ async fn push_activation_scales_from_zero() {
     s.apply_claim("minReplicas: 0\n    pollingInterval: 30").await;
     s.wait_scaled_object_ready().await;
     s.wait_replicas(0, Duration::from_secs(30)).await;
+    // KEDA scaled the worker to zero on a poll, so its next poll is about
+    // 30 s away: only a push can wake the worker within the bound.
 
     let published = Instant::now();
     s.publish(1).await;
