@@ -328,6 +328,38 @@ mod tests {
         }
     }
 
+    /// A new CEL rule needs its own case in the table, which the API server
+    /// tests then check too.
+    #[test]
+    fn every_cel_rule_has_an_invalid_case() {
+        fn messages(schema: &Value, out: &mut Vec<String>) {
+            if let Some(rules) = schema.get("x-kubernetes-validations").and_then(Value::as_array) {
+                out.extend(rules.iter().map(|r| r["message"].as_str().unwrap().to_string()));
+            }
+            for child in schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flat_map(|p| p.values())
+            {
+                messages(child, out);
+            }
+            if let Some(items) = schema.get("items") {
+                messages(items, out);
+            }
+        }
+        let mut rules = Vec::new();
+        messages(&SCHEMA.json, &mut rules);
+        assert!(rules.len() > 20, "{rules:?}");
+        let cases = invalid_cases();
+        for message in rules {
+            assert!(
+                cases.iter().any(|c| c.message == message),
+                "no case in tests/data/invalid-claims.yaml breaks the rule {message:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_valid_claim_passes_and_keeps_its_values() {
         let claim = check_claim(&valid_claim()).unwrap();

@@ -3,10 +3,11 @@
 //! and the API server's default admission plugins.
 //!
 //! ```ignore
-//! let cp = kube::shared();                      // one per test binary
-//! let client = cp.client().await;               // admin (system:masters)
+//! use support::kube as cluster;
+//! let cp = cluster::shared();                    // one per test binary
+//! let client = cp.client().await;                // admin (system:masters)
 //! let ns = cp.namespace(&client, "drift").await; // a fresh namespace per test
-//! kube::apply_file(&client, path, Some(&ns)).await;
+//! cluster::apply_file(&client, path, Some(&ns)).await;
 //! let sa = cp.client_for(&ns, "eds-controller").await; // a ServiceAccount's token
 //! ```
 //!
@@ -15,7 +16,6 @@
 //!   Established. Its processes die with the test binary and its directory is
 //!   removed after it. The guard it returns prints the peers' logs when the
 //!   test holding it fails.
-//! - [`ControlPlane::start`]: a private, empty one, stopped on drop.
 //! - [`ControlPlane::client`], [`ControlPlane::client_for`]: clients for admin
 //!   and for a ServiceAccount (a TokenRequest token, so RBAC sees exactly what a
 //!   pod would).
@@ -36,8 +36,7 @@
 //! has the aggregation layer set up, so an extension API server (KEDA's
 //! metrics adapter) can be registered.
 //!
-//! The module shares its name with the `kube` crate: import it under another
-//! name (`use support::kube as cluster;`).
+//! The module shares its name with the `kube` crate, hence `as cluster`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -68,7 +67,7 @@ const STARTUP: Duration = Duration::from_secs(60);
 /// The control plane shared by every test of this binary. See the module docs.
 pub fn shared() -> Shared {
     static SHARED: OnceLock<ControlPlane> = OnceLock::new();
-    Shared(SHARED.get_or_init(|| boot(true)))
+    Shared(SHARED.get_or_init(boot))
 }
 
 /// The shared control plane, for one test: prints the peers' logs if the test
@@ -96,17 +95,11 @@ pub struct ControlPlane {
     pub url: String,
     dir: PathBuf,
     credentials: Credentials,
-    /// Stopped in this order: the controller manager first, etcd last.
+    /// The controller manager, the API server, etcd.
     peers: Mutex<Vec<Peer>>,
-    _owned_dir: Option<tempfile::TempDir>,
 }
 
 impl ControlPlane {
-    /// A private control plane with no CRDs, stopped when dropped.
-    pub fn start() -> ControlPlane {
-        boot(false)
-    }
-
     /// A client authenticated as the admin (group `system:masters`).
     pub async fn client(&self) -> Client {
         let mut config = self.config();
@@ -271,33 +264,28 @@ pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) ->
 
 /// Starts the peers on a thread of its own: callers may be inside an async
 /// runtime, and startup needs one of its own.
-fn boot(with_crds: bool) -> ControlPlane {
-    std::thread::spawn(move || {
+fn boot() -> ControlPlane {
+    std::thread::spawn(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        runtime.block_on(boot_async(with_crds))
+        runtime.block_on(boot_async())
     })
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-async fn boot_async(with_crds: bool) -> ControlPlane {
+async fn boot_async() -> ControlPlane {
     let started = std::time::Instant::now();
-    let tempdir = tempfile::Builder::new()
+    // The directory outlives every test (a static is never dropped): it is
+    // removed once the test process has exited.
+    let dir = tempfile::Builder::new()
         .prefix("eds-control-plane-")
         .tempdir()
-        .expect("temp dir");
-    // The shared control plane's directory outlives every test: it is removed
-    // at exit instead (see `shared`).
-    let (dir, owned_dir) = if with_crds {
-        let dir = tempdir.keep();
-        remove_at_exit(&dir);
-        (dir, None)
-    } else {
-        (tempdir.path().to_path_buf(), Some(tempdir))
-    };
+        .expect("temp dir")
+        .keep();
+    remove_at_exit(&dir);
     let credentials = Credentials::create(&dir);
     let api_port = free_port();
     let url = format!("https://127.0.0.1:{api_port}");
@@ -326,14 +314,11 @@ async fn boot_async(with_crds: bool) -> ControlPlane {
         url,
         dir: dir.clone(),
         peers: Mutex::new(vec![apiserver, etcd]),
-        _owned_dir: owned_dir,
         credentials,
     };
     let client = cp.client().await;
     wait_ready(&cp, &client).await;
-    if with_crds {
-        install_crds(&client).await;
-    }
+    install_crds(&client).await;
     // After the CRDs: the garbage collector discovers resources at startup, so
     // it watches claims from the first test on.
     let mut manager = Peer::spawn(
