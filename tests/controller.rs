@@ -1017,27 +1017,57 @@ async fn with_two_controllers_only_the_leader_writes() {
     assert_eq!(writes(&controllers[standby]), 0.0, "the standby wrote nothing");
     assert_eq!(reconciles(&controllers[standby]), 0.0, "the standby reconciled nothing");
 
-    // The leader stops (SIGTERM hands the Lease over); the standby takes
-    // over and applies the next change.
-    controllers[leader].peer.terminate(Duration::from_secs(10));
-    eventually("the standby leads", WAIT, async || {
-        let now = gauge(&controllers[standby]);
-        (now == Some(1.0)).then_some(()).ok_or(now)
-    })
-    .await;
-    assert_eq!(holder().await.as_deref(), Some(controllers[standby].peer.name.as_str()));
-    api::<EventDrivenService>(&client, &ns)
-        .patch(
-            "worker",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"image": "img:2"}})),
-        )
-        .await
-        .unwrap();
-    eventually("the new leader applies the change", WAIT, async || {
-        let d = api::<Deployment>(&client, &ns).get("worker").await.unwrap();
-        (image(&d) == "img:2").then_some(()).ok_or(image(&d))
-    })
-    .await;
+    // The leader crashes (SIGKILL: no hand-over). The standby waits until the
+    // Lease has gone unrenewed for its duration (3 s), then leads and applies
+    // the next change.
+    let crashed = std::time::Instant::now();
+    controllers[leader].peer.stop();
+    let lead = async |c: &Controller| {
+        eventually("the standby leads", WAIT, async || {
+            let now = gauge(c);
+            (now == Some(1.0)).then_some(()).ok_or(now)
+        })
+        .await;
+        assert_eq!(holder().await.as_deref(), Some(c.peer.name.as_str()));
+    };
+    lead(&controllers[standby]).await;
+    let waited = crashed.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "took over after {waited:?}, before the Lease expired"
+    );
+    let patch_image = async |new: &str| {
+        api::<EventDrivenService>(&client, &ns)
+            .patch(
+                "worker",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"image": new}})),
+            )
+            .await
+            .unwrap();
+        eventually("the new leader applies the change", WAIT, async || {
+            let d = api::<Deployment>(&client, &ns).get("worker").await.unwrap();
+            let now = image(&d);
+            (now == new).then_some(()).ok_or(now)
+        })
+        .await;
+    };
+    patch_image("img:2").await;
     assert!(writes(&controllers[standby]) >= 1.0);
+
+    // A new standby joins; the leader stops gracefully (SIGTERM hands the
+    // Lease over), so the standby leads at its next try (every 0.5 s), not
+    // once the Lease expires (2.5 s or more after the last renewal).
+    let third = Controller::start(&cp.kubeconfig(), &ns, "third", NO_NATS);
+    assert_eq!(gauge(&third), Some(0.0));
+    let stopped = std::time::Instant::now();
+    controllers[standby].peer.terminate(Duration::from_secs(10));
+    lead(&third).await;
+    let waited = stopped.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "took over after {waited:?}: the Lease was not handed over"
+    );
+    patch_image("img:3").await;
+    assert!(writes(&third) >= 1.0);
 }
