@@ -1,0 +1,34 @@
+//! Schema pieces the derive cannot express: int-or-string fields, list-map
+//! conditions, and the CEL rules several fields share.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+/// JetStream stream and consumer names travel inside API subjects, so NATS
+/// forbids `.`, `*`, `>` and whitespace; `/` and `\` break file-backed
+/// storage. Same rule as the scaler's `is_nats_name`.
+pub const NATS_NAME_RULE: &str = r"self.matches('^[^.*>/\\\\\\p{Z}\\p{Cc}]+$')";
+pub const DNS_LABEL_RULE: &str = r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+pub const DNS_SUBDOMAIN_RULE: &str =
+    r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+pub const HTTP_PATH_RULE: &str = r"self.matches('^/[^\\p{Z}\\p{Cc}]*$')";
+/// Kubernetes resource quantities may be written as YAML integers or strings.
+pub const QUANTITY_RULE: &str = "type(self) == int ? self >= 0 : isQuantity(self) && quantity(self).sign() >= 0";
+
+/// A required-with-default int-or-string. kube marks every optional
+/// int-or-string property nullable unless told otherwise, and a stored `null`
+/// would neither be defaulted by the API server nor deserialize.
+pub fn int_or_string(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "x-kubernetes-int-or-string": true, "nullable": false })
+}
+
+pub fn quantity(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "x-kubernetes-int-or-string": true })
+}
+
+/// Conditions keyed by `type`, so server-side apply merges them one by one.
+pub fn conditions(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}

@@ -1,0 +1,312 @@
+//! The claim a service team writes: `EventDrivenService.spec`.
+//!
+//! Every value rule is a CEL rule in the schema, so the API server and
+//! `eds render` refuse the same claims with the same messages (see
+//! [`super::validate`]). Messages name the field they are about because the
+//! API server reports a rule at the object that carries it.
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+use super::status::EventDrivenServiceStatus;
+
+/// The NATS server the workload connects to when the claim names none.
+pub const DEFAULT_NATS_URL: &str = "nats://nats.nats.svc:4222";
+pub const DEFAULT_PORT: i32 = 8080;
+pub const DEFAULT_LIVENESS_PATH: &str = "/health";
+pub const DEFAULT_READINESS_PATH: &str = "/ready";
+pub const DEFAULT_MIN_REPLICAS: i32 = 1;
+pub const DEFAULT_MAX_REPLICAS: i32 = 10;
+pub const DEFAULT_LAG_THRESHOLD: i32 = 5;
+
+/// A NATS JetStream worker: one image that consumes one durable consumer,
+/// autoscaled by KEDA on that consumer's lag.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "platform.bizmatters.io",
+    version = "v1alpha1",
+    kind = "EventDrivenService",
+    plural = "eventdrivenservices",
+    shortname = "eds",
+    namespaced,
+    status = "EventDrivenServiceStatus",
+    derive = "PartialEq",
+    doc = "A NATS JetStream worker, autoscaled by KEDA on its consumer's lag.",
+    printcolumn(name = "Stream", type_ = "string", json_path = ".spec.nats.stream"),
+    printcolumn(name = "Consumer", type_ = "string", json_path = ".spec.nats.consumer"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // Every child is named after the claim, and a Service name must be a
+    // DNS-1035 label: refuse a claim whose Service could never be created.
+    validation = Rule::new(
+        "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    )
+    .message("metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits and '-', starting with a letter), because the Service is named after it")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EventDrivenServiceSpec {
+    /// Container image of the worker.
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^[^\\\\p{Z}\\\\p{Cc}]+$')").message("image must not be empty or contain whitespace"))]
+    pub image: String,
+
+    /// Resource size: requests and limits for CPU and memory.
+    #[serde(default)]
+    pub size: Size,
+
+    /// Overrides single values of the size's requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// The JetStream consumer the worker reads.
+    pub nats: Nats,
+
+    /// Replica bounds and the lag that drives them.
+    #[serde(default)]
+    pub scaling: Scaling,
+
+    /// Secret whose keys become environment variables (envFrom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(schema::DNS_SUBDOMAIN_RULE).message("secretName must be a DNS subdomain (lowercase letters, digits, '-' and '.')"))]
+    pub secret_name: Option<String>,
+
+    /// More secrets whose keys become environment variables (envFrom), after `secretName`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub secret_refs: Vec<SecretReference>,
+
+    /// Plain environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['NATS_URL', 'NATS_STREAM', 'NATS_CONSUMER']))").message("env must not set NATS_URL, NATS_STREAM or NATS_CONSUMER: they come from spec.nats"))]
+    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name))").message("env names must be unique"))]
+    pub env: Vec<EnvVar>,
+
+    /// Secrets for pulling the images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<SecretReference>,
+
+    /// Runs before the worker starts (migrations, setup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_container: Option<InitContainer>,
+
+    /// The port the worker serves its probes (and the Service) on.
+    #[serde(default = "default_port")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: i32,
+
+    /// HTTP paths of the liveness and readiness probes.
+    #[serde(default)]
+    pub probes: Probes,
+}
+
+/// Requests and limits, by name (see `render::resources`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    Micro,
+    Small,
+    #[default]
+    Medium,
+    Large,
+}
+
+/// Single values that replace the size's.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceAmounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceAmounts>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceAmounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantity")]
+    #[x_kube(validation = Rule::new(schema::QUANTITY_RULE).message("resources cpu must be a non-negative quantity such as 500m or 2"))]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantity")]
+    #[x_kube(validation = Rule::new(schema::QUANTITY_RULE).message("resources memory must be a non-negative quantity such as 512Mi or 2Gi"))]
+    pub memory: Option<Quantity>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Nats {
+    /// NATS server URL(s) the workload connects to (comma separated).
+    #[serde(default = "default_nats_url")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^(nats|tls|ws|wss)://[^\\\\p{Z}\\\\p{Cc}]+$')").message("nats.url must be a nats://, tls://, ws:// or wss:// URL without whitespace"))]
+    pub url: String,
+
+    /// JetStream stream name.
+    #[schemars(length(max = 255))]
+    #[x_kube(validation = Rule::new(schema::NATS_NAME_RULE).message("nats.stream must be a NATS name: not empty, no '.', '*', '>', '/', '\\' or whitespace"))]
+    pub stream: String,
+
+    /// Durable consumer name on that stream.
+    #[schemars(length(max = 255))]
+    #[x_kube(validation = Rule::new(schema::NATS_NAME_RULE).message("nats.consumer must be a NATS name: not empty, no '.', '*', '>', '/', '\\' or whitespace"))]
+    pub consumer: String,
+
+    /// The scaler's named NATS connection that reaches this stream
+    /// (default: the scaler's default connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new(schema::DNS_LABEL_RULE).message("nats.connection must be a DNS label (lowercase letters, digits and '-')"))]
+    pub connection: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("scaling.minReplicas must not be greater than scaling.maxReplicas"))]
+pub struct Scaling {
+    /// Fewest replicas; 0 scales to zero when there is no lag.
+    #[serde(default = "default_min_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0").message("scaling.minReplicas must be 0 or more"))]
+    pub min_replicas: i32,
+
+    /// Most replicas.
+    #[serde(default = "default_max_replicas")]
+    #[x_kube(validation = Rule::new("self >= 1").message("scaling.maxReplicas must be 1 or more"))]
+    pub max_replicas: i32,
+
+    /// Lag (pending + unacknowledged messages) per replica: an integer or a
+    /// decimal string such as "5" or "2.5".
+    #[serde(default = "default_lag_threshold")]
+    #[schemars(schema_with = "schema::int_or_string")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self > 0 : self.matches('^[0-9]{1,9}(\\\\.[0-9]{1,6})?$') && !self.matches('^[0.]+$')").message("scaling.lagThreshold must be a positive number, such as 5 or \"2.5\""))]
+    pub lag_threshold: IntOrString,
+
+    /// Lag at or below which a scaled-to-zero worker stays at zero.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0").message("scaling.activationLagThreshold must be 0 or more"))]
+    pub activation_lag_threshold: i64,
+
+    /// Seconds between KEDA's checks (KEDA's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("scaling.pollingInterval must be 1 or more seconds"))]
+    pub polling_interval: Option<i32>,
+
+    /// Seconds after the last activity before scaling to zero (KEDA's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("scaling.cooldownPeriod must be 0 or more seconds"))]
+    pub cooldown_period: Option<i32>,
+
+    /// Replicas to hold while the scaler cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Fallback {
+    /// Failed scaler reads in a row before the fallback applies.
+    #[x_kube(validation = Rule::new("self >= 1").message("scaling.fallback.failureThreshold must be 1 or more"))]
+    pub failure_threshold: i32,
+    /// Replicas while falling back.
+    #[x_kube(validation = Rule::new("self >= 1").message("scaling.fallback.replicas must be 1 or more"))]
+    pub replicas: i32,
+}
+
+/// A Secret in the claim's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct SecretReference {
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(schema::DNS_SUBDOMAIN_RULE).message("secret names must be DNS subdomains (lowercase letters, digits, '-' and '.')"))]
+    pub name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct EnvVar {
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$')").message("env names must be letters, digits, '_', '-' or '.', not starting with a digit"))]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.image) || has(self.command)").message("initContainer needs a command or an image: the main image's own entrypoint would never finish"))]
+pub struct InitContainer {
+    /// Defaults to the main image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^[^\\\\p{Z}\\\\p{Cc}]+$')").message("initContainer.image must not be empty or contain whitespace"))]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    /// Liveness probe path (HTTP GET on `port`).
+    #[serde(default = "default_liveness_path")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(schema::HTTP_PATH_RULE).message("probes.livenessPath must start with '/' and contain no whitespace"))]
+    pub liveness_path: String,
+    /// Readiness probe path (HTTP GET on `port`).
+    #[serde(default = "default_readiness_path")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(schema::HTTP_PATH_RULE).message("probes.readinessPath must start with '/' and contain no whitespace"))]
+    pub readiness_path: String,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            min_replicas: DEFAULT_MIN_REPLICAS,
+            max_replicas: DEFAULT_MAX_REPLICAS,
+            lag_threshold: default_lag_threshold(),
+            activation_lag_threshold: 0,
+            polling_interval: None,
+            cooldown_period: None,
+            fallback: None,
+        }
+    }
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Probes {
+            liveness_path: default_liveness_path(),
+            readiness_path: default_readiness_path(),
+        }
+    }
+}
+
+fn default_nats_url() -> String {
+    DEFAULT_NATS_URL.to_string()
+}
+fn default_port() -> i32 {
+    DEFAULT_PORT
+}
+fn default_min_replicas() -> i32 {
+    DEFAULT_MIN_REPLICAS
+}
+fn default_max_replicas() -> i32 {
+    DEFAULT_MAX_REPLICAS
+}
+fn default_lag_threshold() -> IntOrString {
+    IntOrString::Int(DEFAULT_LAG_THRESHOLD)
+}
+fn default_liveness_path() -> String {
+    DEFAULT_LIVENESS_PATH.to_string()
+}
+fn default_readiness_path() -> String {
+    DEFAULT_READINESS_PATH.to_string()
+}

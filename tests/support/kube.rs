@@ -1,0 +1,511 @@
+//! A real Kubernetes control plane for tests: etcd, kube-apiserver and
+//! kube-controller-manager on loopback, with generated certificates, RBAC on
+//! and the API server's default admission plugins.
+//!
+//! ```ignore
+//! let cp = kube::shared();                      // one per test binary
+//! let client = cp.client().await;               // admin (system:masters)
+//! let ns = cp.namespace(&client, "drift").await; // a fresh namespace per test
+//! kube::apply_file(&client, path, Some(&ns)).await;
+//! let sa = cp.client_for(&ns, "eds-controller").await; // a ServiceAccount's token
+//! ```
+//!
+//! - [`shared`]: started on first use, with every CRD in `apis/` and KEDA's
+//!   CRDs (`.tools/keda-crds/`, from `scripts/tools.sh keda`) installed and
+//!   Established. Its processes die with the test binary and its directory is
+//!   removed after it. The guard it returns prints the peers' logs when the
+//!   test holding it fails.
+//! - [`ControlPlane::start`]: a private, empty one, stopped on drop.
+//! - [`ControlPlane::client`], [`ControlPlane::client_for`]: clients for admin
+//!   and for a ServiceAccount (a TokenRequest token, so RBAC sees exactly what a
+//!   pod would).
+//! - [`ControlPlane::kubeconfig`]: an admin kubeconfig file, for binaries.
+//! - [`apply_file`], [`apply_yaml`]: server-side apply of multi-document YAML;
+//!   CRDs are waited on until Established.
+//!
+//! The controller manager runs the garbage collector (so deleting an owner
+//! cascades), the namespace, deployment, replicaset and serviceaccount
+//! controllers, and the HPA controller for KEDA's HPAs. The API server has the
+//! aggregation layer set up, so an extension API server (KEDA's metrics
+//! adapter) can be registered.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::AuthInfo;
+use kube::core::{GroupVersionKind, ObjectMeta};
+use kube::discovery::{Scope, pinned_kind};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use serde::Deserialize as _;
+
+use super::process::{Peer, free_port, remove_at_exit, tool};
+
+/// The field manager the harness applies YAML with.
+const MANAGER: &str = "eds-test";
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// The control plane shared by every test of this binary. See the module docs.
+pub fn shared() -> Shared {
+    static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+    Shared(SHARED.get_or_init(|| boot(true)))
+}
+
+/// The shared control plane, for one test: prints the peers' logs if the test
+/// fails while holding it.
+pub struct Shared(&'static ControlPlane);
+
+impl std::ops::Deref for Shared {
+    type Target = ControlPlane;
+    fn deref(&self) -> &ControlPlane {
+        self.0
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.print_logs();
+        }
+    }
+}
+
+/// etcd, kube-apiserver and kube-controller-manager.
+pub struct ControlPlane {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    dir: PathBuf,
+    /// Stopped in this order: the controller manager first, etcd last.
+    peers: Mutex<Vec<Peer>>,
+    _owned_dir: Option<tempfile::TempDir>,
+}
+
+impl ControlPlane {
+    /// A private control plane with no CRDs, stopped when dropped.
+    pub fn start() -> ControlPlane {
+        boot(false)
+    }
+
+    /// A client authenticated as the admin (group `system:masters`).
+    pub async fn client(&self) -> Client {
+        let mut config = self.config();
+        config.auth_info = AuthInfo {
+            client_certificate: Some(self.path("admin.crt")),
+            client_key: Some(self.path("admin.key")),
+            ..Default::default()
+        };
+        Client::try_from(config).expect("admin client")
+    }
+
+    /// A client authenticated as ServiceAccount `namespace/name`, which must
+    /// exist, with a one-hour token from the TokenRequest API.
+    pub async fn client_for(&self, namespace: &str, name: &str) -> Client {
+        let admin = self.client().await;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = Api::<ServiceAccount>::namespaced(admin, namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("token for ServiceAccount {namespace}/{name}: {e}"))
+            .status
+            .expect("TokenRequest status")
+            .token;
+        let mut config = self.config();
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        };
+        Client::try_from(config).expect("ServiceAccount client")
+    }
+
+    /// An admin kubeconfig file.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// Creates a namespace named `<prefix>-<n>`, unique in this process and
+    /// across runs against the same control plane.
+    pub async fn namespace(&self, client: &Client, prefix: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        name
+    }
+
+    /// Prints the tail of every peer's log.
+    pub fn print_logs(&self) {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        for peer in peers.iter() {
+            let log = peer.log();
+            let tail: Vec<&str> = log.lines().rev().take(100).collect();
+            eprintln!("----- {} log (last {} lines) -----", peer.name, tail.len());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn config(&self) -> Config {
+        let mut config = Config::new(self.url.parse().expect("API server URL"));
+        config.root_cert_file = Some(self.dir.join("ca.crt"));
+        config
+    }
+}
+
+/// Applies every document of a YAML file. See [`apply_yaml`].
+pub async fn apply_file(client: &Client, path: &Path, namespace: Option<&str>) -> Vec<DynamicObject> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    apply_yaml(client, &text, namespace).await
+}
+
+/// Server-side applies each document (field manager `eds-test`, forced).
+/// Namespaced objects without a namespace land in `namespace`. Returns the
+/// applied objects; a CRD is returned once it is Established.
+pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) -> Vec<DynamicObject> {
+    let mut applied = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::Value::deserialize(document).expect("YAML document");
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(value).expect("a Kubernetes object");
+        let types = object.types.clone().expect("apiVersion and kind");
+        let gvk = GroupVersionKind::try_from(&types).expect("apiVersion");
+        let (resource, caps) = pinned_kind(client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("discovering {}/{}: {e}", types.api_version, types.kind));
+        let name = object.metadata.name.clone().expect("metadata.name");
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+            Scope::Namespaced => {
+                let ns = object.metadata.namespace.as_deref().or(namespace).unwrap_or("default");
+                Api::namespaced_with(client.clone(), ns, &resource)
+            }
+        };
+        let result = api
+            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&object))
+            .await
+            .unwrap_or_else(|e| panic!("applying {} {name}: {e}", types.kind));
+        if types.kind == "CustomResourceDefinition" {
+            let crds = Api::<CustomResourceDefinition>::all(client.clone());
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                await_condition(crds, &name, conditions::is_crd_established()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} not Established after 30s"))
+            .unwrap_or_else(|e| panic!("waiting for CRD {name}: {e}"));
+        }
+        applied.push(result);
+    }
+    applied
+}
+
+/// Starts the peers on a thread of its own: callers may be inside an async
+/// runtime, and startup needs one of its own.
+fn boot(with_crds: bool) -> ControlPlane {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(boot_async(with_crds))
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+async fn boot_async(with_crds: bool) -> ControlPlane {
+    let started = std::time::Instant::now();
+    let tempdir = tempfile::Builder::new()
+        .prefix("eds-control-plane-")
+        .tempdir()
+        .expect("temp dir");
+    // The shared control plane's directory outlives every test: it is removed
+    // at exit instead (see `shared`).
+    let (dir, owned_dir) = if with_crds {
+        let dir = tempdir.keep();
+        remove_at_exit(&dir);
+        (dir, None)
+    } else {
+        (tempdir.path().to_path_buf(), Some(tempdir))
+    };
+    write_pki(&dir);
+    let api_port = free_port();
+    let url = format!("https://127.0.0.1:{api_port}");
+    write_kubeconfig(&dir, &url, "admin");
+    write_kubeconfig(&dir, &url, "controller-manager");
+
+    let etcd_port = free_port();
+    let etcd = Peer::spawn("etcd", etcd_command(&dir, etcd_port), &dir.join("etcd.log"));
+    let apiserver = Peer::spawn(
+        "kube-apiserver",
+        apiserver_command(&dir, api_port, etcd_port),
+        &dir.join("kube-apiserver.log"),
+    );
+    let cp = ControlPlane {
+        url,
+        dir: dir.clone(),
+        peers: Mutex::new(vec![apiserver, etcd]),
+        _owned_dir: owned_dir,
+    };
+    let client = cp.client().await;
+    wait_ready(&cp, &client).await;
+    if with_crds {
+        install_crds(&client).await;
+    }
+    // After the CRDs: the garbage collector discovers resources at startup, so
+    // it watches claims from the first test on.
+    let mut manager = Peer::spawn(
+        "kube-controller-manager",
+        controller_manager_command(&dir),
+        &dir.join("kube-controller-manager.log"),
+    );
+    manager.wait_for_log("Proceeding to collect garbage", STARTUP);
+    cp.peers.lock().unwrap().insert(0, manager);
+    eprintln!("control plane at {} ready in {:?}", cp.url, started.elapsed());
+    cp
+}
+
+async fn wait_ready(cp: &ControlPlane, client: &Client) {
+    let deadline = tokio::time::Instant::now() + STARTUP;
+    // `Request::new("").get("readyz")` is the way kube builds `GET /readyz`.
+    let readyz = kube::core::Request::new("")
+        .get("readyz", &Default::default())
+        .expect("readyz request");
+    loop {
+        let request = readyz.clone();
+        match client.request_text(request).await {
+            Ok(body) if body == "ok" => return,
+            result => {
+                if tokio::time::Instant::now() > deadline {
+                    cp.print_logs();
+                    panic!("kube-apiserver not ready after {STARTUP:?}: {result:?}");
+                }
+                let mut peers = cp.peers.lock().unwrap();
+                for peer in peers.iter_mut() {
+                    if !peer.is_running() {
+                        drop(peers);
+                        cp.print_logs();
+                        panic!("a control-plane peer exited during startup");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn install_crds(client: &Client) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let keda = root.join(".tools/keda-crds");
+    assert!(
+        keda.is_dir(),
+        "{} is missing: run `scripts/tools.sh keda`",
+        keda.display()
+    );
+    let mut files = yaml_files(&keda);
+    files.extend(yaml_files(&root.join("apis")));
+    for file in files {
+        apply_file(client, &file, None).await;
+    }
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    files
+}
+
+fn etcd_command(dir: &Path, port: u16) -> Command {
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let client_url = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(tool("etcd"));
+    command
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        // Test data need not survive a power cut; fsync dominates write latency.
+        .arg("--unsafe-no-fsync")
+        .args(["--log-level", "warn"]);
+    command
+}
+
+fn apiserver_command(dir: &Path, port: u16, etcd_port: u16) -> Command {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let mut command = Command::new(tool("kube-apiserver"));
+    command
+        .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_port}")])
+        .args(["--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
+        .args(["--secure-port", &port.to_string()])
+        .args(["--cert-dir", &file("apiserver-certs")])
+        .args(["--tls-cert-file", &file("apiserver.crt")])
+        .args(["--tls-private-key-file", &file("apiserver.key")])
+        .args(["--client-ca-file", &file("ca.crt")])
+        .args(["--authorization-mode", "Node,RBAC"])
+        .args(["--service-cluster-ip-range", "10.96.0.0/16"])
+        .args([
+            "--service-account-issuer",
+            "https://kubernetes.default.svc.cluster.local",
+        ])
+        .args(["--service-account-key-file", &file("service-account.pub")])
+        .args(["--service-account-signing-key-file", &file("service-account.key")])
+        // The aggregation layer, for extension API servers such as KEDA's
+        // metrics adapter; routing to endpoints because nothing implements
+        // Service IPs here.
+        .args(["--requestheader-client-ca-file", &file("front-proxy-ca.crt")])
+        .args(["--requestheader-allowed-names", "front-proxy-client"])
+        .args(["--requestheader-username-headers", "X-Remote-User"])
+        .args(["--requestheader-group-headers", "X-Remote-Group"])
+        .args(["--requestheader-extra-headers-prefix", "X-Remote-Extra-"])
+        .args(["--proxy-client-cert-file", &file("front-proxy-client.crt")])
+        .args(["--proxy-client-key-file", &file("front-proxy-client.key")])
+        .arg("--enable-aggregator-routing=true")
+        .arg("--profiling=false");
+    command
+}
+
+fn controller_manager_command(dir: &Path) -> Command {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let mut command = Command::new(tool("kube-controller-manager"));
+    command
+        .args(["--kubeconfig", &file("controller-manager.kubeconfig")])
+        // No serving port: nothing scrapes it, and it would need its own certs.
+        .args(["--secure-port", "0"])
+        .arg("--leader-elect=false")
+        // Each controller acts as its own ServiceAccount with the bootstrap
+        // RBAC roles, as in a real cluster.
+        .arg("--use-service-account-credentials")
+        .args([
+            "--controllers",
+            "garbagecollector,namespace,deployment,replicaset,serviceaccount,horizontalpodautoscaling",
+        ])
+        .args(["--horizontal-pod-autoscaler-sync-period", "2s"])
+        .args(["--root-ca-file", &file("ca.crt")])
+        .args(["--service-account-private-key-file", &file("service-account.key")])
+        .arg("--profiling=false");
+    command
+}
+
+/// The CAs, serving and client certificates, and the ServiceAccount signing key.
+fn write_pki(dir: &Path) {
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    let ca = write_ca(dir, "ca", "eds-test-ca");
+    let front_proxy_ca = write_ca(dir, "front-proxy-ca", "eds-test-front-proxy-ca");
+
+    let mut serving = leaf("kube-apiserver", &[], ExtendedKeyUsagePurpose::ServerAuth);
+    serving.subject_alt_names = ["127.0.0.1", "localhost", "kubernetes.default.svc", "10.96.0.1"]
+        .iter()
+        .map(|name| match name.parse::<IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName((*name).try_into().unwrap()),
+        })
+        .collect();
+    write_signed(dir, "apiserver", &serving, &ca);
+    let client = ExtendedKeyUsagePurpose::ClientAuth;
+    write_signed(
+        dir,
+        "admin",
+        &leaf("eds-test-admin", &["system:masters"], client.clone()),
+        &ca,
+    );
+    write_signed(
+        dir,
+        "controller-manager",
+        &leaf("system:kube-controller-manager", &[], client.clone()),
+        &ca,
+    );
+    write_signed(
+        dir,
+        "front-proxy-client",
+        &leaf("front-proxy-client", &[], client),
+        &front_proxy_ca,
+    );
+
+    let signing = KeyPair::generate().unwrap();
+    write("service-account.key", signing.serialize_pem());
+    write("service-account.pub", signing.public_key_pem());
+}
+
+fn write_ca(dir: &Path, file: &str, name: &str) -> Issuer<'static, KeyPair> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+    Issuer::new(params, key)
+}
+
+fn leaf(common_name: &str, groups: &[&str], usage: ExtendedKeyUsagePurpose) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    for group in groups {
+        params.distinguished_name.push(DnType::OrganizationName, *group);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![usage];
+    params
+}
+
+fn write_signed(dir: &Path, file: &str, params: &CertificateParams, issuer: &Issuer<'_, KeyPair>) {
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+}
+
+fn write_kubeconfig(dir: &Path, url: &str, user: &str) {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: eds-test\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: eds-test\n  context:\n    cluster: eds-test\n    user: {user}\ncurrent-context: eds-test\n",
+        ca = file("ca.crt"),
+        cert = file(&format!("{user}.crt")),
+        key = file(&format!("{user}.key")),
+    );
+    std::fs::write(dir.join(format!("{user}.kubeconfig")), text).unwrap();
+}
