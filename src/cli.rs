@@ -40,7 +40,9 @@ pub enum Command {
 /// Parses the command line, runs the subcommand and maps failure to exit 1.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init_logging(args.log_format);
+    // The demo prints its own table; only problems should interrupt it.
+    let default_level = if matches!(args.command, Command::Demo(_)) { "warn" } else { "info" };
+    telemetry::init_logging(args.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

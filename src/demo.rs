@@ -1,9 +1,269 @@
-//! `eds demo`: the scaler against a local nats-server and a bursty workload.
-use crate::Result;
+//! `eds demo`: the scaler against a local nats-server and a bursty workload,
+//! showing live what KEDA would see. No cluster needed.
+//!
+//! A publisher sends bursts to a stream; a pool of slow workers drains a
+//! durable consumer, and the pool is resized to the replica count the HPA
+//! would pick, so the backlog visibly pulls the worker count up and down.
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::process::Command;
+
+use crate::lag::desired_replicas;
+use crate::nats::{NatsArgs, parse_duration};
+use crate::proto::external_scaler_client::ExternalScalerClient;
+use crate::proto::{GetMetricsRequest, ScaledObjectRef};
+use crate::scaler::{Scaler, Tuning};
+use crate::{Error, Result};
+
+const STREAM: &str = "DEMO_ORDERS";
+const CONSUMER: &str = "demo-workers";
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// nats-server binary to start (built by scripts/tools.sh).
+    #[arg(long, env = "EDS_DEMO_NATS_SERVER", default_value = ".tools/bin/nats-server")]
+    pub nats_server: PathBuf,
+    /// How long to run.
+    #[arg(long, default_value = "45s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Target lag per replica (the claim's scaling.lagThreshold).
+    #[arg(long, default_value_t = 5.0)]
+    pub lag_threshold: f64,
+    /// Replica bounds the HPA would use.
+    #[arg(long, default_value_t = 0)]
+    pub min_replicas: u32,
+    #[arg(long, default_value_t = 8)]
+    pub max_replicas: u32,
+    /// Time one worker spends on one message.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub work_time: Duration,
+}
 
-pub async fn run(_args: Args) -> Result<()> {
-    Err(crate::Error::Config("the demo is not built yet".into()))
+pub async fn run(args: Args) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("eds-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::Server(e.to_string()))?
+        .port();
+    let mut server = Command::new(&args.nats_server)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("js"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            Error::Config(format!(
+                "starting {} ({e}); run scripts/demo.sh, which builds it",
+                args.nats_server.display()
+            ))
+        })?;
+    let url = format!("nats://127.0.0.1:{port}");
+    let outcome = demo(&args, &url).await;
+    let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+async fn demo(args: &Args, url: &str) -> Result<()> {
+    let nats_err = |e: &dyn std::fmt::Display| Error::Nats {
+        connection: "demo".into(),
+        message: e.to_string(),
+    };
+    let client = connect_when_up(url).await?;
+    let js = jetstream::new(client);
+    let stream = js
+        .create_stream(stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["demo.orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err(&e))?;
+    let workers = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err(&e))?;
+
+    // The scaler, exactly as `eds scaler` runs it, on a loopback port.
+    let scaler = Scaler::connect(&NatsArgs::for_url(url), Tuning::default()).await?;
+    let grpc = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Server(e.to_string()))?;
+    let grpc_addr = grpc.local_addr().map_err(|e| Error::Server(e.to_string()))?;
+    let serving = scaler.clone();
+    tokio::spawn(async move { serving.serve(grpc, None, std::future::pending()).await });
+    let mut keda = ExternalScalerClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .map_err(|e| Error::Server(e.to_string()))?;
+    let so = ScaledObjectRef {
+        name: "demo".into(),
+        namespace: "demo".into(),
+        scaler_metadata: [
+            ("stream", STREAM.to_string()),
+            ("consumer", CONSUMER.to_string()),
+            ("lagThreshold", args.lag_threshold.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    };
+    let spec = keda
+        .get_metric_spec(so.clone())
+        .await
+        .map_err(|e| Error::Server(e.to_string()))?
+        .into_inner();
+    println!(
+        "eds demo: nats-server {url}, stream {STREAM}, consumer {CONSUMER}, scaler on {grpc_addr}\nKEDA metric {:?}, target {} per replica, replicas {}..{}\n",
+        spec.metric_specs[0].metric_name, args.lag_threshold, args.min_replicas, args.max_replicas
+    );
+
+    let started = Instant::now();
+    let replicas = Arc::new(AtomicU32::new(args.min_replicas));
+    let pool = tokio::spawn(worker_pool(workers, replicas.clone(), args.work_time));
+    let publisher = tokio::spawn(publish_bursts(js.clone()));
+    let mut pushes = keda
+        .stream_is_active(so.clone())
+        .await
+        .map_err(|e| Error::Server(e.to_string()))?
+        .into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(push)) = pushes.message().await {
+            println!("{:>6.1}s  push: StreamIsActive -> {}", started.elapsed().as_secs_f64(), push.result);
+        }
+    });
+
+    println!("  time  pending  ack-pending   lag  active  HPA replicas  (what KEDA sees)");
+    let key = crate::lag::ConsumerKey::new(crate::nats::DEFAULT_CONNECTION, None, STREAM, CONSUMER);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while started.elapsed() < args.duration {
+        tick.tick().await;
+        let metrics = keda
+            .get_metrics(GetMetricsRequest {
+                scaled_object_ref: Some(so.clone()),
+                metric_name: spec.metric_specs[0].metric_name.clone(),
+            })
+            .await;
+        // The very reading GetMetrics was served from, not a newer one.
+        let breakdown = scaler.cache.peek(&key).map(|r| r.result).unwrap_or_else(|| {
+            Err(crate::lag::LagError::Internal("no reading yet".into()))
+        });
+        let active = keda.is_active(so.clone()).await;
+        match (metrics, active, breakdown) {
+            (Ok(m), Ok(a), Ok(state)) => {
+                let lag = m.into_inner().metric_values[0].metric_value as u64;
+                let want = desired_replicas(lag, args.lag_threshold, args.min_replicas, args.max_replicas);
+                replicas.store(want, Ordering::Relaxed);
+                println!(
+                    "{:>6.1}s  {:>7}  {:>11}  {:>4}  {:>6}  {:>12}  {}",
+                    started.elapsed().as_secs_f64(),
+                    state.pending,
+                    state.ack_pending,
+                    lag,
+                    a.into_inner().result,
+                    want,
+                    "#".repeat(want as usize)
+                );
+            }
+            (m, a, b) => println!(
+                "{:>6.1}s  error: {:?} {:?} {:?}",
+                started.elapsed().as_secs_f64(),
+                m.err(),
+                a.err(),
+                b.err()
+            ),
+        }
+    }
+    publisher.abort();
+    pool.abort();
+    println!("\ndone: lag = pending + ack-pending; HPA replicas = ceil(lag / lagThreshold) clamped to min..max");
+    Ok(())
+}
+
+async fn connect_when_up(url: &str) -> Result<async_nats::Client> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match async_nats::connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(e) if Instant::now() > deadline => {
+                return Err(Error::Nats {
+                    connection: "demo".into(),
+                    message: format!("nats-server did not come up: {e}"),
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Bursts of 20 to 80 orders every 6 to 10 seconds.
+async fn publish_bursts(js: jetstream::Context) {
+    let mut seed = 0x2545_f491_u32;
+    let mut next = move |below: u32| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed % below
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    loop {
+        let burst = 20 + next(60);
+        for i in 0..burst {
+            if let Ok(ack) = js.publish(format!("demo.orders.{}", i % 3), "order".into()).await {
+                let _ = ack.await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(6 + u64::from(next(5)))).await;
+    }
+}
+
+/// A pool whose size follows `replicas`. Worker `i` runs while the replica
+/// count is above `i` and, like a pod given SIGTERM, finishes and acknowledges
+/// its current message before it stops.
+async fn worker_pool(
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    replicas: Arc<AtomicU32>,
+    work_time: Duration,
+) {
+    let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    loop {
+        running.retain(|w| !w.is_finished());
+        let want = replicas.load(Ordering::Relaxed) as usize;
+        for index in running.len()..want {
+            let (consumer, replicas) = (consumer.clone(), replicas.clone());
+            running.push(tokio::spawn(async move {
+                while replicas.load(Ordering::Relaxed) as usize > index {
+                    let Ok(mut batch) = consumer
+                        .fetch()
+                        .max_messages(1)
+                        .expires(Duration::from_millis(500))
+                        .messages()
+                        .await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    while let Some(Ok(message)) = batch.next().await {
+                        tokio::time::sleep(work_time).await;
+                        let _ = message.ack().await;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

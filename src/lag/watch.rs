@@ -1,8 +1,8 @@
 //! Push activation: tell KEDA a sleeping consumer has work the moment the
 //! first message is stored, without polling every consumer all the time.
 //!
-//! While a consumer is idle, its watcher holds a small ordered push consumer on
-//! the stream with the same subject filter, `deliver_policy: new` and
+//! While a consumer is idle, its watcher holds a small ephemeral push consumer
+//! on the stream with the same subject filter, `deliver_policy: new` and
 //! `headers_only`: the server sends one header-only message per new stored
 //! message and nothing while the stream is quiet (apart from a heartbeat every
 //! few seconds). A notification triggers one fresh `CONSUMER.INFO`. As soon
@@ -17,7 +17,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::push};
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, push},
+};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -134,7 +137,8 @@ impl Watchers {
             return;
         };
         let mut connects = conn.connects.clone();
-        let mut notifier: Option<push::Ordered> = None;
+        let mut notifier: Option<Notifier> = None;
+        let mut retry = Backoff::default();
         let mut since = Instant::now();
         let mut last_notified: Option<Instant> = None;
         loop {
@@ -145,17 +149,23 @@ impl Watchers {
             let all_active = state.as_ref().is_some_and(|s| s.lag() as f64 > threshold);
             if all_active {
                 notifier = None;
-            } else if let (None, Some(state)) = (&notifier, &state) {
-                match self.notifier(&conn.client, &key, &state.filter_subjects).await {
+            } else if let (None, Some(state)) = (&notifier, &state)
+                && retry.due()
+            {
+                match Notifier::start(&conn.client, &key, &state.filter_subjects).await {
                     Ok(created) => {
                         notifier = Some(created);
+                        retry = Backoff::default();
                         // Re-read: a message stored between the read above and
                         // the notifier's start would otherwise go unseen.
                         since = Instant::now();
                         continue;
                     }
-                    Err(e) => tracing::warn!(consumer = %key, error = %e,
-                        "cannot watch the stream for new messages; polling instead"),
+                    Err(e) => {
+                        let wait = retry.failed();
+                        tracing::warn!(consumer = %key, error = %e, retry_in = ?wait,
+                            "cannot watch the stream for new messages; polling until then");
+                    }
                 }
             }
             let wait = match (&state, &notifier) {
@@ -175,6 +185,8 @@ impl Watchers {
                     if changed.is_err() {
                         return;
                     }
+                    // A restarted server has lost our ephemeral consumer.
+                    notifier = None;
                     since = Instant::now();
                 }
                 message = next_or_pending(&mut notifier) => {
@@ -191,29 +203,71 @@ impl Watchers {
                             last_notified = Some(Instant::now());
                             since = Instant::now();
                         }
-                        Some(Err(e)) => tracing::debug!(consumer = %key, error = %e, "notifier hiccup"),
+                        Some(Err(e)) => {
+                            tracing::debug!(consumer = %key, error = %e, "notifier lost; recreating");
+                            notifier = None;
+                            since = Instant::now();
+                        }
                         None => notifier = None,
                     }
                 }
             }
         }
     }
+}
 
-    async fn notifier(
-        &self,
+/// Doubling retry delay for notifier creation (e.g. missing permissions).
+#[derive(Default)]
+struct Backoff {
+    next: Option<Instant>,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn due(&self) -> bool {
+        self.next.is_none_or(|next| Instant::now() >= next)
+    }
+
+    fn failed(&mut self) -> Duration {
+        self.delay = (self.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        self.next = Some(Instant::now() + self.delay);
+        self.delay
+    }
+}
+
+/// An ephemeral, header-only push consumer that announces new messages. It
+/// is deleted when dropped; `inactive_threshold` removes it on the server if
+/// the scaler dies first.
+struct Notifier {
+    js: jetstream::Context,
+    stream: Arc<str>,
+    name: String,
+    messages: push::Messages,
+}
+
+impl Notifier {
+    async fn start(
         client: &async_nats::Client,
         key: &ConsumerKey,
         filters: &[String],
-    ) -> Result<push::Ordered, async_nats::Error> {
+    ) -> Result<Self, async_nats::Error> {
         let js = match &key.domain {
             Some(domain) => jetstream::with_domain(client.clone(), domain.as_ref()),
             None => jetstream::new(client.clone()),
         };
-        let mut config = push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            deliver_policy: DeliverPolicy::New,
-            headers_only: true,
+        let inbox = client.new_inbox();
+        let name = format!("eds-watch-{}", inbox.rsplit('.').next().unwrap_or_default());
+        let mut config = push::Config {
+            name: Some(name.clone()),
             description: Some(format!("eds push activation for {}", key.consumer)),
+            deliver_subject: inbox,
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::None,
+            headers_only: true,
+            idle_heartbeat: NOTIFIER_HEARTBEAT,
+            inactive_threshold: NOTIFIER_INACTIVE,
+            memory_storage: true,
+            num_replicas: 1,
             ..Default::default()
         };
         match filters {
@@ -221,18 +275,37 @@ impl Watchers {
             [one] => config.filter_subject = one.clone(),
             many => config.filter_subjects = many.to_vec(),
         }
-        let consumer: jetstream::consumer::Consumer<push::OrderedConfig> =
-            js.create_consumer_on_stream(config, key.stream.as_ref()).await?;
-        Ok(consumer.messages().await?)
+        let consumer = js.create_consumer_on_stream(config, key.stream.as_ref()).await?;
+        let messages = consumer.messages().await?;
+        Ok(Notifier {
+            js,
+            stream: key.stream.clone(),
+            name,
+            messages,
+        })
     }
 }
 
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        let (js, stream, name) = (self.js.clone(), self.stream.clone(), std::mem::take(&mut self.name));
+        tokio::spawn(async move {
+            if let Err(e) = js.delete_consumer_from_stream(&name, stream.as_ref()).await {
+                tracing::debug!(consumer = %name, error = %e, "notifier left for the server to expire");
+            }
+        });
+    }
+}
+
+/// Server heartbeats on an idle notifier; a missed one means it is gone.
+const NOTIFIER_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long the server keeps a notifier nobody listens to.
+const NOTIFIER_INACTIVE: Duration = Duration::from_secs(30);
+
 /// The notifier's next message, or never when there is no notifier.
-async fn next_or_pending(
-    notifier: &mut Option<push::Ordered>,
-) -> Option<Result<jetstream::Message, push::OrderedError>> {
+async fn next_or_pending(notifier: &mut Option<Notifier>) -> Option<Result<jetstream::Message, push::MessagesError>> {
     match notifier {
-        Some(stream) => stream.next().await,
+        Some(n) => n.messages.next().await,
         None => std::future::pending().await,
     }
 }

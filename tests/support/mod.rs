@@ -1,6 +1,8 @@
 //! Shared harnesses for integration tests.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod kube;
 pub mod nats;
 pub mod process;
+pub mod scaler;

@@ -12,9 +12,10 @@ use super::process::{Peer, free_port, tool};
 
 /// One nats-server with JetStream.
 pub struct NatsServer {
+    // Dropped before `dir`, so a failing test can still print the log.
+    pub peer: Peer,
     pub port: u16,
     pub dir: tempfile::TempDir,
-    pub peer: Peer,
 }
 
 impl NatsServer {
@@ -46,7 +47,7 @@ impl NatsServer {
         let log = dir.path().join("nats.log");
         let mut peer = Peer::spawn("nats-server", command, &log);
         wait_listening(&mut peer, port);
-        NatsServer { port, dir, peer }
+        NatsServer { peer, port, dir }
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: builds the pinned peers (cached
+# under ~/.cache/eds-tools), then runs
+#   1. the fast tier: unit tests and the NATS tests (`cargo test`);
+#   2. the slow tier: control plane and KEDA (`--features control-plane`).
+# EDS_TEST_TIER=fast or slow runs one tier only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tier=${EDS_TEST_TIER:-all}
+
+scripts/tools.sh nats
+if [ "$tier" != slow ]; then
+  echo "== fast tier: unit + NATS tests"
+  cargo test --locked
+fi
+if [ "$tier" != fast ]; then
+  scripts/tools.sh etcd kube keda helm
+  echo "== slow tier: control plane and KEDA"
+  cargo test --locked --features control-plane --tests
+fi

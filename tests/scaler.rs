@@ -1,0 +1,623 @@
+//! The scaler against a real nats-server, over real gRPC.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use eds::nats::NatsArgs;
+use eds::proto::ScaledObjectRef;
+use eds::scaler::Tuning;
+use futures::StreamExt;
+use support::nats::NatsServer;
+use support::scaler::{RunningScaler, lag_of, scaled_object, wait_lag};
+use tonic::Code;
+
+fn fast() -> Tuning {
+    Tuning {
+        cache_ttl: Duration::from_millis(200),
+        ..Tuning::default()
+    }
+}
+
+async fn js(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+async fn stream_with(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn pull_consumer(
+    stream: &stream::Stream,
+    name: &str,
+    filter: &str,
+    ack_wait: Duration,
+) -> consumer::Consumer<consumer::pull::Config> {
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            filter_subject: filter.into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn publish(js: &jetstream::Context, subject: &str, n: usize) {
+    for i in 0..n {
+        js.publish(subject.to_string(), format!("m{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+fn so(stream: &str, consumer: &str) -> ScaledObjectRef {
+    scaled_object(&[("stream", stream), ("consumer", consumer)])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filtered_consumer_counts_only_its_subjects() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let orders = stream_with(&js, "ORDERS", &["orders.eu.>", "orders.us.>"]).await;
+    pull_consumer(&orders, "eu-workers", "orders.eu.>", Duration::from_secs(30)).await;
+    pull_consumer(&orders, "all-workers", "", Duration::from_secs(30)).await;
+    publish(&js, "orders.eu.new", 5).await;
+    publish(&js, "orders.us.new", 7).await;
+
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let mut client = scaler.client().await;
+    assert_eq!(lag_of(&mut client, &so("ORDERS", "eu-workers")).await.unwrap(), 5);
+    assert_eq!(lag_of(&mut client, &so("ORDERS", "all-workers")).await.unwrap(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_flight_and_redelivered_work_counts_as_lag() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let jobs = stream_with(&js, "JOBS", &["jobs.>"]).await;
+    let workers = pull_consumer(&jobs, "workers", "", Duration::from_secs(1)).await;
+    publish(&js, "jobs.a", 10).await;
+
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let mut client = scaler.client().await;
+    let so = so("JOBS", "workers");
+    assert_eq!(lag_of(&mut client, &so).await.unwrap(), 10);
+
+    // Four delivered, none acknowledged: still ten messages of work.
+    let mut batch = workers.fetch().max_messages(4).messages().await.unwrap();
+    let mut taken = Vec::new();
+    while let Some(message) = batch.next().await {
+        taken.push(message.unwrap());
+    }
+    assert_eq!(taken.len(), 4);
+    assert_eq!(wait_lag(&mut client, &so, 10).await, 10);
+    let key = eds::lag::ConsumerKey::new("default", None, "JOBS", "workers");
+    let reader = eds::lag::JetStreamLag::new(scaler.scaler.connections.clone());
+    let state = reader.consumer_state(&key).await.unwrap();
+    assert_eq!((state.pending, state.ack_pending), (6, 4));
+
+    // Two acknowledged: eight left. A NAK keeps the message in the lag.
+    taken[0].ack().await.unwrap();
+    taken[1].ack_with(AckKind::Ack).await.unwrap();
+    taken[2].ack_with(AckKind::Nak(None)).await.unwrap();
+    assert_eq!(wait_lag(&mut client, &so, 8).await, 8);
+
+    // The last one's ack wait expires: redelivered, and still counted once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut again = workers.fetch().max_messages(10).messages().await.unwrap();
+    let mut redelivered = 0;
+    while let Some(message) = again.next().await {
+        let message = message.unwrap();
+        if message.info().unwrap().delivered > 1 {
+            redelivered += 1;
+        }
+    }
+    assert!(
+        redelivered >= 2,
+        "NAK'd and expired messages come again ({redelivered})"
+    );
+    assert_eq!(wait_lag(&mut client, &so, 8).await, 8);
+    let state = reader.consumer_state(&key).await.unwrap();
+    assert!(state.redelivered >= 1, "{state:?}");
+    assert_eq!(state.lag(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_consumers_have_lag_too() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let events = stream_with(&js, "EVENTS", &["events.>"]).await;
+    events
+        .create_consumer(consumer::push::Config {
+            durable_name: Some("pushed".into()),
+            deliver_subject: "deliver.pushed".into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    publish(&js, "events.x", 3).await;
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let mut client = scaler.client().await;
+    // Nobody listens on the deliver subject: all three are still pending
+    // or awaiting an ack.
+    assert_eq!(lag_of(&mut client, &so("EVENTS", "pushed")).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_stream_or_consumer_is_not_found_never_a_number() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    stream_with(&js, "REAL", &["real.>"]).await;
+    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let mut client = scaler.client().await;
+    for (so, what) in [
+        (so("NOPE", "c"), "stream \"NOPE\""),
+        (so("REAL", "nope"), "consumer \"nope\""),
+    ] {
+        let err = lag_of(&mut client, &so).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert!(err.message().contains(what), "{}", err.message());
+        let err = client.is_active(so.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        let err = client.stream_is_active(so.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_metadata_is_invalid_argument_naming_the_key() {
+    let nats = NatsServer::start();
+    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let mut client = scaler.client().await;
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("consumer", "c")], "stream"),
+        (&[("stream", "S")], "consumer"),
+        (&[("stream", "S.x"), ("consumer", "c")], "stream"),
+        (
+            &[("stream", "S"), ("consumer", "c"), ("lagThreshold", "lots")],
+            "lagThreshold",
+        ),
+        (
+            &[("stream", "S"), ("consumer", "c"), ("activationLagThreshold", "-2")],
+            "activationLagThreshold",
+        ),
+        (
+            &[("stream", "S"), ("consumer", "c"), ("natsConnection", "elsewhere")],
+            "natsConnection",
+        ),
+        (&[("stream", "S"), ("consumer", "c"), ("jsDomain", "a b")], "jsDomain"),
+    ];
+    for (pairs, key) in cases {
+        let so = scaled_object(pairs);
+        for err in [
+            client.get_metric_spec(so.clone()).await.unwrap_err(),
+            client.is_active(so.clone()).await.unwrap_err(),
+            lag_of(&mut client, &so).await.unwrap_err(),
+            client.stream_is_active(so.clone()).await.unwrap_err(),
+        ] {
+            assert_eq!(err.code(), Code::InvalidArgument, "{pairs:?}: {err:?}");
+            assert!(err.message().contains(key), "{pairs:?}: {}", err.message());
+        }
+    }
+    // A server address in metadata is not a way to reach another server:
+    // `natsConnection` only names configured connections.
+    let err = client
+        .get_metric_spec(scaled_object(&[
+            ("stream", "S"),
+            ("consumer", "c"),
+            ("natsConnection", "nats://evil.example:4222"),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let unimplemented = client.stream_metric_spec(so("S", "c")).await.unwrap_err();
+    assert_eq!(unimplemented.code(), Code::Unimplemented);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metric_spec_and_activity() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "MY_SERVICE_STREAM", &["svc.>"]).await;
+    pull_consumer(&s, "my-service-workers", "", Duration::from_secs(30)).await;
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let mut client = scaler.client().await;
+    let so = scaled_object(&[
+        ("stream", "MY_SERVICE_STREAM"),
+        ("consumer", "my-service-workers"),
+        ("lagThreshold", "2.5"),
+        ("activationLagThreshold", "3"),
+    ]);
+    let spec = client.get_metric_spec(so.clone()).await.unwrap().into_inner();
+    assert_eq!(spec.metric_specs.len(), 1);
+    let spec = &spec.metric_specs[0];
+    assert_eq!(spec.target_size_float, 2.5);
+    assert_eq!(spec.target_size, 3);
+    assert!(
+        spec.metric_name
+            .starts_with("nats-lag-my-service-stream-my-service-workers")
+    );
+
+    assert!(!client.is_active(so.clone()).await.unwrap().into_inner().result);
+    publish(&js, "svc.a", 3).await;
+    assert_eq!(wait_lag(&mut client, &so, 3).await, 3);
+    assert!(
+        !client.is_active(so.clone()).await.unwrap().into_inner().result,
+        "3 is not above 3"
+    );
+    publish(&js, "svc.a", 1).await;
+    assert_eq!(wait_lag(&mut client, &so, 4).await, 4);
+    assert!(client.is_active(so.clone()).await.unwrap().into_inner().result);
+    let reply = client
+        .get_metrics(support::scaler::metrics_request(so.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.metric_values[0].metric_value_float, 4.0);
+}
+
+/// Counts the CONSUMER.INFO requests the scaler sends, by listening on the
+/// API subject like any other subscriber.
+async fn count_info_requests(url: &str, stream: &str, consumer: &str) -> async_nats::Subscriber {
+    let watcher = async_nats::connect(url).await.unwrap();
+    let sub = watcher
+        .subscribe(format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    // Keep the client alive with the subscription.
+    std::mem::forget(watcher);
+    sub
+}
+
+fn drain(sub: &mut async_nats::Subscriber) -> usize {
+    let mut n = 0;
+    while let Some(Some(_)) = futures::FutureExt::now_or_never(sub.next()) {
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_share_reads_and_fresh_values_skip_nats() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "HOT", &["hot.>"]).await;
+    pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    publish(&js, "hot.x", 42).await;
+    let mut requests = count_info_requests(&nats.url(), "HOT", "c").await;
+    let tuning = Tuning {
+        cache_ttl: Duration::from_secs(1),
+        ..Tuning::default()
+    };
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
+
+    // 300 concurrent KEDA calls on a cold cache: one NATS request.
+    let mut calls = Vec::new();
+    for _ in 0..300 {
+        let mut client = scaler.client().await;
+        calls.push(tokio::spawn(async move {
+            lag_of(&mut client, &so("HOT", "c")).await.unwrap()
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 42);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(drain(&mut requests), 1, "concurrent calls share one request");
+
+    // A steady stream of calls for 3 s: NATS sees about one request per TTL.
+    let mut client = scaler.client().await;
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(lag_of(&mut client, &so("HOT", "c")).await.unwrap(), 42);
+        calls += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = drain(&mut requests);
+    println!("{calls} GetMetrics calls in 3 s cost {sent} NATS requests (TTL 1 s)");
+    assert!((2..=4).contains(&sent), "{sent} requests for {calls} calls");
+    assert!(calls > 100);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_down_is_an_error_within_the_bound_and_recovery_is_automatic() {
+    let mut nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "DUR", &["dur.>"]).await;
+    // File storage (the default) survives the restart below.
+    pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    publish(&js, "dur.x", 6).await;
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let mut client = scaler.client().await;
+    let so = so("DUR", "c");
+    assert_eq!(lag_of(&mut client, &so).await.unwrap(), 6);
+
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let err = lag_of(&mut client, &so).await.unwrap_err();
+    let took = started.elapsed();
+    println!("NATS down: {:?} after {took:?}", err.code());
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let err = client.is_active(so.clone()).await.unwrap_err();
+    assert!(matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded));
+
+    nats.start_again();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match lag_of(&mut client, &so).await {
+            Ok(lag) => {
+                assert_eq!(lag, 6);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_nats_times_out_within_the_bound() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "FROZEN", &["frozen.>"]).await;
+    pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let mut client = scaler.client().await;
+    let so = so("FROZEN", "c");
+    assert_eq!(lag_of(&mut client, &so).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The server process is stopped: the TCP connection stays open and
+    // nothing answers.
+    nats.peer.signal("STOP");
+    let started = Instant::now();
+    let result = lag_of(&mut client, &so).await;
+    let took = started.elapsed();
+    nats.peer.signal("CONT");
+    let err = result.unwrap_err();
+    println!("frozen NATS: {:?} after {took:?}", err.code());
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Unavailable),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+/// Reads pushed activity until `want` arrives; returns how long it took.
+async fn wait_push(
+    stream: &mut tonic::Streaming<eds::proto::IsActiveResponse>,
+    want: bool,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let next = tokio::time::timeout(limit.saturating_sub(started.elapsed()), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no push of {want} within {limit:?}"))
+            .unwrap()
+            .expect("stream stays open");
+        if next.result == want {
+            return started.elapsed();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_activation_is_fast() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "WAKE", &["wake.>"]).await;
+    let workers = pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    // A long safety re-check: only the push path can be fast here.
+    let tuning = Tuning {
+        cache_ttl: Duration::from_millis(200),
+        push_active_poll: Duration::from_millis(200),
+        push_idle_recheck: Duration::from_secs(60),
+    };
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
+    let mut client = scaler.client().await;
+    let mut pushed = client.stream_is_active(so("WAKE", "c")).await.unwrap().into_inner();
+    wait_push(&mut pushed, false, Duration::from_secs(2)).await;
+
+    let mut latencies = Vec::new();
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let published = Instant::now();
+        js.publish("wake.up", format!("round {round}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let took = wait_push(&mut pushed, true, Duration::from_secs(1)).await;
+        latencies.push(published.elapsed().max(took));
+        // Drain, and wait until the scaler says idle again.
+        let mut batch = workers.fetch().max_messages(10).messages().await.unwrap();
+        while let Some(m) = batch.next().await {
+            m.unwrap().double_ack().await.unwrap();
+        }
+        wait_push(&mut pushed, false, Duration::from_secs(3)).await;
+    }
+    latencies.sort();
+    println!("push activation latency (publish -> true): {latencies:?}");
+    assert!(latencies.iter().all(|l| *l < Duration::from_secs(1)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_stream_survives_a_nats_restart() {
+    let mut nats = NatsServer::start();
+    let js_client = js(&nats.url()).await;
+    let s = stream_with(&js_client, "SURVIVE", &["survive.>"]).await;
+    pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    let tuning = Tuning {
+        cache_ttl: Duration::from_millis(200),
+        push_active_poll: Duration::from_millis(200),
+        push_idle_recheck: Duration::from_secs(60),
+    };
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
+    let mut client = scaler.client().await;
+    let mut pushed = client.stream_is_active(so("SURVIVE", "c")).await.unwrap().into_inner();
+    wait_push(&mut pushed, false, Duration::from_secs(2)).await;
+
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scaler.scaler.connections.all_connected().is_err() {
+        assert!(Instant::now() < deadline, "scaler did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let js_client = js(&nats.url()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published = Instant::now();
+    js_client
+        .publish("survive.x", "after restart".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_push(&mut pushed, true, Duration::from_secs(3)).await;
+    println!("push after a NATS restart: {:?}", published.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_push_streams_are_cleaned_up() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "GONE", &["gone.>"]).await;
+    pull_consumer(&s, "a", "", Duration::from_secs(30)).await;
+    pull_consumer(&s, "b", "", Duration::from_secs(30)).await;
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let mut client = scaler.client().await;
+    let mut a1 = client.stream_is_active(so("GONE", "a")).await.unwrap().into_inner();
+    let mut a2 = client.stream_is_active(so("GONE", "a")).await.unwrap().into_inner();
+    let mut b = client.stream_is_active(so("GONE", "b")).await.unwrap().into_inner();
+    for s in [&mut a1, &mut a2, &mut b] {
+        wait_push(s, false, Duration::from_secs(2)).await;
+    }
+    assert_eq!(scaler.scaler.watchers.len(), 2, "one watcher per consumer");
+    drop(a1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(scaler.scaler.watchers.len(), 2, "a2 still watches a");
+    drop(a2);
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !scaler.scaler.watchers.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "watchers left: {}",
+            scaler.scaler.watchers.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Their notifier consumers go too, so the stream carries no leftovers.
+    let mut stream = js.get_stream("GONE").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let consumers = stream.info().await.unwrap().state.consumer_count;
+        if consumers == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{consumers} consumers left on the stream");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watching_many_idle_consumers_keeps_nats_load_bounded() {
+    const CONSUMERS: usize = 1000;
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "MANY", &["many.>"]).await;
+    for i in 0..CONSUMERS {
+        pull_consumer(&s, &format!("c{i}"), &format!("many.{i}"), Duration::from_secs(30)).await;
+    }
+    let mut requests = count_info_requests(&nats.url(), "MANY", "*").await;
+    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let mut client = scaler.client().await;
+    let mut streams = Vec::new();
+    for i in 0..CONSUMERS {
+        streams.push(
+            client
+                .stream_is_active(so("MANY", &format!("c{i}")))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    for s in &mut streams {
+        wait_push(s, false, Duration::from_secs(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let warmup = drain(&mut requests);
+    let window = Duration::from_secs(5);
+    tokio::time::sleep(window).await;
+    let steady = drain(&mut requests);
+    let per_second = steady as f64 / window.as_secs_f64();
+    println!("{CONSUMERS} idle watched consumers: {warmup} requests to set up, then {per_second:.1} requests/s");
+    assert!(per_second < 150.0, "{per_second} requests/s");
+
+    // And one of them still wakes up at once.
+    let published = Instant::now();
+    js.publish("many.7", "work".into()).await.unwrap().await.unwrap();
+    wait_push(&mut streams[7], true, Duration::from_secs(1)).await;
+    println!("wake-up with {CONSUMERS} watched: {:?}", published.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_command_prints_the_breakdown() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "CLI", &["cli.>"]).await;
+    pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    publish(&js, "cli.x", 9).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eds"))
+        .args([
+            "lag",
+            "--stream",
+            "CLI",
+            "--consumer",
+            "c",
+            "--json",
+            "--nats-url",
+            &nats.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["lag"], 9);
+    assert_eq!(json["pending"], 9);
+    assert_eq!(json["ackPending"], 0);
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_eds"))
+        .args([
+            "lag",
+            "--stream",
+            "CLI",
+            "--consumer",
+            "nope",
+            "--nats-url",
+            &nats.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}

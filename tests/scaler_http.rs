@@ -1,0 +1,95 @@
+//! The scaler's HTTP side: Prometheus metrics, liveness and readiness.
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use eds::nats::NatsArgs;
+use support::nats::NatsServer;
+use support::process::http_get;
+use support::scaler::{RunningScaler, lag_of, scaled_object};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_health_and_readiness() {
+    // The recorder must exist before the scaler creates its counters.
+    eds::telemetry::prometheus();
+    let mut nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let s = js
+        .create_stream(stream::Config {
+            name: "OBS".into(),
+            subjects: vec!["obs.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    s.create_consumer(consumer::pull::Config {
+        durable_name: Some("c".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("obs.x", "1".into()).await.unwrap().await.unwrap();
+
+    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = scaler.scaler.connections.clone();
+    tokio::spawn(eds::telemetry::serve_http_on(
+        listener,
+        Arc::new(move || connections.all_connected()),
+    ));
+
+    let mut client = scaler.client().await;
+    let so = scaled_object(&[("stream", "OBS"), ("consumer", "c")]);
+    assert_eq!(lag_of(&mut client, &so).await.unwrap(), 1);
+    assert_eq!(lag_of(&mut client, &so).await.unwrap(), 1);
+    let missing = scaled_object(&[("stream", "OBS"), ("consumer", "gone")]);
+    assert!(lag_of(&mut client, &missing).await.is_err());
+    let mut pushed = client.stream_is_active(so.clone()).await.unwrap().into_inner();
+    assert!(pushed.message().await.unwrap().unwrap().result);
+
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    for needle in [
+        r#"eds_consumer_lag{connection="default",stream="OBS",consumer="c"} 1"#,
+        r#"eds_consumer_pending{connection="default",stream="OBS",consumer="c"} 1"#,
+        r#"eds_consumer_ack_pending{connection="default",stream="OBS",consumer="c"} 0"#,
+        r#"eds_scaler_rpc_total{method="GetMetrics",code="OK"}"#,
+        r#"eds_scaler_rpc_total{method="GetMetrics",code="NotFound"}"#,
+        r#"eds_scaler_rpc_duration_seconds_bucket{method="GetMetrics",code="OK",le="0.001"}"#,
+        r#"eds_lag_cache_requests_total{result="hit"}"#,
+        r#"eds_lag_cache_requests_total{result="miss"}"#,
+        r#"eds_nats_requests_total{connection="default",result="not_found"}"#,
+        r#"eds_nats_request_duration_seconds_bucket{connection="default""#,
+        r#"eds_nats_connected{connection="default"} 1"#,
+        "eds_push_streams 1",
+        "eds_push_watchers 1",
+        "eds_push_activations_total 1",
+    ] {
+        assert!(body.contains(needle), "/metrics lacks {needle}\n{body}");
+    }
+    assert_eq!(http_get_async(port, "/healthz").await, (200, "ok".to_string()));
+    assert_eq!(http_get_async(port, "/readyz").await.0, 200);
+
+    nats.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, body) = http_get_async(port, "/readyz").await;
+        if code == 503 {
+            assert!(body.contains("default"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz still {code}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http_get_async(port, "/healthz").await.0, 200, "alive, just not ready");
+}
+
+async fn http_get_async(port: u16, path: &'static str) -> (u16, String) {
+    tokio::task::spawn_blocking(move || http_get(port, path)).await.unwrap()
+}
