@@ -5,4 +5,5 @@ pub mod certs;
 pub mod kube;
 pub mod nats;
 pub mod process;
+pub mod promql;
 pub mod scaler;

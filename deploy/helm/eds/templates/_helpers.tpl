@@ -169,7 +169,7 @@ config file; the secrets it names are projected into one read-only volume as
 {{- with include "eds.nats.secretSources" . }}
 - name: nats-secrets
   projected:
-    defaultMode: 0440
+    defaultMode: 288 # 0440: owner and the pod's fsGroup may read
     sources:
       {{- . | nindent 6 }}
 {{- end }}
