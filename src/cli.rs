@@ -41,7 +41,11 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     // The demo prints its own table; only problems should interrupt it.
-    let default_level = if matches!(args.command, Command::Demo(_)) { "warn" } else { "info" };
+    let default_level = if matches!(args.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     telemetry::init_logging(args.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -143,7 +143,11 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
         .into_inner();
     tokio::spawn(async move {
         while let Ok(Some(push)) = pushes.message().await {
-            println!("{:>6.1}s  push: StreamIsActive -> {}", started.elapsed().as_secs_f64(), push.result);
+            println!(
+                "{:>6.1}s  push: StreamIsActive -> {}",
+                started.elapsed().as_secs_f64(),
+                push.result
+            );
         }
     });
 
@@ -159,9 +163,11 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
             })
             .await;
         // The very reading GetMetrics was served from, not a newer one.
-        let breakdown = scaler.cache.peek(&key).map(|r| r.result).unwrap_or_else(|| {
-            Err(crate::lag::LagError::Internal("no reading yet".into()))
-        });
+        let breakdown = scaler
+            .cache
+            .peek(&key)
+            .map(|r| r.result)
+            .unwrap_or_else(|| Err(crate::lag::LagError::Internal("no reading yet".into())));
         let active = keda.is_active(so.clone()).await;
         match (metrics, active, breakdown) {
             (Ok(m), Ok(a), Ok(state)) => {

@@ -3,11 +3,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer, stream};
+use async_nats::jetstream::{AckKind, consumer};
 use eds::nats::NatsArgs;
 use eds::proto::ScaledObjectRef;
 use eds::scaler::Tuning;
 use futures::StreamExt;
+use support::js::{js, publish, pull_consumer, stream_with};
 use support::nats::NatsServer;
 use support::scaler::{RunningScaler, lag_of, scaled_object, wait_lag};
 use tonic::Code;
@@ -19,45 +20,13 @@ fn fast() -> Tuning {
     }
 }
 
-async fn js(url: &str) -> jetstream::Context {
-    jetstream::new(async_nats::connect(url).await.unwrap())
-}
-
-async fn stream_with(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
-    js.create_stream(stream::Config {
-        name: name.into(),
-        subjects: subjects.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
-
-async fn pull_consumer(
-    stream: &stream::Stream,
-    name: &str,
-    filter: &str,
-    ack_wait: Duration,
-) -> consumer::Consumer<consumer::pull::Config> {
-    stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(name.into()),
-            filter_subject: filter.into(),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-}
-
-async fn publish(js: &jetstream::Context, subject: &str, n: usize) {
-    for i in 0..n {
-        js.publish(subject.to_string(), format!("m{i}").into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+/// Fast re-reads while active, and a safety re-check so slow that only the
+/// push path can explain a fast activation.
+fn push_only() -> Tuning {
+    Tuning {
+        cache_ttl: Duration::from_millis(200),
+        push_active_poll: Duration::from_millis(200),
+        push_idle_recheck: Duration::from_secs(60),
     }
 }
 
@@ -427,12 +396,7 @@ async fn push_activation_is_fast() {
     let js = js(&nats.url()).await;
     let s = stream_with(&js, "WAKE", &["wake.>"]).await;
     let workers = pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
-    // A long safety re-check: only the push path can be fast here.
-    let tuning = Tuning {
-        cache_ttl: Duration::from_millis(200),
-        push_active_poll: Duration::from_millis(200),
-        push_idle_recheck: Duration::from_secs(60),
-    };
+    let tuning = push_only();
     let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
     let mut client = scaler.client().await;
     let mut pushed = client.stream_is_active(so("WAKE", "c")).await.unwrap().into_inner();
@@ -467,11 +431,7 @@ async fn push_stream_survives_a_nats_restart() {
     let js_client = js(&nats.url()).await;
     let s = stream_with(&js_client, "SURVIVE", &["survive.>"]).await;
     pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
-    let tuning = Tuning {
-        cache_ttl: Duration::from_millis(200),
-        push_active_poll: Duration::from_millis(200),
-        push_idle_recheck: Duration::from_secs(60),
-    };
+    let tuning = push_only();
     let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
     let mut client = scaler.client().await;
     let mut pushed = client.stream_is_active(so("SURVIVE", "c")).await.unwrap().into_inner();

@@ -3,35 +3,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream;
 use eds::nats::NatsArgs;
 use eds::scaler::{GrpcTls, Tuning};
 use support::certs::Pki;
+use support::js::work_with_lag;
 use support::nats::NatsServer;
 use support::scaler::{RunningScaler, lag_of, scaled_object};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-/// A stream `WORK` with a durable `c` and `n` messages, through `client`.
-async fn work_with_lag(js: &jetstream::Context, n: usize) {
-    let s = js
-        .create_stream(stream::Config {
-            name: "WORK".into(),
-            subjects: vec!["work.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    s.create_consumer(consumer::pull::Config {
-        durable_name: Some("c".into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    for _ in 0..n {
-        js.publish("work.x", "w".into()).await.unwrap().await.unwrap();
-    }
-}
 
 fn work() -> eds::proto::ScaledObjectRef {
     scaled_object(&[("stream", "WORK"), ("consumer", "c")])

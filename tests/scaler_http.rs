@@ -4,7 +4,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
 use eds::nats::NatsArgs;
 use support::nats::NatsServer;
 use support::process::http_get;
@@ -15,23 +14,10 @@ async fn metrics_health_and_readiness() {
     // The recorder must exist before the scaler creates its counters.
     eds::telemetry::prometheus();
     let mut nats = NatsServer::start();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let s = js
-        .create_stream(stream::Config {
-            name: "OBS".into(),
-            subjects: vec!["obs.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    s.create_consumer(consumer::pull::Config {
-        durable_name: Some("c".into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js.publish("obs.x", "1".into()).await.unwrap().await.unwrap();
+    let js = support::js::js(&nats.url()).await;
+    let s = support::js::stream_with(&js, "OBS", &["obs.>"]).await;
+    support::js::pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    support::js::publish(&js, "obs.x", 1).await;
 
     let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -11,14 +11,12 @@ pub const DNS_LABEL_RULE: &str = r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$
 pub const DNS_SUBDOMAIN_RULE: &str =
     r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
 pub const HTTP_PATH_RULE: &str = r"self.matches('^/[^\\p{Z}\\p{Cc}]*$')";
-/// Kubernetes resource quantities may be written as YAML integers or strings.
-pub const QUANTITY_RULE: &str = "type(self) == int ? self >= 0 : isQuantity(self) && quantity(self).sign() >= 0";
+/// Quantities may be written as YAML integers or strings; `string(self)`
+/// reads both the same way (and is understood by the offline evaluator too).
+pub const QUANTITY_RULE: &str = "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))";
 
-/// A required-with-default int-or-string. kube marks every optional
-/// int-or-string property nullable unless told otherwise, and a stored `null`
-/// would neither be defaulted by the API server nor deserialize.
 pub fn int_or_string(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({ "x-kubernetes-int-or-string": true, "nullable": false })
+    json_schema!({ "x-kubernetes-int-or-string": true })
 }
 
 pub fn quantity(_: &mut SchemaGenerator) -> Schema {

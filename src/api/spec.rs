@@ -117,6 +117,17 @@ pub enum Size {
     Large,
 }
 
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Size::Micro => "micro",
+            Size::Small => "small",
+            Size::Medium => "medium",
+            Size::Large => "large",
+        })
+    }
+}
+
 /// Single values that replace the size's.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -173,19 +184,19 @@ pub struct Nats {
 pub struct Scaling {
     /// Fewest replicas; 0 scales to zero when there is no lag.
     #[serde(default = "default_min_replicas")]
-    #[x_kube(validation = Rule::new("self >= 0").message("scaling.minReplicas must be 0 or more"))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("scaling.minReplicas must be between 0 and 1000"))]
     pub min_replicas: i32,
 
     /// Most replicas.
     #[serde(default = "default_max_replicas")]
-    #[x_kube(validation = Rule::new("self >= 1").message("scaling.maxReplicas must be 1 or more"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("scaling.maxReplicas must be between 1 and 1000"))]
     pub max_replicas: i32,
 
     /// Lag (pending + unacknowledged messages) per replica: an integer or a
     /// decimal string such as "5" or "2.5".
     #[serde(default = "default_lag_threshold")]
     #[schemars(schema_with = "schema::int_or_string")]
-    #[x_kube(validation = Rule::new("type(self) == int ? self > 0 : self.matches('^[0-9]{1,9}(\\\\.[0-9]{1,6})?$') && !self.matches('^[0.]+$')").message("scaling.lagThreshold must be a positive number, such as 5 or \"2.5\""))]
+    #[x_kube(validation = Rule::new("string(self).matches('^[0-9]{1,9}(\\\\.[0-9]{1,6})?$') && !string(self).matches('^[0.]+$')").message("scaling.lagThreshold must be a positive number below one billion, such as 5 or \"2.5\""))]
     pub lag_threshold: IntOrString,
 
     /// Lag at or below which a scaled-to-zero worker stays at zero.
@@ -195,12 +206,12 @@ pub struct Scaling {
 
     /// Seconds between KEDA's checks (KEDA's default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1").message("scaling.pollingInterval must be 1 or more seconds"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("scaling.pollingInterval must be between 1 and 3600 seconds"))]
     pub polling_interval: Option<i32>,
 
     /// Seconds after the last activity before scaling to zero (KEDA's default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 0").message("scaling.cooldownPeriod must be 0 or more seconds"))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 86400").message("scaling.cooldownPeriod must be between 0 and 86400 seconds"))]
     pub cooldown_period: Option<i32>,
 
     /// Replicas to hold while the scaler cannot be read.
@@ -212,10 +223,10 @@ pub struct Scaling {
 #[serde(rename_all = "camelCase")]
 pub struct Fallback {
     /// Failed scaler reads in a row before the fallback applies.
-    #[x_kube(validation = Rule::new("self >= 1").message("scaling.fallback.failureThreshold must be 1 or more"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("scaling.fallback.failureThreshold must be between 1 and 1000"))]
     pub failure_threshold: i32,
     /// Replicas while falling back.
-    #[x_kube(validation = Rule::new("self >= 1").message("scaling.fallback.replicas must be 1 or more"))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("scaling.fallback.replicas must be between 1 and 1000"))]
     pub replicas: i32,
 }
 

@@ -1,12 +1,368 @@
 //! Pure functions: a claim in, its desired children out.
-use crate::Result;
+//!
+//! The controller and `eds render` share these, so what a platform team
+//! diffs in CI is what the cluster gets. Nothing here does I/O except
+//! [`run_cli`], which reads the claim file and prints.
+mod deployment;
+mod resources;
+mod scaled_object;
+mod service;
+mod service_account;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use serde::Deserialize;
+
+pub use deployment::{
+    CONTAINER_NAME, ENV_NATS_CONSUMER, ENV_NATS_STREAM, ENV_NATS_URL, INIT_CONTAINER_NAME, PORT_NAME,
+    desired_deployment,
+};
+pub use resources::{ResourceError, size_resources};
+pub use scaled_object::{
+    SCALER_ADDRESS, ScaleTargetRef, ScaledObject, ScaledObjectCondition, ScaledObjectFallback, ScaledObjectSpec,
+    ScaledObjectStatus, ScaledObjectTrigger, TRIGGER_TYPE, desired_scaled_object,
+};
+pub use service::desired_service;
+pub use service_account::desired_service_account;
+
+use crate::api::{EventDrivenService, check_claim};
+use crate::{Error, Result};
+
+/// The scaler Service KEDA reaches when the platform is installed as documented.
+pub const DEFAULT_SCALER_ADDRESS: &str = "eds-scaler.eds-system.svc:9090";
+/// The `app.kubernetes.io/managed-by` value on every child.
+pub const MANAGED_BY: &str = "eds";
+
+/// What the children need to know about the platform rather than the claim.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// host:port of the eds scaler's gRPC Service, written into every
+    /// ScaledObject as KEDA's `scalerAddress`.
+    #[arg(long, env = "EDS_SCALER_ADDRESS", default_value = DEFAULT_SCALER_ADDRESS)]
+    pub scaler_address: String,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            scaler_address: DEFAULT_SCALER_ADDRESS.to_string(),
+        }
+    }
+}
+
+/// Everything one claim renders to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub scaled_object: ScaledObject,
+}
+
+/// The four children of a claim. Fails only when the claim's resources
+/// cannot be satisfied (a request above its limit).
+pub fn desired_children(eds: &EventDrivenService, platform: &Platform) -> Result<Children> {
+    Ok(Children {
+        service_account: desired_service_account(eds),
+        deployment: desired_deployment(eds).map_err(|e| Error::InvalidClaim(format!("{}: {e}", claim_ref(eds))))?,
+        service: desired_service(eds),
+        scaled_object: desired_scaled_object(eds, platform),
+    })
+}
+
+impl Children {
+    /// Multi-document YAML, in the order a cluster can apply them.
+    pub fn to_yaml(&self) -> Result<String> {
+        let documents = [
+            to_yaml(&self.service_account)?,
+            to_yaml(&self.deployment)?,
+            to_yaml(&self.service)?,
+            to_yaml(&self.scaled_object)?,
+        ];
+        Ok(documents.iter().map(|d| format!("---\n{d}")).collect())
+    }
+}
+
+fn to_yaml(object: &impl serde::Serialize) -> Result<String> {
+    serde_yaml::to_string(object).map_err(|e| Error::Serialize(e.to_string()))
+}
+
+/// Labels every child (and the pods) carries.
+pub fn labels(eds: &EventDrivenService) -> BTreeMap<String, String> {
+    let name = eds.name_any();
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), name.clone()),
+        ("app.kubernetes.io/instance".to_string(), name),
+        ("app.kubernetes.io/component".to_string(), "worker".to_string()),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "eventdrivenservice".to_string(),
+        ),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+    ])
+}
+
+/// The labels that pick the claim's pods: a Deployment's selector cannot
+/// change, so it holds only what never does.
+pub fn selector_labels(eds: &EventDrivenService) -> BTreeMap<String, String> {
+    let name = eds.name_any();
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), name.clone()),
+        ("app.kubernetes.io/instance".to_string(), name),
+    ])
+}
+
+/// A child's metadata: the claim's name and namespace, our labels, and the
+/// claim as controlling owner so that deleting the claim deletes the child.
+/// A claim read from a file has no uid and so gives no owner reference.
+fn child_metadata(eds: &EventDrivenService) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(eds.name_any()),
+        namespace: eds.namespace(),
+        labels: Some(labels(eds)),
+        owner_references: owner_reference(eds).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner_reference(eds: &EventDrivenService) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        block_owner_deletion: Some(true),
+        ..eds.controller_owner_ref(&())?
+    })
+}
+
+fn claim_ref(eds: &EventDrivenService) -> String {
+    match eds.namespace() {
+        Some(ns) => format!("EventDrivenService {ns}/{}", eds.name_any()),
+        None => format!("EventDrivenService {}", eds.name_any()),
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Claim file, or `-` for stdin.
+    /// Claim file (one or more YAML documents), or `-` for stdin.
     pub file: String,
+
+    #[command(flatten)]
+    pub platform: Platform,
 }
 
-pub fn run_cli(_args: Args) -> Result<()> {
-    Err(crate::Error::Config("render is not built yet".into()))
+/// `eds render`: check every claim in the file as the API server would, then
+/// print all their children; print every problem and fail if any claim is
+/// invalid.
+pub fn run_cli(args: Args) -> Result<()> {
+    let text = read_input(&args.file)?;
+    print!("{}", render_text(&text, &args.platform)?);
+    Ok(())
+}
+
+/// The children of every claim in `text` as multi-document YAML.
+pub fn render_text(text: &str, platform: &Platform) -> Result<String> {
+    let claims = parse_claims(text)?;
+    let mut out = String::new();
+    for claim in &claims {
+        out.push_str(&desired_children(claim, platform)?.to_yaml()?);
+    }
+    Ok(out)
+}
+
+/// Every YAML document in `text`, checked. Empty documents are skipped.
+pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
+    let mut claims = Vec::new();
+    let mut problems = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_json::Value::deserialize(document)
+            .map_err(|e| Error::InvalidClaim(format!("document {}: not YAML: {e}", index + 1)))?;
+        if value.is_null() {
+            continue;
+        }
+        match check_claim(&value) {
+            Ok(claim) => claims.push(claim),
+            Err(invalid) => problems.push(invalid.to_string()),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::InvalidClaim(problems.join("\n")));
+    }
+    if claims.is_empty() {
+        return Err(Error::InvalidClaim("no EventDrivenService in the input".into()));
+    }
+    Ok(claims)
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io("stdin", e))?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Error::io(file, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn children(eds: &EventDrivenService) -> Children {
+        desired_children(eds, &Platform::default()).unwrap()
+    }
+
+    fn metadata_of(children: &Children) -> [&ObjectMeta; 4] {
+        [
+            &children.service_account.metadata,
+            &children.deployment.metadata,
+            &children.service.metadata,
+            &children.scaled_object.metadata,
+        ]
+    }
+
+    #[test]
+    fn every_child_is_named_after_the_claim_in_its_namespace_with_our_labels() {
+        let eds = EventDrivenService::test()
+            .with_name("billing")
+            .with_namespace(Some("team-b"));
+        let children = children(&eds);
+        for meta in metadata_of(&children) {
+            assert_eq!(meta.name.as_deref(), Some("billing"));
+            assert_eq!(meta.namespace.as_deref(), Some("team-b"));
+            let labels = meta.labels.as_ref().unwrap();
+            for (key, value) in [
+                ("app.kubernetes.io/name", "billing"),
+                ("app.kubernetes.io/instance", "billing"),
+                ("app.kubernetes.io/component", "worker"),
+                ("app.kubernetes.io/part-of", "eventdrivenservice"),
+                ("app.kubernetes.io/managed-by", "eds"),
+            ] {
+                assert_eq!(labels.get(key).map(String::as_str), Some(value), "{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_claim_from_the_cluster_controls_its_children() {
+        let eds = EventDrivenService::test();
+        let children = children(&eds);
+        for meta in metadata_of(&children) {
+            let owners = meta.owner_references.as_ref().unwrap();
+            assert_eq!(owners.len(), 1);
+            let owner = &owners[0];
+            assert_eq!(owner.api_version, "platform.bizmatters.io/v1alpha1");
+            assert_eq!(owner.kind, "EventDrivenService");
+            assert_eq!(owner.name, "orders-worker");
+            assert_eq!(Some(&owner.uid), eds.metadata.uid.as_ref());
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(owner.block_owner_deletion, Some(true));
+        }
+    }
+
+    #[test]
+    fn a_claim_from_a_file_has_no_uid_and_gives_no_owner() {
+        let eds = EventDrivenService::test().without_uid().with_namespace(None);
+        let children = children(&eds);
+        for meta in metadata_of(&children) {
+            assert_eq!(meta.owner_references, None);
+            assert_eq!(meta.namespace, None);
+        }
+    }
+
+    #[test]
+    fn selectors_pick_the_pods_and_only_by_what_never_changes() {
+        let children = children(&EventDrivenService::test());
+        let deployment = children.deployment.spec.unwrap();
+        let pod_labels = deployment.template.metadata.unwrap().labels.unwrap();
+        let match_labels = deployment.selector.match_labels.unwrap();
+        assert_eq!(match_labels.len(), 2, "{match_labels:?}");
+        assert_eq!(children.service.spec.unwrap().selector.unwrap(), match_labels);
+        for (key, value) in &match_labels {
+            assert_eq!(pod_labels.get(key), Some(value));
+        }
+    }
+
+    #[test]
+    fn the_service_account_mounts_no_token() {
+        let children = children(&EventDrivenService::test());
+        assert_eq!(children.service_account.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn a_request_above_its_limit_is_refused_naming_the_claim() {
+        let eds = EventDrivenService::test().with_spec(|s| {
+            s.resources = Some(crate::api::Resources {
+                requests: Some(crate::api::ResourceAmounts {
+                    cpu: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("3".into())),
+                    memory: None,
+                }),
+                limits: None,
+            })
+        });
+        let err = desired_children(&eds, &Platform::default()).unwrap_err().to_string();
+        assert!(err.contains("team-a/orders-worker"), "{err}");
+        assert!(
+            err.contains("spec.resources: the cpu request 3 is above its limit 2 (size medium)"),
+            "{err}"
+        );
+    }
+
+    const DESIGN_EXAMPLE: &str = include_str!("../../examples/design-example.yaml");
+
+    fn documents(yaml: &str) -> Vec<serde_json::Value> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| serde_json::Value::deserialize(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn render_prints_the_four_children_of_each_claim() {
+        let two = format!(
+            "{DESIGN_EXAMPLE}\n---\n{}",
+            DESIGN_EXAMPLE.replace("name: my-service", "name: other")
+        );
+        let docs = documents(&render_text(&two, &Platform::default()).unwrap());
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["ServiceAccount", "Deployment", "Service", "ScaledObject"].repeat(2)
+        );
+        assert_eq!(docs[0]["metadata"]["name"], "my-service");
+        assert_eq!(docs[4]["metadata"]["name"], "other");
+    }
+
+    #[test]
+    fn render_refuses_every_invalid_claim_and_renders_none() {
+        let bad = DESIGN_EXAMPLE.replace("MY_SERVICE_STREAM", "MY.STREAM");
+        let also_bad = DESIGN_EXAMPLE.replace("minReplicas: 1", "minReplicas: 20");
+        let text = format!("{DESIGN_EXAMPLE}\n---\n{bad}\n---\n{also_bad}");
+        let err = render_text(&text, &Platform::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.nats.stream: Invalid value: \"MY.STREAM\": nats.stream must be a NATS name"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "spec.scaling: Invalid value: scaling.minReplicas must not be greater than scaling.maxReplicas"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn render_refuses_input_without_a_claim() {
+        for text in ["", "---\n", "# nothing\n"] {
+            let err = render_text(text, &Platform::default()).unwrap_err().to_string();
+            assert!(err.contains("no EventDrivenService"), "{text:?}: {err}");
+        }
+        let err = render_text("spec: [unclosed", &Platform::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("document 1: not YAML"), "{err}");
+    }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod js;
 pub mod kube;
 pub mod nats;
 pub mod process;

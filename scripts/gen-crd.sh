@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Regenerates the committed EventDrivenService CRD from the Rust types in src/api.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p apis
+cargo run --quiet -- crd > apis/eventdrivenservices.platform.bizmatters.io.yaml

@@ -1,0 +1,270 @@
+//! KEDA's ScaledObject: the Deployment scaled on the consumer's lag, as
+//! served by the platform's eds scaler through an `external-push` trigger.
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use super::{Platform, child_metadata};
+use crate::api::EventDrivenService;
+use crate::scaler::metadata::{ACTIVATION_LAG_THRESHOLD, CONSUMER, LAG_THRESHOLD, NATS_CONNECTION, STREAM};
+
+/// KEDA's trigger type for an external scaler that pushes activity changes.
+pub const TRIGGER_TYPE: &str = "external-push";
+/// The trigger metadata key KEDA dials for external scalers.
+pub const SCALER_ADDRESS: &str = "scalerAddress";
+
+/// The part of KEDA's `keda.sh/v1alpha1` ScaledObject we write. Every field we
+/// do not set is left out of what we apply, so server-side apply never makes
+/// us the owner of KEDA's defaults.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "keda.sh",
+    version = "v1alpha1",
+    kind = "ScaledObject",
+    namespaced,
+    status = "ScaledObjectStatus",
+    schema = "disabled",
+    derive = "PartialEq",
+    derive = "Default"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectSpec {
+    pub scale_target_ref: ScaleTargetRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling_interval: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_period: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replica_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<ScaledObjectFallback>,
+    pub triggers: Vec<ScaledObjectTrigger>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectFallback {
+    pub failure_threshold: i32,
+    pub replicas: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectTrigger {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What the controller reads back: KEDA's `Ready`, `Active` and `Fallback`
+/// conditions. Other status fields are ignored.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<ScaledObjectCondition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+pub fn desired_scaled_object(eds: &EventDrivenService, platform: &Platform) -> ScaledObject {
+    let scaling = &eds.spec.scaling;
+    let nats = &eds.spec.nats;
+    // Only names and numbers: the scaler holds every NATS credential, and a
+    // trigger can choose among its connections but never supply one.
+    let mut metadata = BTreeMap::from([
+        (SCALER_ADDRESS.to_string(), platform.scaler_address.clone()),
+        (STREAM.to_string(), nats.stream.clone()),
+        (CONSUMER.to_string(), nats.consumer.clone()),
+        (LAG_THRESHOLD.to_string(), threshold_text(&scaling.lag_threshold)),
+        (
+            ACTIVATION_LAG_THRESHOLD.to_string(),
+            scaling.activation_lag_threshold.to_string(),
+        ),
+    ]);
+    if let Some(connection) = &nats.connection {
+        metadata.insert(NATS_CONNECTION.to_string(), connection.clone());
+    }
+    ScaledObject {
+        metadata: child_metadata(eds),
+        spec: ScaledObjectSpec {
+            scale_target_ref: ScaleTargetRef {
+                api_version: Some("apps/v1".into()),
+                kind: Some("Deployment".into()),
+                name: eds.name_any(),
+            },
+            polling_interval: scaling.polling_interval,
+            cooldown_period: scaling.cooldown_period,
+            min_replica_count: Some(scaling.min_replicas),
+            max_replica_count: Some(scaling.max_replicas),
+            // KEDA applies a fallback only to AverageValue metrics, which is
+            // what an external trigger without `metricType` reports.
+            fallback: scaling.fallback.as_ref().map(|f| ScaledObjectFallback {
+                failure_threshold: f.failure_threshold,
+                replicas: f.replicas,
+            }),
+            triggers: vec![ScaledObjectTrigger {
+                type_: TRIGGER_TYPE.into(),
+                metadata,
+            }],
+        },
+        status: None,
+    }
+}
+
+/// Trigger metadata is all strings; `"5"` and `5` render the same.
+fn threshold_text(threshold: &IntOrString) -> String {
+    match threshold {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::api::Fallback;
+    use crate::scaler::metadata::Trigger;
+
+    fn platform() -> Platform {
+        Platform {
+            scaler_address: "scaler.platform.svc:7000".into(),
+        }
+    }
+
+    fn metadata(eds: &EventDrivenService) -> BTreeMap<String, String> {
+        let mut triggers = desired_scaled_object(eds, &platform()).spec.triggers;
+        assert_eq!(triggers.len(), 1);
+        let trigger = triggers.remove(0);
+        assert_eq!(trigger.type_, "external-push");
+        trigger.metadata
+    }
+
+    #[test]
+    fn scales_the_deployment_between_the_claims_bounds() {
+        let eds = EventDrivenService::test().with_replicas(0, 7);
+        let spec = desired_scaled_object(&eds, &platform()).spec;
+        assert_eq!(
+            spec.scale_target_ref,
+            ScaleTargetRef {
+                api_version: Some("apps/v1".into()),
+                kind: Some("Deployment".into()),
+                name: "orders-worker".into(),
+            }
+        );
+        assert_eq!((spec.min_replica_count, spec.max_replica_count), (Some(0), Some(7)));
+        assert_eq!((spec.polling_interval, spec.cooldown_period), (None, None));
+        assert_eq!(spec.fallback, None);
+        let applied = serde_json::to_value(&spec).unwrap();
+        for absent in [
+            "pollingInterval",
+            "cooldownPeriod",
+            "fallback",
+            "advanced",
+            "idleReplicaCount",
+        ] {
+            assert!(applied.get(absent).is_none(), "{absent} in {applied}");
+        }
+    }
+
+    #[test]
+    fn polling_cooldown_and_fallback_when_set() {
+        let eds = EventDrivenService::test().with_spec(|s| {
+            s.scaling.polling_interval = Some(15);
+            s.scaling.cooldown_period = Some(0);
+            s.scaling.fallback = Some(Fallback {
+                failure_threshold: 3,
+                replicas: 4,
+            });
+        });
+        let spec = desired_scaled_object(&eds, &platform()).spec;
+        assert_eq!((spec.polling_interval, spec.cooldown_period), (Some(15), Some(0)));
+        assert_eq!(
+            spec.fallback,
+            Some(ScaledObjectFallback {
+                failure_threshold: 3,
+                replicas: 4
+            })
+        );
+    }
+
+    #[test]
+    fn the_trigger_names_the_scaler_and_the_consumer_and_nothing_secret() {
+        let eds = EventDrivenService::test()
+            .with_secret_name("config")
+            .with_spec(|s| s.scaling.activation_lag_threshold = 3);
+        let expected: BTreeMap<String, String> = [
+            ("scalerAddress", "scaler.platform.svc:7000"),
+            ("stream", "ORDERS"),
+            ("consumer", "orders-workers"),
+            ("lagThreshold", "5"),
+            ("activationLagThreshold", "3"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(metadata(&eds), expected);
+    }
+
+    #[test]
+    fn the_connection_name_only_when_set() {
+        assert!(!metadata(&EventDrivenService::test()).contains_key("natsConnection"));
+        let eds = EventDrivenService::test().with_connection("hub-eu");
+        assert_eq!(metadata(&eds)["natsConnection"], "hub-eu");
+    }
+
+    #[test]
+    fn lag_threshold_as_string_or_integer_renders_the_same() {
+        for (threshold, text) in [
+            (IntOrString::String("5".into()), "5"),
+            (IntOrString::Int(5), "5"),
+            (IntOrString::String("2.5".into()), "2.5"),
+        ] {
+            let eds = EventDrivenService::test().with_lag_threshold(threshold);
+            assert_eq!(metadata(&eds)["lagThreshold"], text);
+        }
+    }
+
+    /// The contract with our own scaler: what we write, it reads back.
+    #[test]
+    fn the_scaler_parses_what_we_render() {
+        let eds = EventDrivenService::test()
+            .with_connection("hub-eu")
+            .with_lag_threshold(IntOrString::String("2.5".into()))
+            .with_spec(|s| s.scaling.activation_lag_threshold = 4);
+        let metadata: HashMap<String, String> = metadata(&eds).into_iter().collect();
+        let trigger = Trigger::parse_with_connection(&metadata, &metadata["natsConnection"]).unwrap();
+        assert_eq!(
+            trigger.key,
+            crate::lag::ConsumerKey::new("hub-eu", None, "ORDERS", "orders-workers")
+        );
+        assert_eq!(trigger.lag_threshold, 2.5);
+        assert_eq!(trigger.activation_lag_threshold, 4.0);
+    }
+}

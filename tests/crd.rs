@@ -1,0 +1,15 @@
+//! The committed CRD is the one the code generates.
+use std::path::Path;
+
+#[test]
+fn the_committed_crd_is_up_to_date() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(eds::api::CRD_FILE);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = eds::api::crd_yaml().unwrap();
+    assert!(
+        committed == generated,
+        "{} is out of date with src/api: regenerate it with scripts/gen-crd.sh (eds crd > {}) and commit it",
+        eds::api::CRD_FILE,
+        eds::api::CRD_FILE
+    );
+}

@@ -1,0 +1,57 @@
+//! JetStream fixtures: streams, durable consumers and published work.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+pub async fn js(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+pub async fn stream_with(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A durable pull consumer with explicit acks; `filter` "" reads everything.
+pub async fn pull_consumer(
+    stream: &stream::Stream,
+    name: &str,
+    filter: &str,
+    ack_wait: Duration,
+) -> consumer::Consumer<consumer::pull::Config> {
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            filter_subject: filter.into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Publishes `n` messages and waits for each to be stored.
+pub async fn publish(js: &jetstream::Context, subject: &str, n: usize) {
+    for i in 0..n {
+        js.publish(subject.to_string(), format!("m{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+/// Stream `WORK` (subjects `work.>`), durable `c`, and `n` messages waiting.
+pub async fn work_with_lag(js: &jetstream::Context, n: usize) {
+    let s = stream_with(js, "WORK", &["work.>"]).await;
+    pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    publish(js, "work.x", n).await;
+}
