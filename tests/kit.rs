@@ -453,7 +453,7 @@ fn chart_crd_is_the_generated_one() {
     let copy = chart().join("crds").join(name);
     assert!(
         read(&generated) == read(&copy),
-        "{} differs from {}: run `cp apis/{name} deploy/helm/eds/crds/`",
+        "{} differs from {}: run scripts/gen-crd.sh",
         copy.display(),
         generated.display()
     );
