@@ -291,10 +291,7 @@ fn chart_renders_with_default_values() {
     );
     let controller_env =
         env_of(&find(&docs, "Deployment", "eds-controller")["spec"]["template"]["spec"]["containers"][0]);
-    assert_eq!(
-        controller_env["EDS_SCALER_ADDRESS"],
-        "eds-scaler.eds-system.svc.cluster.local:9090"
-    );
+    assert_eq!(controller_env["EDS_SCALER_ADDRESS"], "eds-scaler.eds-system.svc:9090");
 
     let policy = find(&docs, "NetworkPolicy", "eds-scaler");
     assert_eq!(
@@ -337,10 +334,7 @@ fn chart_renders_with_every_option_on() {
     assert_eq!(env["EDS_GRPC_TLS_CLIENT_CA"], "/etc/eds/grpc-tls/ca.crt", "mTLS on");
     let controller_env =
         env_of(&find(&docs, "Deployment", "eds-controller")["spec"]["template"]["spec"]["containers"][0]);
-    assert_eq!(
-        controller_env["EDS_SCALER_ADDRESS"],
-        "eds-scaler.eds-system.svc.cluster.local:9443"
-    );
+    assert_eq!(controller_env["EDS_SCALER_ADDRESS"], "eds-scaler.eds-system.svc:9443");
 
     let config = find(&docs, "ConfigMap", "eds-nats")["data"]["connections.yaml"]
         .as_str()
@@ -378,6 +372,36 @@ fn chart_renders_with_every_option_on() {
     let rule = find(&docs, "PrometheusRule", "eds");
     let file: Value = serde_yaml::from_str(&read(&promql::rules_path())).unwrap();
     assert_eq!(rule["spec"], file, "the rules reach Prometheus untouched by templating");
+}
+
+#[test]
+fn chart_passes_helm_lint() {
+    for values in [vec![], vec![full_values()]] {
+        let mut command = Command::new(tool("helm"));
+        command
+            .args(["lint", "--strict", "--kube-version", KUBE_VERSION])
+            .arg(chart());
+        for file in &values {
+            command.arg("--values").arg(file);
+        }
+        let out = command.output().expect("running helm");
+        assert!(
+            out.status.success(),
+            "helm lint {values:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn third_party_values_files_are_mappings() {
+    for name in ["nats.yaml", "keda.yaml"] {
+        let path = root().join("deploy/values").join(name);
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(values.as_mapping().is_some_and(|m| !m.is_empty()), "{}", path.display());
+    }
 }
 
 #[test]
@@ -553,7 +577,8 @@ fn exported_metric_list_matches_the_source() {
 }
 
 /// YAML files of `deploy/` and `examples/` that are Kubernetes manifests: all
-/// of them but the Helm chart's sources (its CRD copy included).
+/// of them but the Helm chart's sources (its CRD copy included) and the
+/// values files of `deploy/values/`.
 fn manifest_files() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -568,7 +593,7 @@ fn manifest_files() -> Vec<PathBuf> {
     }
     let mut files = Vec::new();
     walk(&root().join("deploy"), &mut files);
-    files.retain(|f| !f.starts_with(chart()));
+    files.retain(|f| !f.starts_with(chart()) && !f.starts_with(root().join("deploy/values")));
     walk(&chart().join("crds"), &mut files);
     walk(&root().join("examples"), &mut files);
     files.sort();

@@ -22,7 +22,7 @@
 
 {{/* The address the controller writes into every ScaledObject's trigger. */}}
 {{- define "eds.scaler.address" -}}
-{{ include "eds.scaler.name" . }}.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:{{ .Values.scaler.service.grpcPort }}
+{{ include "eds.scaler.name" . }}.{{ .Release.Namespace }}.svc:{{ .Values.scaler.service.grpcPort }}
 {{- end }}
 
 {{/* Labels. Call with (dict "root" $ "component" "scaler"). */}}
