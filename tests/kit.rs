@@ -483,8 +483,9 @@ fn chart_crd_is_the_generated_one() {
     );
 }
 
-/// Rules as (apiGroup, resource, verb) triples, so layout does not matter.
-fn permissions(rules: &Value) -> BTreeSet<(String, String, String)> {
+/// Rules as (apiGroup, resource, resourceName, verb) tuples, so layout does
+/// not matter.
+fn permissions(rules: &Value) -> BTreeSet<(String, String, String, String)> {
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .into_iter()
@@ -494,10 +495,16 @@ fn permissions(rules: &Value) -> BTreeSet<(String, String, String)> {
     };
     let mut out = BTreeSet::new();
     for rule in rules.as_array().expect("rules") {
+        let names = match strings(&rule["resourceNames"]) {
+            names if names.is_empty() => vec!["*".to_string()],
+            names => names,
+        };
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
-                for verb in strings(&rule["verbs"]) {
-                    out.insert((group.clone(), resource.clone(), verb));
+                for name in &names {
+                    for verb in strings(&rule["verbs"]) {
+                        out.insert((group.clone(), resource.clone(), name.clone(), verb));
+                    }
                 }
             }
         }
@@ -506,18 +513,27 @@ fn permissions(rules: &Value) -> BTreeSet<(String, String, String)> {
 }
 
 #[test]
-fn chart_controller_role_is_the_tested_one() {
-    let shipped = documents(&read(&root().join("deploy/rbac/controller-clusterrole.yaml")));
-    let shipped = shipped
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("a ClusterRole in deploy/rbac/controller-clusterrole.yaml");
+fn chart_controller_roles_are_the_tested_ones() {
     let docs = render("eds-system", &[]);
-    assert_eq!(
-        permissions(&find(&docs, "ClusterRole", "eds-controller")["rules"]),
-        permissions(&shipped["rules"]),
-        "the chart's ClusterRole must grant exactly what the controller's RBAC test proves enough"
-    );
+    for (file, kind, name) in [
+        ("controller-clusterrole.yaml", "ClusterRole", "eds-controller"),
+        (
+            "controller-leader-election-role.yaml",
+            "Role",
+            "eds-controller-leader-election",
+        ),
+    ] {
+        let shipped = documents(&read(&root().join("deploy/rbac").join(file)));
+        let shipped = shipped
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("a {kind} in deploy/rbac/{file}"));
+        assert_eq!(
+            permissions(&find(&docs, kind, name)["rules"]),
+            permissions(&shipped["rules"]),
+            "the chart's {kind} must grant exactly what the controller's RBAC test proves enough (deploy/rbac/{file})"
+        );
+    }
 }
 
 #[test]
