@@ -7,7 +7,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use kube::discovery::{Scope, pinned_kind};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 use support::kube as cluster;
-use support::nats::{NatsCluster, NatsServer};
+use support::nats::{NatsCluster, NatsServer, eventually};
 use support::process::tool;
 use support::promql;
 use support::scaler::{RunningScaler, lag_of, scaled_object};
@@ -757,17 +757,6 @@ async fn js_api(client: &async_nats::Client, subject: String, body: Vec<u8>) -> 
     }
 }
 
-async fn eventually<T>(what: &str, mut attempt: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match attempt().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_setup_configs_are_accepted_by_jetstream() {
     let docs = documents(&read(&root().join("deploy/nats/stream-setup-job.yaml")));
@@ -787,8 +776,8 @@ async fn stream_setup_configs_are_accepted_by_jetstream() {
     let nats = NatsCluster::start(3);
     let client = async_nats::connect(nats.servers[0].url()).await.unwrap();
     let body = serde_json::to_vec(&stream).unwrap();
-    eventually("creating the stream", async || {
-        js_api(&client, format!("$JS.API.STREAM.CREATE.{stream_name}"), body.clone()).await
+    eventually("creating the stream", || {
+        js_api(&client, format!("$JS.API.STREAM.CREATE.{stream_name}"), body.clone())
     })
     .await;
     // What `nats stream edit` sends on a re-run: the same config is accepted.
@@ -798,8 +787,8 @@ async fn stream_setup_configs_are_accepted_by_jetstream() {
 
     let request = serde_json::to_vec(&json!({"stream_name": stream_name, "config": consumer})).unwrap();
     let subject = format!("$JS.API.CONSUMER.CREATE.{stream_name}.{durable}");
-    eventually("creating the consumer", async || {
-        js_api(&client, subject.clone(), request.clone()).await
+    eventually("creating the consumer", || {
+        js_api(&client, subject.clone(), request.clone())
     })
     .await;
     let info = js_api(&client, subject, request)
