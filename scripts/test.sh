@@ -14,7 +14,7 @@ if [ "$tier" != slow ]; then
   cargo test --locked
 fi
 if [ "$tier" != fast ]; then
-  scripts/tools.sh etcd kube keda helm
+  scripts/tools.sh etcd kube keda helm promtool
   echo "== slow tier: control plane and KEDA"
   cargo test --locked --features control-plane --tests
 fi

@@ -559,8 +559,75 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
     }
     let queries = promql::dashboard_queries();
     assert!(queries.len() > 20, "{} queries", queries.len());
-    for query in queries.iter().filter(|q| q.contains('(')) {
+    for query in &queries {
         assert!(!promql::metric_names(query).is_empty(), "{query}");
+    }
+}
+
+fn promtool(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(tool("promtool"))
+        .args(args)
+        .output()
+        .expect("running promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() { Ok(text) } else { Err(text) }
+}
+
+#[test]
+fn alerts_fire_when_they_should_and_only_then() {
+    let rules = promql::rules_path();
+    promtool(&["check", "rules", rules.to_str().unwrap()]).unwrap_or_else(|e| panic!("promtool check rules:\n{e}"));
+    let tests = root().join("tests/fixtures/prometheus-rules-test.yaml");
+    promtool(&["test", "rules", tests.to_str().unwrap()]).unwrap_or_else(|e| panic!("promtool test rules:\n{e}"));
+
+    // Every alert has a case where it fires.
+    let rule_file: Value = serde_yaml::from_str(&read(&rules)).unwrap();
+    let alerts: BTreeSet<&str> = rule_file["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    let test_file: Value = serde_yaml::from_str(&read(&tests)).unwrap();
+    let firing: BTreeSet<&str> = test_file["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().unwrap())
+        .filter(|c| c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()))
+        .map(|c| c["alertname"].as_str().unwrap())
+        .collect();
+    assert_eq!(firing, alerts, "each alert needs a test case in which it fires");
+}
+
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    for query in promql::dashboard_queries() {
+        // Grafana's label_values(selector, label) wraps a series selector.
+        let promql = match query.strip_prefix("label_values(") {
+            Some(rest) => rest
+                .rsplit_once(',')
+                .map(|(selector, _)| selector)
+                .unwrap_or(rest)
+                .to_string(),
+            None => query.clone(),
+        };
+        let promql = promql
+            .replace("$__rate_interval", "5m")
+            .replace("$stream", ".*")
+            .replace("$consumer", ".*")
+            .replace("$namespace", ".*");
+        assert!(
+            !promql.contains('$'),
+            "a dashboard variable the test does not know: {query}"
+        );
+        promtool(&["--experimental", "promql", "format", &promql])
+            .unwrap_or_else(|e| panic!("not PromQL: {query}\n{e}"));
     }
 }
 

@@ -39,30 +39,37 @@ pub fn exported_metric_names() -> BTreeSet<String> {
         .collect()
 }
 
-/// The PromQL of every panel target and template variable of the dashboard.
+/// The PromQL of every panel target, and the `label_values(...)` query of
+/// every query variable, of the dashboard.
 pub fn dashboard_queries() -> Vec<String> {
     let path = dashboard_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let json: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    let mut out = Vec::new();
-    collect_queries(&json, &mut out);
-    out
-}
-
-fn collect_queries(value: &serde_json::Value, out: &mut Vec<String>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map {
-                match (key.as_str(), v) {
-                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
-                    _ => collect_queries(v, out),
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_queries(v, out)),
-        _ => {}
-    }
+    let strings = |values: Vec<&serde_json::Value>| -> Vec<String> {
+        values
+            .into_iter()
+            .filter_map(|v| v.as_str())
+            .map(String::from)
+            .collect()
+    };
+    let panels = json["panels"].as_array().expect("panels");
+    let mut queries = strings(
+        panels
+            .iter()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .map(|t| &t["expr"])
+            .collect(),
+    );
+    let variables = json["templating"]["list"].as_array().expect("templating.list");
+    queries.extend(strings(
+        variables
+            .iter()
+            .filter(|v| v["type"] == "query")
+            .map(|v| &v["definition"])
+            .collect(),
+    ));
+    queries
 }
 
 /// Every alert's `expr` in the chart's rule file.
