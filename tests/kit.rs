@@ -577,6 +577,15 @@ fn promtool(args: &[&str]) -> Result<String, String> {
     if out.status.success() { Ok(text) } else { Err(text) }
 }
 
+/// The items of every `inner` list of every item of the `outer` list.
+fn nested<'a>(value: &'a Value, outer: &str, inner: &'a str) -> impl Iterator<Item = &'a Value> {
+    value[outer]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(move |item| item[inner].as_array().into_iter().flatten())
+}
+
 #[test]
 fn alerts_fire_when_they_should_and_only_then() {
     let rules = promql::rules_path();
@@ -586,19 +595,11 @@ fn alerts_fire_when_they_should_and_only_then() {
 
     // Every alert has a case where it fires.
     let rule_file: Value = serde_yaml::from_str(&read(&rules)).unwrap();
-    let alerts: BTreeSet<&str> = rule_file["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap())
+    let alerts: BTreeSet<&str> = nested(&rule_file, "groups", "rules")
         .map(|r| r["alert"].as_str().unwrap())
         .collect();
     let test_file: Value = serde_yaml::from_str(&read(&tests)).unwrap();
-    let firing: BTreeSet<&str> = test_file["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|t| t["alert_rule_test"].as_array().unwrap())
+    let firing: BTreeSet<&str> = nested(&test_file, "tests", "alert_rule_test")
         .filter(|c| c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()))
         .map(|c| c["alertname"].as_str().unwrap())
         .collect();
