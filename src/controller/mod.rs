@@ -26,7 +26,6 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 
 pub use reconcile::{ChildKind, Context, backoff, child_resources, error_policy, reconcile};
@@ -102,9 +101,12 @@ pub async fn run(args: Args) -> Result<()> {
     let reachable = Arc::new(AtomicBool::new(false));
     let ready = {
         let reachable = reachable.clone();
-        Arc::new(move || match reachable.load(Ordering::Relaxed) {
-            true => Ok(()),
-            false => Err("the Kubernetes API has not answered yet".to_string()),
+        Arc::new(move || {
+            if reachable.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("the Kubernetes API did not answer the last Lease request".to_string())
+            }
         })
     };
     let http = tokio::spawn(telemetry::serve_http(args.http_addr, ready));
@@ -222,16 +224,4 @@ pub fn describe_metrics() {
     );
     describe_gauge!("eds_service_max_replicas", "A claim's scaling.maxReplicas.");
     describe_gauge!("eds_leader", "1 while this replica holds the leader lease.");
-}
-
-/// Events this controller publishes, named once.
-fn reporter(identity: &str) -> Reporter {
-    Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: Some(identity.into()),
-    }
-}
-
-fn recorder(client: Client, identity: &str) -> Recorder {
-    Recorder::new(client, reporter(identity))
 }

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ValidationDirective};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::apply::{holds, stamp};
 use super::status::{Observed, desired_status, keda_conditions};
-use super::{Args, FIELD_MANAGER, recorder};
+use super::{Args, FIELD_MANAGER};
 use crate::api::{EventDrivenService, EventDrivenServiceStatus};
 use crate::lag::{ConsumerKey, LagCache, desired_replicas};
 use crate::nats::DEFAULT_CONNECTION;
@@ -62,7 +62,13 @@ pub struct Context {
 impl Context {
     pub fn new(client: Client, args: &Args, lag: Arc<LagCache>, identity: &str, kinds: Vec<ChildKind>) -> Self {
         Context {
-            recorder: recorder(client.clone(), identity),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: Some(identity.into()),
+                },
+            ),
             client,
             platform: args.platform.clone(),
             lag,
@@ -135,32 +141,13 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             .map_err(|e| Error::Server(format!("the {} watch stopped: {e}", kind.resource.kind)))?;
     }
 
-    let mut live: [Option<Value>; 4] = Default::default();
-    let mut failure = None;
-    match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
-        Ok(desired) => {
-            for (i, mut object) in desired.into_iter().enumerate() {
-                stamp(&mut object);
-                let kind = &ctx.kinds[i];
-                live[i] = match live_child(kind, &namespace, &name) {
-                    Some(current) if holds(&current, &object) => Some(current),
-                    _ => match apply_child(ctx, kind, &namespace, &name, &object).await {
-                        Ok(applied) => Some(applied),
-                        Err(e) => {
-                            failure.get_or_insert(e);
-                            live_child(kind, &namespace, &name)
-                        }
-                    },
-                };
-            }
-        }
-        Err(e) => {
-            failure = Some(e);
-            for (i, kind) in ctx.kinds.iter().enumerate() {
-                live[i] = live_child(kind, &namespace, &name);
-            }
-        }
-    }
+    let (live, failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
+        Ok(desired) => apply_changed(ctx, &namespace, &name, desired).await,
+        Err(e) => (
+            ctx.kinds.iter().map(|k| live_child(k, &namespace, &name)).collect(),
+            Some(e),
+        ),
+    };
 
     let observed = Observed {
         applied: failure.as_ref().map_or(Ok(()), |e| Err(e.to_string())),
@@ -182,6 +169,37 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     }
 }
 
+/// Applies each child whose live object no longer holds the desired one.
+/// Returns every child as it now is, and the first failure.
+async fn apply_changed(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    desired: [Value; 4],
+) -> (Vec<Option<Value>>, Option<Error>) {
+    let mut live = Vec::new();
+    let mut failure = None;
+    for (kind, mut object) in ctx.kinds.iter().zip(desired) {
+        stamp(&mut object);
+        let current = live_child(kind, namespace, name);
+        if current.as_ref().is_some_and(|c| holds(c, &object)) {
+            live.push(current);
+            continue;
+        }
+        // Force only over a child we already have: drift in our own fields is
+        // undone, but an object of the same name that someone else made is
+        // not taken over (the apply conflicts instead).
+        match apply_child(ctx, kind, namespace, name, &object, current.is_some()).await {
+            Ok(applied) => live.push(Some(applied)),
+            Err(e) => {
+                failure.get_or_insert(e);
+                live.push(current);
+            }
+        }
+    }
+    (live, failure)
+}
+
 /// The children as JSON, in [`child_resources`] order.
 fn desired_objects(children: &Children) -> Result<[Value; 4]> {
     let json = |object: Result<Value, serde_json::Error>| object.map_err(|e| Error::Serialize(e.to_string()));
@@ -198,15 +216,22 @@ fn live_child(kind: &ChildKind, namespace: &str, name: &str) -> Option<Value> {
     kind.store.get(&key).and_then(|o| serde_json::to_value(&*o).ok())
 }
 
-/// Server-side applies one child, forced: whatever another manager changed in
-/// our fields comes back. Strict validation makes the API server refuse a
-/// field its schema does not know (KEDA's, for the ScaledObject) instead of
-/// dropping it.
-async fn apply_child(ctx: &Context, kind: &ChildKind, namespace: &str, name: &str, object: &Value) -> Result<Value> {
+/// Server-side applies one child; with `force`, whatever another manager
+/// changed in our fields comes back. Strict validation makes the API server
+/// refuse a field its schema does not know (KEDA's, for the ScaledObject)
+/// instead of dropping it.
+async fn apply_child(
+    ctx: &Context,
+    kind: &ChildKind,
+    namespace: &str,
+    name: &str,
+    object: &Value,
+    force: bool,
+) -> Result<Value> {
     let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), namespace, &kind.resource);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
-        force: true,
+        force,
         field_validation: Some(ValidationDirective::Strict),
         ..PatchParams::default()
     };

@@ -19,18 +19,27 @@
 //! - [`ControlPlane::client`], [`ControlPlane::client_for`]: clients for admin
 //!   and for a ServiceAccount (a TokenRequest token, so RBAC sees exactly what a
 //!   pod would).
-//! - [`ControlPlane::kubeconfig`]: an admin kubeconfig file, for binaries.
+//! - [`ControlPlane::kubeconfig`], [`ControlPlane::kubeconfig_for`]: kubeconfig
+//!   files for admin and for a ServiceAccount, for binaries.
+//! - [`ControlPlane::namespace`], [`create_namespace`]: namespaces.
 //! - [`apply_file`], [`apply_yaml`]: server-side apply of multi-document YAML;
 //!   CRDs are waited on until Established.
+//! - [`ControlPlane::audit`]: the API server's audit events for every
+//!   ServiceAccount of namespace `eds-system`, so a test can list exactly
+//!   which verbs a component used.
 //!
 //! The controller manager runs the garbage collector (so deleting an owner
 //! cascades), the namespace, deployment, replicaset and serviceaccount
-//! controllers, and the HPA controller for KEDA's HPAs. The API server has the
-//! aggregation layer set up, so an extension API server (KEDA's metrics
-//! adapter) can be registered.
+//! controllers, and the HPA controller for KEDA's HPAs. The API server runs its
+//! default admission plugins plus OwnerReferencesPermissionEnforcement (as
+//! hardened clusters do: setting `blockOwnerDeletion` needs a permission), and
+//! has the aggregation layer set up, so an extension API server (KEDA's
+//! metrics adapter) can be registered.
+//!
+//! The module shares its name with the `kube` crate: import it under another
+//! name (`use support::kube as cluster;`).
 #![allow(dead_code)]
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -46,11 +55,10 @@ use kube::core::{GroupVersionKind, ObjectMeta};
 use kube::discovery::{Scope, pinned_kind};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::KeyPair;
 use serde::Deserialize as _;
 
+use super::certs::{Leaf, Pki};
 use super::process::{Peer, free_port, remove_at_exit, tool};
 
 /// The field manager the harness applies YAML with.
@@ -87,6 +95,7 @@ pub struct ControlPlane {
     /// `https://127.0.0.1:<port>`.
     pub url: String,
     dir: PathBuf,
+    credentials: Credentials,
     /// Stopped in this order: the controller manager first, etcd last.
     peers: Mutex<Vec<Peer>>,
     _owned_dir: Option<tempfile::TempDir>,
@@ -102,8 +111,8 @@ impl ControlPlane {
     pub async fn client(&self) -> Client {
         let mut config = self.config();
         config.auth_info = AuthInfo {
-            client_certificate: Some(self.path("admin.crt")),
-            client_key: Some(self.path("admin.key")),
+            client_certificate: Some(self.credentials.admin.cert.display().to_string()),
+            client_key: Some(self.credentials.admin.key.display().to_string()),
             ..Default::default()
         };
         Client::try_from(config).expect("admin client")
@@ -112,7 +121,24 @@ impl ControlPlane {
     /// A client authenticated as ServiceAccount `namespace/name`, which must
     /// exist, with a one-hour token from the TokenRequest API.
     pub async fn client_for(&self, namespace: &str, name: &str) -> Client {
-        let admin = self.client().await;
+        let mut config = self.config();
+        config.auth_info = AuthInfo {
+            token: Some(self.token(namespace, name).await.into()),
+            ..Default::default()
+        };
+        Client::try_from(config).expect("ServiceAccount client")
+    }
+
+    /// A kubeconfig file for ServiceAccount `namespace/name` (see
+    /// [`ControlPlane::client_for`]), for a binary to run as it.
+    pub async fn kubeconfig_for(&self, namespace: &str, name: &str) -> PathBuf {
+        let path = self.dir.join(format!("{namespace}-{name}.kubeconfig"));
+        let user = format!("token: {}", self.token(namespace, name).await);
+        write_kubeconfig(&path, &self.url, &self.credentials.ca, &user);
+        path
+    }
+
+    async fn token(&self, namespace: &str, name: &str) -> String {
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: vec![],
@@ -121,19 +147,13 @@ impl ControlPlane {
             },
             ..Default::default()
         };
-        let token = Api::<ServiceAccount>::namespaced(admin, namespace)
+        Api::<ServiceAccount>::namespaced(self.client().await, namespace)
             .create_token_request(name, &PostParams::default(), &request)
             .await
             .unwrap_or_else(|e| panic!("token for ServiceAccount {namespace}/{name}: {e}"))
             .status
             .expect("TokenRequest status")
-            .token;
-        let mut config = self.config();
-        config.auth_info = AuthInfo {
-            token: Some(token.into()),
-            ..Default::default()
-        };
-        Client::try_from(config).expect("ServiceAccount client")
+            .token
     }
 
     /// An admin kubeconfig file.
@@ -150,17 +170,7 @@ impl ControlPlane {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        create_namespace(client, &name, &[]).await;
         name
     }
 
@@ -177,15 +187,37 @@ impl ControlPlane {
         }
     }
 
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
+    /// Audit events (JSON, one per request) of every ServiceAccount in
+    /// namespace `eds-system`, oldest first.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an audit event"))
+            .collect()
     }
 
     fn config(&self) -> Config {
         let mut config = Config::new(self.url.parse().expect("API server URL"));
-        config.root_cert_file = Some(self.dir.join("ca.crt"));
+        config.root_cert_file = Some(self.credentials.ca.clone());
         config
     }
+}
+
+/// Creates namespace `name` with `labels`.
+pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
 }
 
 /// Applies every document of a YAML file. See [`apply_yaml`].
@@ -266,17 +298,28 @@ async fn boot_async(with_crds: bool) -> ControlPlane {
     } else {
         (tempdir.path().to_path_buf(), Some(tempdir))
     };
-    write_pki(&dir);
+    let credentials = Credentials::create(&dir);
     let api_port = free_port();
     let url = format!("https://127.0.0.1:{api_port}");
-    write_kubeconfig(&dir, &url, "admin");
-    write_kubeconfig(&dir, &url, "controller-manager");
+    write_kubeconfig(
+        &dir.join("admin.kubeconfig"),
+        &url,
+        &credentials.ca,
+        &client_certificate(&credentials.admin),
+    );
+    write_kubeconfig(
+        &dir.join("controller-manager.kubeconfig"),
+        &url,
+        &credentials.ca,
+        &client_certificate(&credentials.controller_manager),
+    );
+    std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY).unwrap();
 
     let etcd_port = free_port();
     let etcd = Peer::spawn("etcd", etcd_command(&dir, etcd_port), &dir.join("etcd.log"));
     let apiserver = Peer::spawn(
         "kube-apiserver",
-        apiserver_command(&dir, api_port, etcd_port),
+        apiserver_command(&dir, &credentials, api_port, etcd_port),
         &dir.join("kube-apiserver.log"),
     );
     let cp = ControlPlane {
@@ -284,6 +327,7 @@ async fn boot_async(with_crds: bool) -> ControlPlane {
         dir: dir.clone(),
         peers: Mutex::new(vec![apiserver, etcd]),
         _owned_dir: owned_dir,
+        credentials,
     };
     let client = cp.client().await;
     wait_ready(&cp, &client).await;
@@ -294,7 +338,7 @@ async fn boot_async(with_crds: bool) -> ControlPlane {
     // it watches claims from the first test on.
     let mut manager = Peer::spawn(
         "kube-controller-manager",
-        controller_manager_command(&dir),
+        controller_manager_command(&dir, &cp.credentials),
         &dir.join("kube-controller-manager.log"),
     );
     manager.wait_for_log("Proceeding to collect garbage", STARTUP);
@@ -374,45 +418,70 @@ fn etcd_command(dir: &Path, port: u16) -> Command {
     command
 }
 
-fn apiserver_command(dir: &Path, port: u16, etcd_port: u16) -> Command {
-    let file = |name: &str| dir.join(name).display().to_string();
+fn apiserver_command(dir: &Path, credentials: &Credentials, port: u16, etcd_port: u16) -> Command {
     let mut command = Command::new(tool("kube-apiserver"));
     command
         .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_port}")])
         .args(["--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
         .args(["--secure-port", &port.to_string()])
-        .args(["--cert-dir", &file("apiserver-certs")])
-        .args(["--tls-cert-file", &file("apiserver.crt")])
-        .args(["--tls-private-key-file", &file("apiserver.key")])
-        .args(["--client-ca-file", &file("ca.crt")])
+        .arg("--cert-dir")
+        .arg(dir.join("apiserver-certs"))
+        .arg("--tls-cert-file")
+        .arg(&credentials.apiserver.cert)
+        .arg("--tls-private-key-file")
+        .arg(&credentials.apiserver.key)
+        .arg("--client-ca-file")
+        .arg(&credentials.ca)
         .args(["--authorization-mode", "Node,RBAC"])
+        .args(["--enable-admission-plugins", "OwnerReferencesPermissionEnforcement"])
         .args(["--service-cluster-ip-range", "10.96.0.0/16"])
         .args([
             "--service-account-issuer",
             "https://kubernetes.default.svc.cluster.local",
         ])
-        .args(["--service-account-key-file", &file("service-account.pub")])
-        .args(["--service-account-signing-key-file", &file("service-account.key")])
+        .arg("--service-account-key-file")
+        .arg(&credentials.service_account_pub)
+        .arg("--service-account-signing-key-file")
+        .arg(&credentials.service_account_key)
         // The aggregation layer, for extension API servers such as KEDA's
-        // metrics adapter; routing to endpoints because nothing implements
-        // Service IPs here.
-        .args(["--requestheader-client-ca-file", &file("front-proxy-ca.crt")])
+        // metrics adapter. No `--enable-aggregator-routing`: its endpoint
+        // resolver refuses ExternalName Services, and an ExternalName Service
+        // for `localhost` is how an APIService reaches a loopback process
+        // (Endpoints refuse loopback addresses). See `super::keda`.
+        .arg("--requestheader-client-ca-file")
+        .arg(&credentials.front_proxy_ca)
         .args(["--requestheader-allowed-names", "front-proxy-client"])
         .args(["--requestheader-username-headers", "X-Remote-User"])
         .args(["--requestheader-group-headers", "X-Remote-Group"])
         .args(["--requestheader-extra-headers-prefix", "X-Remote-Extra-"])
-        .args(["--proxy-client-cert-file", &file("front-proxy-client.crt")])
-        .args(["--proxy-client-key-file", &file("front-proxy-client.key")])
-        .arg("--enable-aggregator-routing=true")
+        .arg("--proxy-client-cert-file")
+        .arg(&credentials.front_proxy_client.cert)
+        .arg("--proxy-client-key-file")
+        .arg(&credentials.front_proxy_client.key)
+        .arg("--audit-policy-file")
+        .arg(dir.join("audit-policy.yaml"))
+        .arg("--audit-log-path")
+        .arg(dir.join("audit.log"))
         .arg("--profiling=false");
     command
 }
 
-fn controller_manager_command(dir: &Path) -> Command {
-    let file = |name: &str| dir.join(name).display().to_string();
+/// Metadata (who did which verb on what, and the answer) for the
+/// ServiceAccounts of `eds-system`, where the platform's components run.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  userGroups: [\"system:serviceaccounts:eds-system\"]
+- level: None
+";
+
+fn controller_manager_command(dir: &Path, credentials: &Credentials) -> Command {
     let mut command = Command::new(tool("kube-controller-manager"));
     command
-        .args(["--kubeconfig", &file("controller-manager.kubeconfig")])
+        .arg("--kubeconfig")
+        .arg(dir.join("controller-manager.kubeconfig"))
         // No serving port: nothing scrapes it, and it would need its own certs.
         .args(["--secure-port", "0"])
         .arg("--leader-elect=false")
@@ -424,88 +493,62 @@ fn controller_manager_command(dir: &Path) -> Command {
             "garbagecollector,namespace,deployment,replicaset,serviceaccount,horizontalpodautoscaling",
         ])
         .args(["--horizontal-pod-autoscaler-sync-period", "2s"])
-        .args(["--root-ca-file", &file("ca.crt")])
-        .args(["--service-account-private-key-file", &file("service-account.key")])
+        .arg("--root-ca-file")
+        .arg(&credentials.ca)
+        .arg("--service-account-private-key-file")
+        .arg(&credentials.service_account_key)
         .arg("--profiling=false");
     command
 }
 
-/// The CAs, serving and client certificates, and the ServiceAccount signing key.
-fn write_pki(dir: &Path) {
-    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
-    let ca = write_ca(dir, "ca", "eds-test-ca");
-    let front_proxy_ca = write_ca(dir, "front-proxy-ca", "eds-test-front-proxy-ca");
-
-    let mut serving = leaf("kube-apiserver", &[], ExtendedKeyUsagePurpose::ServerAuth);
-    serving.subject_alt_names = ["127.0.0.1", "localhost", "kubernetes.default.svc", "10.96.0.1"]
-        .iter()
-        .map(|name| match name.parse::<IpAddr>() {
-            Ok(ip) => rcgen::SanType::IpAddress(ip),
-            Err(_) => rcgen::SanType::DnsName((*name).try_into().unwrap()),
-        })
-        .collect();
-    write_signed(dir, "apiserver", &serving, &ca);
-    let client = ExtendedKeyUsagePurpose::ClientAuth;
-    write_signed(
-        dir,
-        "admin",
-        &leaf("eds-test-admin", &["system:masters"], client.clone()),
-        &ca,
-    );
-    write_signed(
-        dir,
-        "controller-manager",
-        &leaf("system:kube-controller-manager", &[], client.clone()),
-        &ca,
-    );
-    write_signed(
-        dir,
-        "front-proxy-client",
-        &leaf("front-proxy-client", &[], client),
-        &front_proxy_ca,
-    );
-
-    let signing = KeyPair::generate().unwrap();
-    write("service-account.key", signing.serialize_pem());
-    write("service-account.pub", signing.public_key_pem());
+/// The certificates and keys every peer and client uses, as files.
+struct Credentials {
+    ca: PathBuf,
+    apiserver: Leaf,
+    admin: Leaf,
+    controller_manager: Leaf,
+    front_proxy_ca: PathBuf,
+    front_proxy_client: Leaf,
+    /// Signs ServiceAccount tokens (private) and checks them (public).
+    service_account_key: PathBuf,
+    service_account_pub: PathBuf,
 }
 
-fn write_ca(dir: &Path, file: &str, name: &str) -> Issuer<'static, KeyPair> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
-    Issuer::new(params, key)
-}
-
-fn leaf(common_name: &str, groups: &[&str], usage: ExtendedKeyUsagePurpose) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    for group in groups {
-        params.distinguished_name.push(DnType::OrganizationName, *group);
+impl Credentials {
+    fn create(dir: &Path) -> Credentials {
+        let pki = Pki::new(dir, "kube");
+        let front_proxy = Pki::new(dir, "front-proxy");
+        let signing = KeyPair::generate().unwrap();
+        let service_account_key = dir.join("service-account-key.pem");
+        let service_account_pub = dir.join("service-account-pub.pem");
+        std::fs::write(&service_account_key, signing.serialize_pem()).unwrap();
+        std::fs::write(&service_account_pub, signing.public_key_pem()).unwrap();
+        Credentials {
+            apiserver: pki.server("kube-apiserver"),
+            admin: pki.client("eds-test-admin", &["system:masters"]),
+            controller_manager: pki.client("system:kube-controller-manager", &[]),
+            ca: pki.ca_pem,
+            front_proxy_client: front_proxy.client("front-proxy-client", &[]),
+            front_proxy_ca: front_proxy.ca_pem,
+            service_account_key,
+            service_account_pub,
+        }
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![usage];
-    params
 }
 
-fn write_signed(dir: &Path, file: &str, params: &CertificateParams, issuer: &Issuer<'_, KeyPair>) {
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-}
-
-fn write_kubeconfig(dir: &Path, url: &str, user: &str) {
-    let file = |name: &str| dir.join(name).display().to_string();
+/// `user` is the kubeconfig's user entry, one line of YAML.
+fn write_kubeconfig(path: &Path, url: &str, ca: &Path, user: &str) {
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: eds-test\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: eds-test\n  context:\n    cluster: eds-test\n    user: {user}\ncurrent-context: eds-test\n",
-        ca = file("ca.crt"),
-        cert = file(&format!("{user}.crt")),
-        key = file(&format!("{user}.key")),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: eds-test\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: user\n  user: {{{user}}}\ncontexts:\n- name: eds-test\n  context:\n    cluster: eds-test\n    user: user\ncurrent-context: eds-test\n",
+        ca = ca.display(),
     );
-    std::fs::write(dir.join(format!("{user}.kubeconfig")), text).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn client_certificate(leaf: &Leaf) -> String {
+    format!(
+        "client-certificate: {}, client-key: {}",
+        leaf.cert.display(),
+        leaf.key.display()
+    )
 }
