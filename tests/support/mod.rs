@@ -7,5 +7,6 @@ pub mod keda;
 pub mod kube;
 pub mod nats;
 pub mod process;
+pub mod promql;
 pub mod rig;
 pub mod scaler;
