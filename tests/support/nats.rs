@@ -118,7 +118,14 @@ impl NatsCluster {
                 let mut c = String::new();
                 writeln!(c, "listen: 127.0.0.1:{{port}}").unwrap();
                 writeln!(c, "server_name: n{i}").unwrap();
-                writeln!(c, "jetstream {{ store_dir: {:?} }}", dir.join("js")).unwrap();
+                // Explicit limits: the default is a share of the free disk,
+                // which would make stream placement depend on the machine.
+                writeln!(
+                    c,
+                    "jetstream {{ store_dir: {:?}, max_file_store: 64GB, max_memory_store: 256MB }}",
+                    dir.join("js")
+                )
+                .unwrap();
                 writeln!(
                     c,
                     "cluster {{ name: eds-test\n listen: 127.0.0.1:{cluster}\n routes: [{routes}] }}"
