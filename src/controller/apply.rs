@@ -5,6 +5,7 @@
 //! want changed. The last case includes *removing* a field, which "live holds
 //! desired" cannot see, so every applied object carries a hash of its desired
 //! form in an annotation: a new hash means a new apply.
+use crate::render::resources::quantity_value;
 use serde_json::Value;
 
 /// The annotation holding the hash of the applied desired object.
@@ -62,30 +63,6 @@ fn is_empty(value: &Value) -> bool {
         Value::String(s) => s.is_empty(),
         _ => false,
     }
-}
-
-/// A resource quantity as a number, so that `2000m` equals the `2` the API
-/// server stores it as. Covers the suffixes requests and limits use.
-fn quantity_value(text: &str) -> Option<f64> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let scale = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        _ => return None,
-    };
-    Some(number * scale)
 }
 
 /// FNV-1a: tiny and stable across Rust releases (std's hasher is not), so a

@@ -187,8 +187,14 @@ async fn reconcile_claims(client: Client, args: &Args, lag: Arc<LagCache>, ident
     controller
         .run(reconcile, error_policy, Arc::new(context))
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "controller");
+            match result {
+                // A child event for a claim that was just deleted: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(claim = %obj, "event for a claim that no longer exists")
+                }
+                // Reconcile failures are logged, evented and counted there.
+                Err(e) => tracing::warn!(error = %e, "controller"),
+                Ok(_) => {}
             }
         })
         .await;

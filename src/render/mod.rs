@@ -4,7 +4,7 @@
 //! diffs in CI is what the cluster gets. Nothing here does I/O except
 //! [`run_cli`], which reads the claim file and prints.
 mod deployment;
-mod resources;
+pub mod resources;
 mod scaled_object;
 mod service;
 mod service_account;
