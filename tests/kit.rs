@@ -435,6 +435,10 @@ fn values_schema_refuses_bad_values() {
         ("nats:\n  connections:\n    orders: {}\n", "/nats/connections/orders"),
         ("scaler:\n  grpcTLS:\n    enabled: true\n", "/scaler/grpcTLS/secretName"),
         (
+            "scaler:\n  grpcTLS:\n    enabled: true\n    secretName: t\n",
+            "/scaler/grpcTLS/kedaClientSecretName",
+        ),
+        (
             "scaler:\n  grpcTLS:\n    clientAuth: true\n    secretName: t\n",
             "/scaler/grpcTLS/enabled",
         ),
