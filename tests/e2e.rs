@@ -5,10 +5,12 @@
 //! Measured figures are printed; run with `-- --nocapture` to see them.
 mod support;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
+use base64::Engine as _;
 use eds::api::{CONDITION_SCALER_READY, EventDrivenService};
 use eds::proto::external_scaler_client::ExternalScalerClient;
 use eds::scaler::Tuning;
@@ -16,13 +18,17 @@ use eds::scaler::metadata::metric_name;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
-use serde_json::Value;
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+use support::certs::Pki;
 use support::js;
+use support::keda;
 use support::kube::apply_yaml;
+use support::process::{http_get, tool};
 use support::rig::{self, Rig, SharedRig};
 use support::scaler::{metrics_request, scaled_object};
 use tokio::sync::RwLock;
@@ -38,8 +44,10 @@ const PUSH_ACTIVATION_BOUND: Duration = Duration::from_secs(5);
 /// its own scale-up.
 const POLLING_ACTIVATION_BOUND: Duration = Duration::from_secs(45);
 
-/// Scenarios share the one nats-server; the outage takes it exclusively.
-static NATS: RwLock<()> = RwLock::const_new(());
+/// Scenarios share the rig's nats-server and controller; the two that stop
+/// one of them (the NATS outage, and the TLS scenario, which runs a controller
+/// of its own) take them exclusively.
+static PEERS: RwLock<()> = RwLock::const_new(());
 
 fn rig() -> SharedRig {
     rig::shared(Path::new(env!("CARGO_BIN_EXE_eds")))
@@ -49,7 +57,7 @@ fn rig() -> SharedRig {
 ///    external metric with target = lagThreshold, and `ScalerReady` status.
 #[tokio::test]
 async fn claim_gets_ready_scaled_object_and_hpa() {
-    let _nats = NATS.read().await;
+    let _peers = PEERS.read().await;
     let s = Scenario::new("ready").await;
     s.apply_claim("minReplicas: 0\n    maxReplicas: 7").await;
 
@@ -94,7 +102,7 @@ async fn claim_gets_ready_scaled_object_and_hpa() {
 ///    Deployment goes 0 -> 1 within [`PUSH_ACTIVATION_BOUND`].
 #[tokio::test]
 async fn push_activation_scales_from_zero() {
-    let _nats = NATS.read().await;
+    let _peers = PEERS.read().await;
     let s = Scenario::new("push").await;
     s.apply_claim("minReplicas: 0\n    pollingInterval: 30").await;
     s.wait_scaled_object_ready().await;
@@ -112,29 +120,14 @@ async fn push_activation_scales_from_zero() {
 ///     nats-server's HTTP monitoring every pollingInterval (30 s).
 #[tokio::test]
 async fn builtin_polling_activation_for_comparison() {
-    let _nats = NATS.read().await;
+    let _peers = PEERS.read().await;
     let s = Scenario::new("polled").await;
     let rig = &s.rig;
+    apply_yaml(&s.client, &bare_deployment(WORKER), Some(&s.ns)).await;
     apply_yaml(
         &s.client,
         &format!(
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {WORKER}
-spec:
-  selector:
-    matchLabels: {{app: {WORKER}}}
-  template:
-    metadata:
-      labels: {{app: {WORKER}}}
-    spec:
-      automountServiceAccountToken: false
-      containers:
-      - name: worker
-        image: registry.example/worker:1
----
-apiVersion: keda.sh/v1alpha1
+            r#"apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:
   name: {WORKER}
@@ -173,7 +166,7 @@ spec:
 ///    with N = ceil(lag / lagThreshold), clamped to maxReplicas.
 #[tokio::test]
 async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
-    let _nats = NATS.read().await;
+    let _peers = PEERS.read().await;
     let s = Scenario::new("metric").await;
     s.apply_claim("minReplicas: 0\n    maxReplicas: 10\n    pollingInterval: 2")
         .await;
@@ -204,7 +197,7 @@ async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
 async fn drained_backlog_scales_to_zero_after_the_cooldown() {
     const POLLING: u64 = 2;
     const COOLDOWN: u64 = 5;
-    let _nats = NATS.read().await;
+    let _peers = PEERS.read().await;
     let s = Scenario::new("drain").await;
     s.apply_claim(&format!(
         "minReplicas: 0\n    pollingInterval: {POLLING}\n    cooldownPeriod: {COOLDOWN}"
@@ -240,7 +233,7 @@ async fn drained_backlog_scales_to_zero_after_the_cooldown() {
 #[tokio::test]
 async fn nats_outage_falls_back_and_recovers() {
     const FALLBACK: i32 = 3;
-    let _nats = NATS.write().await;
+    let _peers = PEERS.write().await;
     let s = Scenario::new("outage").await;
     s.apply_claim(&format!(
         "minReplicas: 1\n    maxReplicas: 10\n    pollingInterval: 2\n    fallback:\n      failureThreshold: 2\n      replicas: {FALLBACK}"
@@ -310,7 +303,7 @@ async fn nats_outage_falls_back_and_recovers() {
 ///    ScaledObject and KEDA's HPA (garbage collection through owners).
 #[tokio::test]
 async fn deleting_the_claim_removes_every_child() {
-    let _nats = NATS.read().await;
+    let _peers = PEERS.read().await;
     let s = Scenario::new("delete").await;
     s.apply_claim("minReplicas: 1").await;
     s.wait_scaled_object_ready().await;
@@ -333,7 +326,7 @@ async fn deleting_the_claim_removes_every_child() {
 ///    nothing is created.
 #[tokio::test]
 async fn invalid_claim_is_refused_and_creates_nothing() {
-    let _nats = NATS.read().await;
+    let _peers = PEERS.read().await;
     let s = Scenario::new("invalid").await;
     for (scaling, field, message) in [
         (
@@ -368,6 +361,213 @@ async fn invalid_claim_is_refused_and_creates_nothing() {
     let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
     assert!(claims.list(&Default::default()).await.unwrap().items.is_empty());
     assert_eq!(s.children().await, Vec::<&str>::new());
+}
+
+/// 8. KEDA dials the scaler over mutual TLS, as the chart sets it up with
+///    `scaler.grpcTLS` (clientAuth on): the scaler serves with a server
+///    certificate and requires a client certificate from the CA; KEDA's
+///    certificate and that CA sit in a Secret in KEDA's namespace, which the
+///    chart's ClusterTriggerAuthentication hands to KEDA; the controller, run
+///    as the chart runs it, points the trigger at it with `enableTLS`. The
+///    ScaledObject becomes Ready and a push activates the worker. The same
+///    trigger with the chart's clientAuth-off ClusterTriggerAuthentication (no
+///    client certificate) is refused in the TLS handshake.
+#[tokio::test]
+async fn keda_reaches_the_scaler_over_mutual_tls() {
+    const REFUSED: &str = "no-client-cert";
+    let _peers = PEERS.write().await;
+    let s = Scenario::new("tls").await;
+    let rig = &s.rig;
+    let dir = rig.dir().join(&s.ns);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = Pki::new(&dir, "scaler-grpc");
+    let server = pki.server("eds-scaler");
+    let keda_client = pki.client("keda", &[]);
+    let tls_flags = [
+        OsStr::new("--grpc-tls-cert"),
+        server.cert.as_os_str(),
+        OsStr::new("--grpc-tls-key"),
+        server.key.as_os_str(),
+        OsStr::new("--grpc-tls-client-ca"),
+        pki.ca_pem.as_os_str(),
+    ];
+    let scaler = rig.start_scaler(&format!("eds-scaler-{}", s.ns), &tls_flags);
+
+    let secret = format!("{}-scaler-client", s.ns);
+    let pem = |path: &Path| base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap());
+    apply_yaml(
+        &s.client,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\ndata:\n  ca.crt: {}\n  tls.crt: {}\n  tls.key: {}\n",
+            pem(&pki.ca_pem),
+            pem(&keda_client.cert),
+            pem(&keda_client.key)
+        ),
+        Some(keda::NAMESPACE),
+    )
+    .await;
+    let shipped = chart_grpc_tls(&s.client, &s.ns, &secret, true).await;
+    let authentication = apply_cluster_trigger_authentication(&s.client, &shipped).await;
+    assert_eq!(
+        controller_env(&shipped, "EDS_SCALER_TRIGGER_AUTHENTICATION").as_deref(),
+        Some(authentication.as_str()),
+        "the chart's controller points triggers at the chart's ClusterTriggerAuthentication"
+    );
+    let no_client_cert = chart_grpc_tls(&s.client, &format!("{}-{REFUSED}", s.ns), &secret, false).await;
+    let no_client_cert = apply_cluster_trigger_authentication(&s.client, &no_client_cert).await;
+
+    let _paused = rig.pause_controller();
+    let _controller = rig.start_controller(
+        &format!("eds-controller-{}", s.ns),
+        &s.ns,
+        &scaler.address,
+        &["--scaler-trigger-authentication", &authentication],
+    );
+    s.apply_claim("minReplicas: 0\n    pollingInterval: 30").await;
+    s.wait_scaled_object_ready().await;
+    let so = s.scaled_objects().get(WORKER).await.expect("the claim's ScaledObject");
+    let trigger = &so.data["spec"]["triggers"][0];
+    assert_eq!(trigger["metadata"]["scalerAddress"], scaler.address.as_str());
+    assert_eq!(trigger["metadata"]["enableTLS"], "true");
+    assert_eq!(
+        trigger["authenticationRef"],
+        json!({"name": authentication, "kind": "ClusterTriggerAuthentication"})
+    );
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+    let published = Instant::now();
+    s.publish(1).await;
+    let took = s.time_to_replicas(1, published, PUSH_ACTIVATION_BOUND).await;
+    println!(
+        "activation over mutual TLS, external-push (StreamIsActive), pollingInterval 30: publish -> replicas 1 in {took:?}"
+    );
+    let (_, metrics) = http_get(scaler.http_port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("eds_push_activations_total ") && !l.ends_with(" 0")),
+        "the TLS scaler pushed the activation:\n{metrics}"
+    );
+
+    // The same trigger without KEDA's client certificate.
+    let mut triggers = so.data["spec"]["triggers"].clone();
+    triggers[0]["authenticationRef"]["name"] = json!(no_client_cert);
+    apply_yaml(&s.client, &bare_deployment(REFUSED), Some(&s.ns)).await;
+    let refused = json!({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": REFUSED},
+        "spec": {"scaleTargetRef": {"name": REFUSED}, "minReplicaCount": 0, "triggers": triggers},
+    });
+    apply_yaml(&s.client, &refused.to_string(), Some(&s.ns)).await;
+    let applied = Instant::now();
+    let ready = eventually(
+        "the refused ScaledObject's Ready condition",
+        Duration::from_secs(30),
+        async || {
+            let so = s.scaled_objects().get(REFUSED).await.ok()?;
+            let conditions = so.data["status"]["conditions"].as_array()?.clone();
+            conditions
+                .into_iter()
+                .find(|c| c["type"] == "Ready" && c["status"] != "Unknown")
+        },
+    )
+    .await;
+    assert_eq!(ready["status"], "False", "{ready}");
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no metric specs returned from scalers"), "{ready}");
+    // Why KEDA got no metric spec: the scaler refused the handshake. (KEDA
+    // logs the trigger's errors with the ScaledObject's namespace and name.)
+    let refused_by = format!(r#""namespace": "{}", "name": "{REFUSED}""#, s.ns);
+    let log = rig.keda_operator_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&refused_by) && l.contains("tls: certificate required")),
+        "KEDA's operator logs no refused handshake for {REFUSED}"
+    );
+    println!(
+        "without a client certificate: Ready False (TLS handshake refused) in {:?}",
+        applied.elapsed()
+    );
+    // The restarted rig controller would take the claim over; KEDA would
+    // keep retrying the refused ScaledObject.
+    Api::<Namespace>::all(s.client.clone())
+        .delete(&s.ns, &DeleteParams::default())
+        .await
+        .expect("delete the namespace");
+}
+
+/// The chart's ClusterTriggerAuthentication and controller Deployment for
+/// release `release` with `scaler.grpcTLS` on, KEDA's side in Secret
+/// `secret`; rendered for the rig's Kubernetes version.
+async fn chart_grpc_tls(client: &Client, release: &str, secret: &str, client_auth: bool) -> Vec<Value> {
+    let version = client.apiserver_version().await.expect("the API server's version");
+    let out = std::process::Command::new(tool("helm"))
+        .args(["template", release])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/eds"))
+        .args([
+            "--namespace",
+            rig::SYSTEM_NAMESPACE,
+            "--kube-version",
+            &version.git_version,
+        ])
+        .args(["--show-only", "templates/cluster-trigger-authentication.yaml"])
+        .args(["--show-only", "templates/controller-deployment.yaml"])
+        .args(["--set", "scaler.grpcTLS.enabled=true"])
+        // The scaler's own Secret: the rig's scaler reads files instead.
+        .args(["--set", "scaler.grpcTLS.secretName=eds-scaler-grpc-tls"])
+        .args(["--set", &format!("scaler.grpcTLS.clientAuth={client_auth}")])
+        .args(["--set", &format!("scaler.grpcTLS.kedaClientSecretName={secret}")])
+        .output()
+        .expect("running helm");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|document| Value::deserialize(document).expect("a YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Applies the ClusterTriggerAuthentication of `objects`; its name.
+async fn apply_cluster_trigger_authentication(client: &Client, objects: &[Value]) -> String {
+    let cta = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterTriggerAuthentication")
+        .expect("the chart's ClusterTriggerAuthentication");
+    apply_yaml(client, &cta.to_string(), None).await;
+    cta["metadata"]["name"].as_str().expect("a name").to_string()
+}
+
+/// Environment variable `name` of the controller container in `objects`.
+fn controller_env(objects: &[Value], name: &str) -> Option<String> {
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment")?;
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array()?;
+    let var = env.iter().find(|e| e["name"] == name)?;
+    var["value"].as_str().map(str::to_string)
+}
+
+/// A Deployment of nothing but a container image, for a ScaledObject to target.
+fn bare_deployment(name: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      automountServiceAccountToken: false
+      containers:
+      - name: worker
+        image: registry.example/worker:1
+"#
+    )
 }
 
 /// NATS stopped until dropped, so a failing test leaves it running for the

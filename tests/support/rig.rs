@@ -12,8 +12,15 @@
 //! The controller renders every ScaledObject's `scalerAddress` as the
 //! scaler's loopback gRPC address, so KEDA dials our scaler as it would the
 //! in-cluster Service.
+//!
+//! A scenario that needs the platform configured otherwise (the scaler behind
+//! mutual TLS) starts a scaler and a controller of its own
+//! ([`Rig::start_scaler`], [`Rig::start_controller`]). The rig's controller
+//! watches every namespace, so it would fight the scenario's over the same
+//! claim: [`Rig::pause_controller`] stops it meanwhile.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -96,7 +103,21 @@ pub struct Rig {
     controller: Mutex<Peer>,
     keda: Mutex<Keda>,
     dir: PathBuf,
+    eds: PathBuf,
+    controller_http_port: u16,
 }
+
+/// An `eds scaler` of a scenario's own, killed on drop.
+pub struct Scaler {
+    pub peer: Peer,
+    /// Its gRPC address, `127.0.0.1:<port>`.
+    pub address: String,
+    /// The port of its /metrics, /healthz and /readyz on 127.0.0.1.
+    pub http_port: u16,
+}
+
+/// The rig's controller, stopped until this is dropped.
+pub struct PausedController<'a>(&'a Rig);
 
 impl Rig {
     /// Starts NATS, the scaler, KEDA and the controller against `cp`, on a
@@ -144,7 +165,7 @@ impl Rig {
         };
         print(&self.nats().peer);
         print(&self.scaler.lock().unwrap_or_else(|e| e.into_inner()));
-        print(&self.controller.lock().unwrap_or_else(|e| e.into_inner()));
+        print(&self.controller());
         let keda = self.keda.lock().unwrap_or_else(|e| e.into_inner());
         print(&keda.operator);
         print(&keda.adapter);
@@ -153,6 +174,58 @@ impl Rig {
     /// Where the rig keeps its state and logs.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Starts another `eds scaler` on the rig's NATS with `args` added, and
+    /// waits until it is ready. `name` names its log.
+    pub fn start_scaler<S: AsRef<OsStr>>(&self, name: &str, args: &[S]) -> Scaler {
+        start_scaler(&self.eds, &self.nats_url, &self.dir, name, args)
+    }
+
+    /// Starts another `eds controller` that reconciles only `namespace`'s
+    /// claims, holds a Lease of its own, renders `scaler_address` and takes
+    /// `args` besides; waits until it is ready. Pause the rig's controller
+    /// first ([`Rig::pause_controller`]).
+    pub fn start_controller<S: AsRef<OsStr>>(
+        &self,
+        name: &str,
+        namespace: &str,
+        scaler_address: &str,
+        args: &[S],
+    ) -> Peer {
+        let mut command = controller_command(&self.eds, &self.kubeconfig, scaler_address, &self.nats_url);
+        command
+            .args(["--watch-namespace", namespace])
+            .args(["--lease-name", name])
+            .args(args);
+        start_controller(command, &self.dir, name).0
+    }
+
+    /// Stops the rig's controller (gracefully, so it hands its Lease back)
+    /// until the guard is dropped; then it starts again.
+    pub fn pause_controller(&self) -> PausedController<'_> {
+        self.controller().terminate(Duration::from_secs(10));
+        PausedController(self)
+    }
+
+    /// The KEDA operator's log so far.
+    pub fn keda_operator_log(&self) -> String {
+        self.keda.lock().unwrap_or_else(|e| e.into_inner()).operator.log()
+    }
+
+    fn controller(&self) -> MutexGuard<'_, Peer> {
+        self.controller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for PausedController<'_> {
+    fn drop(&mut self) {
+        let mut controller = self.0.controller();
+        controller.restart();
+        // Panicking again while a failed test unwinds would abort the run.
+        if !std::thread::panicking() {
+            controller.wait_http_ok(self.0.controller_http_port, "/readyz", STARTUP);
+        }
     }
 }
 
@@ -172,17 +245,7 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
     remove_at_exit(nats.dir.path());
     let nats_url = nats.url();
 
-    let scaler_address = format!("127.0.0.1:{}", free_port());
-    let scaler_http_port = free_port();
-    let scaler_http = format!("127.0.0.1:{scaler_http_port}");
-    let mut scaler = Command::new(eds);
-    scaler
-        .arg("scaler")
-        .args(["--nats-url", &nats_url])
-        .args(["--grpc-addr", &scaler_address])
-        .args(["--http-addr", &scaler_http]);
-    let mut scaler = Peer::spawn("eds-scaler", scaler, &dir.join("eds-scaler.log"));
-    scaler.wait_http_ok(scaler_http_port, "/readyz", STARTUP);
+    let scaler = start_scaler::<&str>(eds, &nats_url, &dir, "eds-scaler", &[]);
 
     let keda = Keda::start(cp, &client, &dir).await;
 
@@ -192,35 +255,68 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         None,
     )
     .await;
-    let controller_http_port = free_port();
-    let controller_http = format!("127.0.0.1:{controller_http_port}");
-    let mut controller = Command::new(eds);
-    controller
-        .arg("controller")
-        .env("KUBECONFIG", cp.kubeconfig())
-        .args(["--scaler-address", &scaler_address])
-        .args(["--nats-url", &nats_url])
-        .args(["--http-addr", &controller_http])
-        .args(["--lease-namespace", SYSTEM_NAMESPACE])
-        // Claims show their lag soon after it changes.
-        .args(["--lag-interval", "2s"]);
-    let mut controller = Peer::spawn("eds-controller", controller, &dir.join("eds-controller.log"));
-    controller.wait_http_ok(controller_http_port, "/readyz", STARTUP);
+    let command = controller_command(eds, &cp.kubeconfig(), &scaler.address, &nats_url);
+    let (controller, controller_http_port) = start_controller(command, &dir, "eds-controller");
 
     Rig {
         kubeconfig: cp.kubeconfig(),
         api_url: cp.url.clone(),
         nats_url,
         nats_monitoring: monitoring,
-        scaler_address,
-        scaler_http,
-        controller_http,
+        scaler_address: scaler.address,
+        scaler_http: format!("127.0.0.1:{}", scaler.http_port),
+        controller_http: format!("127.0.0.1:{controller_http_port}"),
         adapter_port: keda.adapter_port,
         started_in: started.elapsed(),
         nats: Mutex::new(nats),
-        scaler: Mutex::new(scaler),
+        scaler: Mutex::new(scaler.peer),
         controller: Mutex::new(controller),
         keda: Mutex::new(keda),
         dir,
+        eds: eds.to_path_buf(),
+        controller_http_port,
     }
+}
+
+fn start_scaler<S: AsRef<OsStr>>(eds: &Path, nats_url: &str, dir: &Path, name: &str, args: &[S]) -> Scaler {
+    let address = format!("127.0.0.1:{}", free_port());
+    let http_port = free_port();
+    let mut command = Command::new(eds);
+    command
+        .arg("scaler")
+        .args(["--nats-url", nats_url])
+        .args(["--grpc-addr", &address])
+        .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+        .args(args);
+    let mut peer = Peer::spawn(name, command, &dir.join(format!("{name}.log")));
+    peer.wait_http_ok(http_port, "/readyz", STARTUP);
+    Scaler {
+        peer,
+        address,
+        http_port,
+    }
+}
+
+/// `eds controller` as the rig runs it, without its HTTP address.
+fn controller_command(eds: &Path, kubeconfig: &Path, scaler_address: &str, nats_url: &str) -> Command {
+    let mut command = Command::new(eds);
+    command
+        .arg("controller")
+        .env("KUBECONFIG", kubeconfig)
+        .args(["--scaler-address", scaler_address])
+        .args(["--nats-url", nats_url])
+        .args(["--lease-namespace", SYSTEM_NAMESPACE])
+        // Claims show their lag soon after it changes.
+        .args(["--lag-interval", "2s"]);
+    command
+}
+
+/// Starts `command` with an HTTP port of its own and waits until it is
+/// ready; the peer and that port.
+fn start_controller(mut command: Command, dir: &Path, name: &str) -> (Peer, u16) {
+    let http_port = free_port();
+    command.args(["--http-addr", &format!("127.0.0.1:{http_port}")]);
+    let mut peer = Peer::spawn(name, command, &dir.join(format!("{name}.log")));
+    peer.wait_http_ok(http_port, "/readyz", STARTUP);
+    (peer, http_port)
 }
