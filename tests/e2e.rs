@@ -496,6 +496,68 @@ async fn keda_reaches_the_scaler_over_mutual_tls() {
         .expect("delete the namespace");
 }
 
+/// The platform kit's dashboard and alerts query only metrics that the
+/// running scaler and controller really export: both are scraped after a
+/// claim has been reconciled, activated by a push, and another claim has
+/// failed to render.
+#[tokio::test]
+async fn dashboard_and_alerts_query_metrics_the_running_platform_exports() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("scrape").await;
+    s.apply_claim("minReplicas: 0\n    pollingInterval: 5").await;
+    s.wait_scaled_object_ready().await;
+    s.publish(3).await;
+    s.wait_replicas(1, PUSH_ACTIVATION_BOUND).await;
+    // A request above its limit passes the schema but not the render: the
+    // controller counts a failed reconcile.
+    apply_yaml(
+        &s.client,
+        &s.claim("minReplicas: 0\n  resources:\n    requests:\n      cpu: \"3\"")
+            .replace(&format!("name: {WORKER}\n"), "name: broken\n"),
+        Some(&s.ns),
+    )
+    .await;
+
+    let wanted = support::promql::kit_metric_names();
+    assert!(wanted.len() > 10, "the kit queries {wanted:?}");
+    let port = |addr: &str| addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (scaler, controller) = (port(&s.rig.scaler_http), port(&s.rig.controller_http));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut exported = std::collections::BTreeSet::new();
+        for port in [scaler, controller] {
+            let (code, body) = http_get(port, "/metrics");
+            assert_eq!(code, 200);
+            exported.extend(scraped_names(&body));
+        }
+        let missing: Vec<&String> = wanted.difference(&exported).collect();
+        if missing.is_empty() {
+            println!("the kit's {} metric names are all in a live scrape", wanted.len());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kit queries {missing:?}, which the running scaler and controller do not export"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Metric names with samples in a Prometheus text scrape; a histogram's
+/// `_bucket`, `_sum` and `_count` series count as its base name.
+fn scraped_names(body: &str) -> impl Iterator<Item = String> + '_ {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+                .to_string()
+        })
+}
+
 /// The chart's ClusterTriggerAuthentication and controller Deployment for
 /// release `release` with `scaler.grpcTLS` on, KEDA's side in Secret
 /// `secret`; rendered for the rig's Kubernetes version.
