@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::scaler::codec::SmallBuffers")
         .compile_protos(&["proto/externalscaler.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/externalscaler.proto");
     Ok(())

@@ -4,7 +4,7 @@
 # (EDS_TOOLS_CACHE, default ~/.cache/eds-tools), so a fresh clone reuses it.
 # With an empty cache everything is built from nothing.
 #
-#   scripts/tools.sh [nats|etcd|kube|keda|helm|promtool|all ...]
+#   scripts/tools.sh [nats|etcd|kube|keda|helm|promtool|all|keda-bench ...]
 set -euo pipefail
 
 NATS_SERVER_VERSION=v2.15.2
@@ -130,6 +130,32 @@ helm() {
 promtool() {
   build_module prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus "" "" \
     github.com/prometheus/prometheus/cmd/promtool
+}
+
+# The load benchmark's baseline (benches/keda-baseline): our own main package
+# built against the pinned KEDA module, cached by the hash of its source.
+keda-bench() {
+  local src="$root/benches/keda-baseline/main.go" hash
+  hash=$(sha256sum "$src" | cut -c1-16)
+  local dest="$cache/keda-bench-$KEDA_VERSION-$hash"
+  if [ -f "$dest/.complete" ]; then link keda-bench "$dest"; return; fi
+  log "building the KEDA $KEDA_VERSION baseline harness"
+  local work
+  work=$(mktemp -d)
+  rm -rf "$dest"
+  mkdir -p "$dest/bin"
+  (
+    cd "$work"
+    go mod init eds.local/keda-bench >/dev/null 2>&1
+    mapfile -t reps < <(replace_args github.com/kedacore/keda/v2 "$KEDA_VERSION")
+    [ ${#reps[@]} -eq 0 ] || go mod edit "${reps[@]}"
+    cp "$src" main.go
+    go get "github.com/kedacore/keda/v2@$KEDA_VERSION" >/dev/null
+    go build -trimpath -ldflags "-s -w" -o "$dest/bin/keda-bench" .
+  )
+  rm -rf "$work"
+  touch "$dest/.complete"
+  link keda-bench "$dest"
 }
 
 all() { nats; etcd; kube; keda; helm; promtool; }

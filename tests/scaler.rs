@@ -125,6 +125,30 @@ async fn push_consumers_have_lag_too() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn messages_larger_than_the_codec_buffer_pass_both_ways() {
+    // Calls start with a small buffer (src/scaler/codec.rs): a request and a
+    // reply far above it must still arrive whole.
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    support::js::work_with_lag(&js, 4).await;
+    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let mut client = scaler.client().await;
+    let note = "x".repeat(64 * 1024);
+    let so = scaled_object(&[("stream", "WORK"), ("consumer", "c"), ("note", &note)]);
+    let metric_name = "m".repeat(16 * 1024);
+    let reply = client
+        .get_metrics(eds::proto::GetMetricsRequest {
+            metric_name: metric_name.clone(),
+            scaled_object_ref: Some(so),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.metric_values[0].metric_name, metric_name);
+    assert_eq!(reply.metric_values[0].metric_value, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn missing_stream_or_consumer_is_not_found_never_a_number() {
     let nats = NatsServer::start();
     let js = js(&nats.url()).await;

@@ -137,7 +137,9 @@ impl Watchers {
             return;
         };
         let mut connects = conn.connects.clone();
-        let mut notifier: Option<Notifier> = None;
+        // Boxed, as is its start below: a watcher's task is sized for its
+        // largest state, and thousands of active watchers hold no notifier.
+        let mut notifier: Option<Box<Notifier>> = None;
         let mut retry = Backoff::default();
         let mut since = Instant::now();
         let mut last_notified: Option<Instant> = None;
@@ -152,9 +154,9 @@ impl Watchers {
             } else if let (None, Some(state)) = (&notifier, &state)
                 && retry.due()
             {
-                match Notifier::start(&conn.client, &key, &state.filter_subjects).await {
+                match Box::pin(Notifier::start(&conn.client, &key, &state.filter_subjects)).await {
                     Ok(created) => {
-                        notifier = Some(created);
+                        notifier = Some(Box::new(created));
                         retry = Backoff::default();
                         // Re-read: a message stored between the read above and
                         // the notifier's start would otherwise go unseen.
@@ -303,9 +305,42 @@ const NOTIFIER_HEARTBEAT: Duration = Duration::from_secs(5);
 const NOTIFIER_INACTIVE: Duration = Duration::from_secs(30);
 
 /// The notifier's next message, or never when there is no notifier.
-async fn next_or_pending(notifier: &mut Option<Notifier>) -> Option<Result<jetstream::Message, push::MessagesError>> {
+async fn next_or_pending(
+    notifier: &mut Option<Box<Notifier>>,
+) -> Option<Result<jetstream::Message, push::MessagesError>> {
     match notifier {
         Some(n) => n.messages.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lag::{ConsumerState, LagError, cache::LagSource};
+    use futures::future::BoxFuture;
+
+    struct Idle;
+
+    impl LagSource for Idle {
+        fn fetch(&self, _key: &ConsumerKey) -> BoxFuture<'static, Result<ConsumerState, LagError>> {
+            Box::pin(async { Ok(ConsumerState::default()) })
+        }
+    }
+
+    /// Every watched consumer holds one watcher task for as long as KEDA
+    /// keeps its stream open: at 10,000 consumers each KiB is 10 MiB.
+    #[test]
+    fn a_watcher_task_stays_small() {
+        let cache = LagCache::new(Arc::new(Idle), Duration::from_secs(1));
+        let watchers = Watchers::new(cache, Connections::default(), WatchConfig::default());
+        let (readings, _rx) = watch::channel(None);
+        let state = Arc::new(Watch {
+            readings,
+            max_threshold: Mutex::new(0.0),
+        });
+        let task = watchers.run(ConsumerKey::new("default", None, "S", "C"), state);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2048, "a watcher task takes {size} bytes");
     }
 }

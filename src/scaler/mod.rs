@@ -1,4 +1,5 @@
 //! `eds scaler`: KEDA's external scaler API over JetStream consumer lag.
+pub mod codec;
 pub mod metadata;
 pub mod service;
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use metadata::Trigger;
@@ -132,9 +133,7 @@ impl Scaler {
         tls: Option<ServerTlsConfig>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        let mut builder = Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .tcp_nodelay(true);
+        let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
         if let Some(tls) = tls {
             builder = builder
                 .tls_config(tls)
@@ -142,10 +141,18 @@ impl Scaler {
         }
         builder
             .add_service(ExternalScalerServer::new(self.service()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await
             .map_err(|e| Error::Server(format!("gRPC server: {e}")))
     }
+}
+
+/// Connections accepted on `listener`, with Nagle's algorithm off. The
+/// builder's own `tcp_nodelay` is ignored for a listener we bind ourselves,
+/// and with Nagle on a reply written in two parts can wait for the client's
+/// delayed ACK: about 40 ms added to a sub-millisecond answer.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// `eds scaler`: serves until SIGINT or SIGTERM.
@@ -180,4 +187,21 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let server_side = accepted.next().await.unwrap().unwrap();
+        assert!(server_side.nodelay().unwrap());
+    }
 }

@@ -1,0 +1,157 @@
+//! What the benchmark reads from outside the processes it measures: /proc
+//! for CPU and memory, nats-server's monitoring port for NATS traffic.
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+use crate::support::process::http_get;
+
+/// CPU time and memory of one process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cpu_secs: f64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Reads utime + stime from /proc/<pid>/stat and VmRSS / VmHWM from status.
+pub fn usage(pid: u32) -> Usage {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Usage {
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        cpu_secs: (ticks(11) + ticks(12)) / clock_ticks(),
+        rss_bytes: kib("VmRSS:"),
+        peak_rss_bytes: kib("VmHWM:"),
+    }
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// One client connection as nats-server counts it.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct ConnStats {
+    /// Messages the client published: its requests.
+    pub in_msgs: u64,
+    /// Bytes the server wrote to the client: what the client read from NATS.
+    pub out_bytes: u64,
+}
+
+#[derive(Deserialize)]
+struct Connz {
+    connections: Vec<ConnEntry>,
+}
+
+#[derive(Deserialize)]
+struct ConnEntry {
+    #[serde(default)]
+    name: String,
+    #[serde(flatten)]
+    stats: ConnStats,
+}
+
+/// The counters of the connection whose client name starts with `prefix`
+/// (the scaler names its connections `eds-scaler/<connection>`).
+pub fn connection(monitor_port: u16, prefix: &str) -> ConnStats {
+    let (code, body) = http_get(monitor_port, "/connz?limit=10000");
+    assert_eq!(code, 200, "/connz: {body}");
+    let connz: Connz = serde_json::from_str(&body).expect("/connz is JSON");
+    let found: Vec<&ConnEntry> = connz
+        .connections
+        .iter()
+        .filter(|c| c.name.starts_with(prefix))
+        .collect();
+    assert_eq!(found.len(), 1, "one connection named {prefix}*");
+    found[0].stats
+}
+
+/// The scaler's Prometheus exposition at one instant.
+pub struct Exposition(String);
+
+impl Exposition {
+    pub fn scrape(http_port: u16) -> Self {
+        let (code, body) = http_get(http_port, "/metrics");
+        assert_eq!(code, 200, "/metrics: {body}");
+        Exposition(body)
+    }
+
+    /// Cumulative bucket counts of histogram `metric` over the series whose
+    /// labels include every pair of `select`, summed across the rest.
+    fn buckets(&self, metric: &str, select: &[(&str, &str)]) -> BTreeMap<u64, (f64, u64)> {
+        let prefix = format!("{metric}_bucket{{");
+        let mut buckets = BTreeMap::new();
+        for line in self.0.lines() {
+            let Some((labels, count)) = line.strip_prefix(&prefix).and_then(|rest| rest.split_once("} ")) else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix("=\""))
+                    .map(|v| v.trim_end_matches('"'))
+            };
+            if select.iter().any(|(k, v)| label(k) != Some(v)) {
+                continue;
+            }
+            let bound = match label("le") {
+                Some("+Inf") | None => f64::INFINITY,
+                Some(le) => le.parse().unwrap_or(f64::INFINITY),
+            };
+            let entry = buckets.entry(bound.to_bits()).or_insert((bound, 0));
+            entry.1 += count.trim().parse::<u64>().unwrap_or(0);
+        }
+        buckets
+    }
+
+    /// The bucket bound (seconds) under which a fraction `q` of the
+    /// observations of `metric` (series matching `select`) since `before` fall.
+    pub fn quantile_since(&self, before: &Exposition, metric: &str, select: &[(&str, &str)], q: f64) -> Option<f64> {
+        let then = before.buckets(metric, select);
+        let mut deltas: Vec<(f64, u64)> = self
+            .buckets(metric, select)
+            .into_iter()
+            .map(|(key, (bound, count))| (bound, count - then.get(&key).map_or(0, |(_, c)| *c)))
+            .collect();
+        deltas.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = deltas.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        let wanted = (total as f64 * q).ceil() as u64;
+        deltas.iter().find(|(_, c)| *c >= wanted).map(|(bound, _)| *bound)
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every benchmark and writes the results to target/bench (or EDS_BENCH_OUT):
+#   machine.txt  the machine: cores, CPU model, memory, load before the run
+#   core.txt     criterion micro-benchmarks (benches/core.rs)
+#   load.md      the load benchmark's tables (benches/load); load.json has every figure
+#
+#   scripts/bench.sh
+#
+# It builds the pinned nats-server and the KEDA baseline harness if they are
+# not cached, then builds everything in release mode (cargo's bench profile).
+# Optional: EDS_BENCH_SIZES (default 1,100,1000,10000) and EDS_BENCH_WINDOW_SECS
+# (default 30) shorten a run; docs/benchmarks.md explains the figures.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=${EDS_BENCH_OUT:-$root/target/bench}
+export EDS_BENCH_OUT=$out
+mkdir -p "$out"
+
+scripts/tools.sh nats keda-bench
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "nproc: $(nproc)"
+  lscpu | grep -E '^(Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\))'
+  free -h | sed -n 1,2p
+  echo "kernel: $(uname -r)"
+  echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "rustc: $(rustc --version)"
+  echo "go: $(go version)"
+} | tee "$out/machine.txt"
+
+cargo bench --bench core --bench load --no-run
+cargo bench --bench core 2>&1 | tee "$out/core.txt"
+cargo bench --bench load
+echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
+echo "results in $out"
