@@ -4,7 +4,7 @@
 # (EDS_TOOLS_CACHE, default ~/.cache/eds-tools), so a fresh clone reuses it.
 # With an empty cache everything is built from nothing.
 #
-#   scripts/tools.sh [nats|etcd|kube|keda|helm|all|keda-bench ...]
+#   scripts/tools.sh [nats|etcd|kube|keda|helm|promtool|all|keda-bench ...]
 set -euo pipefail
 
 NATS_SERVER_VERSION=v2.15.2
@@ -12,6 +12,8 @@ ETCD_VERSION=v3.6.16
 KUBERNETES_VERSION=v1.35.4
 KEDA_VERSION=v2.20.2
 HELM_VERSION=v3.19.0
+# Prometheus 3.x is published as Go module versions v0.3xx.
+PROMETHEUS_VERSION=v0.316.0
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${EDS_TOOLS_CACHE:-$HOME/.cache/eds-tools}
@@ -125,6 +127,11 @@ helm() {
   build_module helm "$HELM_VERSION" helm.sh/helm/v3 "" "" helm.sh/helm/v3/cmd/helm
 }
 
+promtool() {
+  build_module prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus "" "" \
+    github.com/prometheus/prometheus/cmd/promtool
+}
+
 # The load benchmark's baseline (benches/keda-baseline): our own main package
 # built against the pinned KEDA module, cached by the hash of its source.
 keda-bench() {
@@ -151,7 +158,7 @@ keda-bench() {
   link keda-bench "$dest"
 }
 
-all() { nats; etcd; kube; keda; helm; }
+all() { nats; etcd; kube; keda; helm; promtool; }
 
 [ $# -gt 0 ] || set -- all
 for t in "$@"; do "$t"; done

@@ -27,6 +27,16 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 
+    #[error("{what}: {source}")]
+    KubeCall {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("leader election: {0}")]
+    Leader(String),
+
     #[error("serializing: {0}")]
     Serialize(String),
 
@@ -43,7 +53,8 @@ impl Error {
             Error::Nats { .. } => "nats",
             Error::Lag(_) => "lag",
             Error::InvalidClaim(_) => "invalid_claim",
-            Error::Kube(_) => "kube",
+            Error::Kube(_) | Error::KubeCall { .. } => "kube",
+            Error::Leader(_) => "leader",
             Error::Serialize(_) => "serialize",
             Error::Server(_) => "server",
         }

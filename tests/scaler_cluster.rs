@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use eds::nats::NatsArgs;
 use eds::scaler::Tuning;
-use support::nats::NatsCluster;
+use support::nats::{NatsCluster, eventually};
 use support::scaler::{RunningScaler, lag_of, scaled_object};
 
 async fn consumer_leader(js: &jetstream::Context) -> Result<String, async_nats::Error> {
@@ -16,21 +16,6 @@ async fn consumer_leader(js: &jetstream::Context) -> Result<String, async_nats::
     info.cluster
         .and_then(|c| c.leader)
         .ok_or_else(|| "no consumer leader yet".into())
-}
-
-/// Retries `f` until it succeeds (a cluster needs a moment to elect leaders).
-async fn eventually<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e:?}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

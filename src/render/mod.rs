@@ -4,7 +4,7 @@
 //! diffs in CI is what the cluster gets. Nothing here does I/O except
 //! [`run_cli`], which reads the claim file and prints.
 mod deployment;
-mod resources;
+pub mod resources;
 mod scaled_object;
 mod service;
 mod service_account;
@@ -45,12 +45,18 @@ pub struct Platform {
     /// ScaledObject as KEDA's `scalerAddress`.
     #[arg(long, env = "EDS_SCALER_ADDRESS", default_value = DEFAULT_SCALER_ADDRESS)]
     pub scaler_address: String,
+    /// A KEDA ClusterTriggerAuthentication holding `caCert` (and, for mutual
+    /// TLS, `tlsClientCert` and `tlsClientKey`): set it when the scaler serves
+    /// TLS, and every trigger connects with TLS through it.
+    #[arg(long, env = "EDS_SCALER_TRIGGER_AUTHENTICATION")]
+    pub scaler_trigger_authentication: Option<String>,
 }
 
 impl Default for Platform {
     fn default() -> Self {
         Platform {
             scaler_address: DEFAULT_SCALER_ADDRESS.to_string(),
+            scaler_trigger_authentication: None,
         }
     }
 }

@@ -70,8 +70,9 @@ pub fn size_resources(size: Size, overrides: Option<&Resources>) -> Result<Resou
     })
 }
 
-/// A quantity's value, close enough to compare two of them.
-fn quantity_value(text: &str) -> Option<f64> {
+/// A quantity's value, close enough to compare two of them (`2000m` equals
+/// the `2` the API server stores it as).
+pub fn quantity_value(text: &str) -> Option<f64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-')))

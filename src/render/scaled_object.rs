@@ -14,6 +14,8 @@ use crate::scaler::metadata::{ACTIVATION_LAG_THRESHOLD, CONSUMER, LAG_THRESHOLD,
 pub const TRIGGER_TYPE: &str = "external-push";
 /// The trigger metadata key KEDA dials for external scalers.
 pub const SCALER_ADDRESS: &str = "scalerAddress";
+/// The trigger metadata key that makes KEDA dial the scaler with TLS.
+pub const ENABLE_TLS: &str = "enableTLS";
 
 /// The part of KEDA's `keda.sh/v1alpha1` ScaledObject we write. Every field we
 /// do not set is left out of what we apply, so server-side apply never makes
@@ -68,6 +70,17 @@ pub struct ScaledObjectTrigger {
     #[serde(rename = "type")]
     pub type_: String,
     pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_ref: Option<AuthenticationRef>,
+}
+
+/// The KEDA (Cluster)TriggerAuthentication a trigger takes secrets from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// What the controller reads back: KEDA's `Ready`, `Active` and `Fallback`
@@ -109,6 +122,15 @@ pub fn desired_scaled_object(eds: &EventDrivenService, platform: &Platform) -> S
     if let Some(connection) = &nats.connection {
         metadata.insert(NATS_CONNECTION.to_string(), connection.clone());
     }
+    // TLS material for KEDA's side of the gRPC connection lives in one
+    // platform-wide ClusterTriggerAuthentication, never in the claim.
+    let authentication_ref = platform.scaler_trigger_authentication.as_ref().map(|name| {
+        metadata.insert(ENABLE_TLS.to_string(), "true".to_string());
+        AuthenticationRef {
+            name: name.clone(),
+            kind: Some("ClusterTriggerAuthentication".into()),
+        }
+    });
     ScaledObject {
         metadata: child_metadata(eds),
         spec: ScaledObjectSpec {
@@ -130,6 +152,7 @@ pub fn desired_scaled_object(eds: &EventDrivenService, platform: &Platform) -> S
             triggers: vec![ScaledObjectTrigger {
                 type_: TRIGGER_TYPE.into(),
                 metadata,
+                authentication_ref,
             }],
         },
         status: None,
@@ -155,6 +178,7 @@ mod tests {
     fn platform() -> Platform {
         Platform {
             scaler_address: "scaler.platform.svc:7000".into(),
+            scaler_trigger_authentication: None,
         }
     }
 
@@ -230,6 +254,28 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(metadata(&eds), expected);
+    }
+
+    #[test]
+    fn tls_to_the_scaler_through_the_platforms_trigger_authentication() {
+        let eds = EventDrivenService::test();
+        let plain = &desired_scaled_object(&eds, &platform()).spec.triggers[0];
+        assert_eq!(plain.authentication_ref, None);
+        assert!(!plain.metadata.contains_key("enableTLS"));
+
+        let tls = Platform {
+            scaler_trigger_authentication: Some("eds-scaler-tls".into()),
+            ..platform()
+        };
+        let trigger = &desired_scaled_object(&eds, &tls).spec.triggers[0];
+        assert_eq!(trigger.metadata["enableTLS"], "true");
+        assert_eq!(
+            trigger.authentication_ref,
+            Some(AuthenticationRef {
+                name: "eds-scaler-tls".into(),
+                kind: Some("ClusterTriggerAuthentication".into()),
+            })
+        );
     }
 
     #[test]

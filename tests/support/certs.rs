@@ -36,18 +36,33 @@ impl Pki {
 
     /// A server certificate for loopback.
     pub fn server(&self, name: &str) -> Leaf {
-        self.leaf(name, &[ExtendedKeyUsagePurpose::ServerAuth], &[], true)
+        self.leaf(name, &[ExtendedKeyUsagePurpose::ServerAuth], &[], Some(&[]))
     }
 
     /// A client certificate with CommonName `cn` and optional Organizations.
     pub fn client(&self, cn: &str, organizations: &[&str]) -> Leaf {
-        self.leaf(cn, &[ExtendedKeyUsagePurpose::ClientAuth], organizations, false)
+        self.leaf(cn, &[ExtendedKeyUsagePurpose::ClientAuth], organizations, None)
     }
 
-    fn leaf(&self, cn: &str, usages: &[ExtendedKeyUsagePurpose], orgs: &[&str], loopback: bool) -> Leaf {
-        let sans: Vec<String> = if loopback { vec!["localhost".into()] } else { Vec::new() };
+    /// One certificate to serve and to dial with, for loopback and the extra
+    /// `dns_names` (KEDA's operator and adapter share one for their mutual-TLS
+    /// link, and the adapter serves the API server's aggregator with it).
+    pub fn server_and_client(&self, name: &str, dns_names: &[&str]) -> Leaf {
+        let usages = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.leaf(name, &usages, &[], Some(dns_names))
+    }
+
+    /// `loopback`: serve on loopback, plus these DNS names.
+    fn leaf(&self, cn: &str, usages: &[ExtendedKeyUsagePurpose], orgs: &[&str], loopback: Option<&[&str]>) -> Leaf {
+        let sans: Vec<String> = match loopback {
+            Some(names) => std::iter::once("localhost")
+                .chain(names.iter().copied())
+                .map(String::from)
+                .collect(),
+            None => Vec::new(),
+        };
         let mut params = CertificateParams::new(sans).unwrap();
-        if loopback {
+        if loopback.is_some() {
             params
                 .subject_alt_names
                 .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::process::{Peer, free_port, tool};
 
@@ -118,7 +118,14 @@ impl NatsCluster {
                 let mut c = String::new();
                 writeln!(c, "listen: 127.0.0.1:{{port}}").unwrap();
                 writeln!(c, "server_name: n{i}").unwrap();
-                writeln!(c, "jetstream {{ store_dir: {:?} }}", dir.join("js")).unwrap();
+                // Explicit limits: the default is a share of the free disk,
+                // which would make stream placement depend on the machine.
+                writeln!(
+                    c,
+                    "jetstream {{ store_dir: {:?}, max_file_store: 64GB, max_memory_store: 256MB }}",
+                    dir.join("js")
+                )
+                .unwrap();
                 writeln!(
                     c,
                     "cluster {{ name: eds-test\n listen: 127.0.0.1:{cluster}\n routes: [{routes}] }}"
@@ -134,5 +141,20 @@ impl NatsCluster {
     /// Every server's URL, comma separated (the scaler's configured list).
     pub fn urls(&self) -> String {
         self.servers.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Retries `f` until it succeeds (a cluster needs a moment to elect leaders).
+pub async fn eventually<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }

@@ -1,8 +1,13 @@
 //! Peers as child processes: spawned with their output in a log file, waited
 //! on until ready, killed on drop, and their log printed when a test fails.
+//!
+//! A peer also dies with the test process, however that ends: a peer kept in a
+//! `static` is never dropped, and a killed `cargo test` drops nothing. See
+//! [`GUARD`].
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,8 +58,8 @@ pub struct Peer {
 
 impl Peer {
     /// Starts `command` with stdout and stderr appended to `log`.
-    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Peer {
-        let child = Self::start(name, &mut command, log);
+    pub fn spawn(name: &str, command: Command, log: &Path) -> Peer {
+        let child = Self::start(name, &command, log);
         Peer {
             name: name.to_string(),
             child: Some(child),
@@ -63,10 +68,14 @@ impl Peer {
         }
     }
 
-    fn start(name: &str, command: &mut Command, log: &Path) -> Child {
+    fn start(name: &str, command: &Command, log: &Path) -> Child {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        command
-            .stdin(Stdio::null())
+        // A group of its own: Ctrl-C at a terminal (or `timeout`) signals the
+        // whole foreground group, which would kill the guard's watcher and
+        // leave a peer shutting down at its own pace. Peers die by the guard.
+        guarded(command)
+            .process_group(0)
+            .stdin(Stdio::piped())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
@@ -97,6 +106,13 @@ impl Peer {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Waits until `GET path` on loopback `port` answers 200.
+    pub fn wait_http_ok(&mut self, port: u16, path: &str, timeout: Duration) {
+        self.wait_until(&format!("answering GET {path}"), timeout, |_| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get(port, path).0 == 200
+        });
     }
 
     /// Waits until the log contains `needle`.
@@ -131,7 +147,7 @@ impl Peer {
     /// Starts the same command again, appending to the same log.
     pub fn restart(&mut self) {
         self.stop();
-        let command = self.command.as_mut().expect("command kept");
+        let command = self.command.as_ref().expect("command kept");
         self.child = Some(Self::start(&self.name, command, &self.log));
     }
 
@@ -153,6 +169,50 @@ impl Peer {
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
+}
+
+/// Runs the peer under `sh`, which first starts a watcher and then `exec`s the
+/// peer, so the child's pid is the peer's own. The watcher blocks reading the
+/// peer's stdin, a pipe whose only writer is this test process: when the test
+/// process exits or is killed, the read returns and the watcher kills the peer.
+/// (`$$` in the watcher is the pid the peer took over.)
+const GUARD: &str = r#"exec 3<&0 0</dev/null; (read _ <&3; kill -KILL $$) & exec "$@" 3<&-"#;
+
+fn guarded(command: &Command) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(GUARD)
+        .arg("sh")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    sh
+}
+
+/// Removes `dir` once this test process has exited, for state that outlives
+/// every test (a `static` peer's directory). Like [`GUARD`], a pipe tells the
+/// remover when; it waits a moment for the guarded peers to die first.
+#[allow(clippy::zombie_processes, reason = "the remover outlives this process by design")]
+pub fn remove_at_exit(dir: &Path) {
+    let mut remover = Command::new("sh")
+        .arg("-c")
+        .arg(r#"read _; sleep 1; rm -rf -- "$1""#)
+        .arg("sh")
+        .arg(dir)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("starting the directory remover");
+    // The pipe must stay open until the process exits, so the handle is leaked.
+    std::mem::forget(remover.stdin.take());
 }
 
 impl Drop for Peer {

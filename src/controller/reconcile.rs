@@ -1,0 +1,417 @@
+//! One claim's reconcile: apply what changed, observe, write the status if it
+//! changed; and what happens when that fails.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ValidationDirective};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::apply::{holds, stamp};
+use super::status::{Observed, desired_status, keda_conditions};
+use super::{Args, FIELD_MANAGER};
+use crate::api::{EventDrivenService, EventDrivenServiceStatus};
+use crate::lag::{ConsumerKey, LagCache, desired_replicas};
+use crate::nats::DEFAULT_CONNECTION;
+use crate::render::{Children, Platform, ScaledObject, desired_children};
+use crate::{Error, Result};
+
+/// One kind of child: how to reach it, and the watch-fed store of the live
+/// objects.
+pub struct ChildKind {
+    pub resource: ApiResource,
+    pub store: Store<DynamicObject>,
+}
+
+/// The child kinds in the order they are applied: the ServiceAccount before
+/// the Deployment that runs as it, the Deployment before the ScaledObject
+/// that scales it.
+pub fn child_resources() -> [ApiResource; 4] {
+    [
+        ApiResource::erase::<ServiceAccount>(&()),
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<ScaledObject>(&()),
+    ]
+}
+
+const DEPLOYMENT: usize = 1;
+const SCALED_OBJECT: usize = 3;
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    client: Client,
+    platform: Platform,
+    lag: Arc<LagCache>,
+    lag_interval: Duration,
+    recorder: Recorder,
+    kinds: Vec<ChildKind>,
+    /// Failures in a row, per claim, for the back-off.
+    failures: Mutex<HashMap<ObjectRef<EventDrivenService>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, args: &Args, lag: Arc<LagCache>, identity: &str, kinds: Vec<ChildKind>) -> Self {
+        Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: Some(identity.into()),
+                },
+            ),
+            client,
+            platform: args.platform.clone(),
+            lag,
+            lag_interval: args.lag_interval,
+            kinds,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Reconciles one claim, timing it, counting it, and recording a failure as
+/// an Event on the claim.
+#[tracing::instrument(skip_all, fields(namespace = claim.namespace(), name = %claim.name_any()))]
+pub async fn reconcile(claim: Arc<EventDrivenService>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_claim(&claim, &ctx).await;
+    metrics::histogram!("eds_reconcile_duration_seconds").record(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("eds_reconcile_total", "result" => outcome).increment(1);
+    match &result {
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .expect("failures lock")
+                .remove(&ObjectRef::from(&*claim));
+        }
+        Err(e) => publish_failure(&ctx.recorder, &claim, e).await,
+    }
+    result
+}
+
+/// Retries a failed claim with a back-off that doubles per failure in a row,
+/// and counts the failure by kind.
+pub fn error_policy(claim: Arc<EventDrivenService>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut failures = ctx.failures.lock().expect("failures lock");
+        let count = failures.entry(ObjectRef::from(&*claim)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    metrics::counter!("eds_reconcile_errors_total", "error" => error.metric_label()).increment(1);
+    let retry = backoff(failures);
+    tracing::warn!(
+        namespace = claim.namespace(), name = %claim.name_any(), %error, failures, retry = ?retry,
+        "reconcile failed"
+    );
+    Action::requeue(retry)
+}
+
+/// 1 s after the first failure, doubling, at most 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << doublings).min(Duration::from_secs(300))
+}
+
+async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Action> {
+    // Owner references hand a deleted claim's children to the garbage
+    // collector; applying now would only race it.
+    if claim.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = claim
+        .namespace()
+        .ok_or_else(|| Error::InvalidClaim(format!("EventDrivenService {} has no namespace", claim.name_any())))?;
+    let name = claim.name_any();
+    for kind in &ctx.kinds {
+        kind.store
+            .wait_until_ready()
+            .await
+            .map_err(|e| Error::Server(format!("the {} watch stopped: {e}", kind.resource.kind)))?;
+    }
+
+    let (live, failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
+        Ok(desired) => apply_changed(ctx, &namespace, &name, desired).await,
+        Err(e) => (
+            ctx.kinds.iter().map(|k| live_child(k, &namespace, &name)).collect(),
+            Some(e),
+        ),
+    };
+
+    let observed = Observed {
+        applied: failure.as_ref().map_or(Ok(()), |e| Err(e.to_string())),
+        deployment: live[DEPLOYMENT]
+            .as_ref()
+            .and_then(|d| d.get("status"))
+            .and_then(|s| DeploymentStatus::deserialize(s).ok()),
+        scaler: live[SCALED_OBJECT].as_ref().map(keda_conditions).unwrap_or_default(),
+        lag: read_lag(ctx, claim).await,
+    };
+    let status = desired_status(claim, &observed, Timestamp::now());
+    record_gauges(claim, &namespace, &status);
+    if claim.status.as_ref() != Some(&status) {
+        patch_status(ctx, claim, &namespace, &status).await?;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(ctx.lag_interval)),
+    }
+}
+
+/// Applies each child whose live object no longer holds the desired one.
+/// Returns every child as it now is, and the first failure.
+async fn apply_changed(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    desired: [Value; 4],
+) -> (Vec<Option<Value>>, Option<Error>) {
+    let mut live = Vec::new();
+    let mut failure = None;
+    for (kind, mut object) in ctx.kinds.iter().zip(desired) {
+        stamp(&mut object);
+        let current = live_child(kind, namespace, name);
+        if current.as_ref().is_some_and(|c| holds(c, &object)) {
+            live.push(current);
+            continue;
+        }
+        // Force only over a child we already have: drift in our own fields is
+        // undone, but an object of the same name that someone else made is
+        // not taken over (the apply conflicts instead).
+        match apply_child(ctx, kind, namespace, name, &object, current.is_some()).await {
+            Ok(applied) => live.push(Some(applied)),
+            Err(e) => {
+                failure.get_or_insert(e);
+                live.push(current);
+            }
+        }
+    }
+    (live, failure)
+}
+
+/// The children as JSON, in [`child_resources`] order.
+fn desired_objects(children: &Children) -> Result<[Value; 4]> {
+    let json = |object: Result<Value, serde_json::Error>| object.map_err(|e| Error::Serialize(e.to_string()));
+    Ok([
+        json(serde_json::to_value(&children.service_account))?,
+        json(serde_json::to_value(&children.deployment))?,
+        json(serde_json::to_value(&children.service))?,
+        json(serde_json::to_value(&children.scaled_object))?,
+    ])
+}
+
+fn live_child(kind: &ChildKind, namespace: &str, name: &str) -> Option<Value> {
+    let key = ObjectRef::new_with(name, kind.resource.clone()).within(namespace);
+    kind.store.get(&key).and_then(|o| serde_json::to_value(&*o).ok())
+}
+
+/// Server-side applies one child; with `force`, whatever another manager
+/// changed in our fields comes back. Strict validation makes the API server
+/// refuse a field its schema does not know (KEDA's, for the ScaledObject)
+/// instead of dropping it.
+async fn apply_child(
+    ctx: &Context,
+    kind: &ChildKind,
+    namespace: &str,
+    name: &str,
+    object: &Value,
+    force: bool,
+) -> Result<Value> {
+    let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), namespace, &kind.resource);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        force,
+        field_validation: Some(ValidationDirective::Strict),
+        ..PatchParams::default()
+    };
+    let applied = api
+        .patch(name, &params, &Patch::Apply(object))
+        .await
+        .map_err(|source| Error::KubeCall {
+            what: format!("applying {} {namespace}/{name}", kind.resource.kind),
+            source,
+        })?;
+    metrics::counter!("eds_child_applies_total", "kind" => kind.resource.kind.clone()).increment(1);
+    tracing::info!(kind = %kind.resource.kind, %namespace, %name, "applied");
+    serde_json::to_value(&applied).map_err(|e| Error::Serialize(e.to_string()))
+}
+
+async fn patch_status(
+    ctx: &Context,
+    claim: &EventDrivenService,
+    namespace: &str,
+    status: &EventDrivenServiceStatus,
+) -> Result<()> {
+    let name = claim.name_any();
+    let body = serde_json::json!({
+        "apiVersion": EventDrivenService::api_version(&()),
+        "kind": EventDrivenService::kind(&()),
+        "status": status,
+    });
+    Api::<EventDrivenService>::namespaced(ctx.client.clone(), namespace)
+        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+        .await
+        .map_err(|source| Error::KubeCall {
+            what: format!("writing the status of EventDrivenService {namespace}/{name}"),
+            source,
+        })?;
+    Ok(())
+}
+
+/// The consumer's lag through the shared cache: at most one NATS request per
+/// consumer per lag interval, however often claims are reconciled.
+async fn read_lag(ctx: &Context, claim: &EventDrivenService) -> Option<u64> {
+    let nats = &claim.spec.nats;
+    let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
+    let key = ConsumerKey::new(connection, None, &nats.stream, &nats.consumer);
+    match ctx.lag.get(&key).await.result {
+        Ok(state) => Some(state.lag()),
+        Err(e) => {
+            tracing::debug!(consumer = %key, error = %e, "lag unavailable");
+            None
+        }
+    }
+}
+
+fn record_gauges(claim: &EventDrivenService, namespace: &str, status: &EventDrivenServiceStatus) {
+    let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
+    let scaling = &claim.spec.scaling;
+    metrics::gauge!("eds_service_max_replicas", &labels).set(f64::from(scaling.max_replicas));
+    if let Some(replicas) = status.replicas {
+        metrics::gauge!("eds_service_replicas", &labels).set(f64::from(replicas));
+    }
+    let Some(lag) = status.lag else { return };
+    metrics::gauge!("eds_service_lag", &labels).set(lag as f64);
+    if let Some(threshold) = threshold(&scaling.lag_threshold) {
+        let (min, max) = (scaling.min_replicas.max(0) as u32, scaling.max_replicas.max(0) as u32);
+        let desired = desired_replicas(lag.max(0) as u64, threshold, min, max);
+        metrics::gauge!("eds_service_desired_replicas", &labels).set(f64::from(desired));
+    }
+}
+
+fn threshold(value: &IntOrString) -> Option<f64> {
+    match value {
+        IntOrString::Int(n) => Some(f64::from(*n)),
+        IntOrString::String(s) => s.trim().parse().ok(),
+    }
+    .filter(|t: &f64| *t > 0.0)
+}
+
+/// Events carry at most 1 kB of note.
+async fn publish_failure(recorder: &Recorder, claim: &EventDrivenService, error: &Error) {
+    let mut note = error.to_string();
+    if note.len() > 1024 {
+        let mut end = 1021;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &claim.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an Event on the claim");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lag::JetStreamLag;
+    use crate::nats::Connections;
+    use clap::Parser;
+    use kube::runtime::reflector::store::Writer;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn context() -> Arc<Context> {
+        let config = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let args = Cli::parse_from(["eds"]).args;
+        let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), args.lag_interval);
+        let kinds = child_resources()
+            .into_iter()
+            .map(|resource| ChildKind {
+                store: Writer::new(resource.clone()).as_reader(),
+                resource,
+            })
+            .collect();
+        Arc::new(Context::new(client, &args, lag, "test", kinds))
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 1000].map(|n| backoff(n).as_secs()).into();
+        assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300]);
+    }
+
+    #[tokio::test]
+    async fn error_policy_backs_off_per_claim_and_counts_failures() {
+        let ctx = context();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let orders = Arc::new(EventDrivenService::test());
+        let billing = Arc::new(EventDrivenService::test().with_name("billing"));
+        let error = || Error::InvalidClaim("bad".into());
+
+        let actions = metrics::with_local_recorder(&recorder, || {
+            [
+                error_policy(orders.clone(), &error(), ctx.clone()),
+                error_policy(orders.clone(), &error(), ctx.clone()),
+                error_policy(orders.clone(), &error(), ctx.clone()),
+                error_policy(billing.clone(), &error(), ctx.clone()),
+            ]
+        });
+        assert_eq!(
+            actions,
+            [1, 2, 4, 1].map(|s| Action::requeue(Duration::from_secs(s))),
+            "the back-off doubles per claim"
+        );
+        let text = handle.render();
+        assert!(
+            text.contains(r#"eds_reconcile_errors_total{error="invalid_claim"} 4"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn thresholds_read_as_numbers() {
+        assert_eq!(threshold(&IntOrString::Int(5)), Some(5.0));
+        assert_eq!(threshold(&IntOrString::String("2.5".into())), Some(2.5));
+        assert_eq!(threshold(&IntOrString::String("0".into())), None);
+    }
+
+    #[test]
+    fn children_are_json_in_apply_order() {
+        let children = desired_children(&EventDrivenService::test(), &Platform::default()).unwrap();
+        let objects = desired_objects(&children).unwrap();
+        let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        let expected: Vec<String> = child_resources().iter().map(|r| r.kind.clone()).collect();
+        assert_eq!(kinds, expected);
+        assert!(
+            objects[DEPLOYMENT]["spec"].get("replicas").is_none(),
+            "KEDA owns the replica count"
+        );
+    }
+}

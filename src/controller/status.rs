@@ -1,0 +1,298 @@
+//! The claim's status, computed from what was observed. Pure: the reconcile
+//! loop compares the result with the stored status and writes only a change.
+use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use serde::Deserialize;
+
+use crate::api::{
+    CONDITION_DEPLOYMENT_AVAILABLE, CONDITION_READY, CONDITION_RECONCILED, CONDITION_SCALER_READY, EventDrivenService,
+    EventDrivenServiceStatus,
+};
+use crate::render::{ScaledObjectCondition, ScaledObjectStatus};
+
+/// What one reconcile saw.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// `Err(message)` when a child could not be applied.
+    pub applied: Result<(), String>,
+    pub deployment: Option<DeploymentStatus>,
+    /// The ScaledObject's conditions (`Ready`, `Active`...), as KEDA wrote them.
+    pub scaler: Vec<ScaledObjectCondition>,
+    /// The consumer's lag, when it could be read.
+    pub lag: Option<u64>,
+}
+
+impl Default for Observed {
+    fn default() -> Self {
+        Observed {
+            applied: Ok(()),
+            deployment: None,
+            scaler: Vec::new(),
+            lag: None,
+        }
+    }
+}
+
+/// Reads a live ScaledObject's conditions; anything unreadable is none.
+pub fn keda_conditions(scaled_object: &serde_json::Value) -> Vec<ScaledObjectCondition> {
+    scaled_object
+        .get("status")
+        .and_then(|s| ScaledObjectStatus::deserialize(s).ok())
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+}
+
+/// The status the claim should have. A condition keeps its
+/// `lastTransitionTime` while its status stays the same.
+pub fn desired_status(claim: &EventDrivenService, observed: &Observed, now: Timestamp) -> EventDrivenServiceStatus {
+    let generation = claim.metadata.generation;
+    let previous = claim
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let condition = |type_: &str, state: State| {
+        let (status, reason, message) = state;
+        let since = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time: since,
+        }
+    };
+
+    let reconciled = match &observed.applied {
+        Ok(()) => (TRUE, "Applied", "Every child is applied.".to_string()),
+        Err(e) => (FALSE, "ApplyFailed", e.clone()),
+    };
+    let available = deployment_available(observed.deployment.as_ref());
+    let scaler = scaler_ready(&observed.scaler);
+    let ready = [
+        (&reconciled, "NotReconciled"),
+        (&available, "DeploymentUnavailable"),
+        (&scaler, "ScalerNotReady"),
+    ]
+    .into_iter()
+    .find(|(state, _)| state.0 != TRUE)
+    .map_or_else(
+        || (TRUE, "Ready", "The worker is deployed and autoscaled.".to_string()),
+        |((_, _, message), reason)| (FALSE, reason, message.clone()),
+    );
+
+    EventDrivenServiceStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition(CONDITION_READY, ready),
+            condition(CONDITION_RECONCILED, reconciled),
+            condition(CONDITION_SCALER_READY, scaler),
+            condition(CONDITION_DEPLOYMENT_AVAILABLE, available),
+        ],
+        replicas: observed.deployment.as_ref().map(|d| d.replicas.unwrap_or(0)),
+        ready_replicas: observed.deployment.as_ref().map(|d| d.ready_replicas.unwrap_or(0)),
+        lag: observed.lag.map(|lag| i64::try_from(lag).unwrap_or(i64::MAX)),
+    }
+}
+
+const TRUE: &str = "True";
+const FALSE: &str = "False";
+const UNKNOWN: &str = "Unknown";
+
+/// Status, reason, message.
+type State = (&'static str, &'static str, String);
+
+fn deployment_available(status: Option<&DeploymentStatus>) -> State {
+    let available = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Available"));
+    match available {
+        Some(c) if c.status == TRUE => (
+            TRUE,
+            "Available",
+            message_or(&c.message, "The Deployment is available."),
+        ),
+        Some(c) => (
+            if c.status == FALSE { FALSE } else { UNKNOWN },
+            "Unavailable",
+            message_or(&c.message, "The Deployment is not available."),
+        ),
+        None => (
+            UNKNOWN,
+            "DeploymentPending",
+            "The Deployment has not reported availability yet.".into(),
+        ),
+    }
+}
+
+fn scaler_ready(conditions: &[ScaledObjectCondition]) -> State {
+    let find = |t: &str| conditions.iter().find(|c| c.type_ == t);
+    let active = find("Active").map_or("Unknown", |c| c.status.as_str());
+    match find("Ready") {
+        Some(c) if c.status == TRUE => (
+            TRUE,
+            "ScaledObjectReady",
+            format!("KEDA: {} (active: {active})", c.message.as_deref().unwrap_or("ready")),
+        ),
+        Some(c) => (
+            if c.status == FALSE { FALSE } else { UNKNOWN },
+            "ScaledObjectNotReady",
+            format!(
+                "KEDA: {}",
+                c.message.as_deref().or(c.reason.as_deref()).unwrap_or("not ready")
+            ),
+        ),
+        None => (
+            UNKNOWN,
+            "ScaledObjectPending",
+            "KEDA has not reported on the ScaledObject yet: is KEDA running?".into(),
+        ),
+    }
+}
+
+fn message_or(message: &Option<String>, fallback: &str) -> String {
+    message
+        .clone()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| fallback.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::DeploymentCondition;
+
+    fn claim(status: Option<EventDrivenServiceStatus>) -> EventDrivenService {
+        let mut claim: EventDrivenService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "platform.bizmatters.io/v1alpha1", "kind": "EventDrivenService",
+            "metadata": {"name": "w", "namespace": "n", "generation": 3},
+            "spec": {"image": "img:1", "nats": {"stream": "S", "consumer": "c"}}
+        }))
+        .unwrap();
+        claim.status = status;
+        claim
+    }
+
+    fn available(status: &str) -> DeploymentStatus {
+        DeploymentStatus {
+            replicas: Some(2),
+            ready_replicas: Some(1),
+            conditions: Some(vec![DeploymentCondition {
+                type_: "Available".into(),
+                status: status.into(),
+                message: Some("Deployment has minimum availability.".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    fn keda(ready: &str, active: &str) -> Vec<ScaledObjectCondition> {
+        let c = |t: &str, s: &str| ScaledObjectCondition {
+            type_: t.into(),
+            status: s.into(),
+            reason: None,
+            message: Some(format!("{t} is {s}")),
+        };
+        vec![c("Ready", ready), c("Active", active)]
+    }
+
+    fn get<'a>(status: &'a EventDrivenServiceStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn all_good_is_ready() {
+        let observed = Observed {
+            applied: Ok(()),
+            deployment: Some(available("True")),
+            scaler: keda("True", "False"),
+            lag: Some(7),
+        };
+        let status = desired_status(&claim(None), &observed, Timestamp::UNIX_EPOCH);
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(
+            (status.replicas, status.ready_replicas, status.lag),
+            (Some(2), Some(1), Some(7))
+        );
+        for type_ in [
+            CONDITION_READY,
+            CONDITION_RECONCILED,
+            CONDITION_SCALER_READY,
+            CONDITION_DEPLOYMENT_AVAILABLE,
+        ] {
+            assert_eq!(get(&status, type_).status, "True", "{type_}");
+            assert_eq!(get(&status, type_).observed_generation, Some(3));
+        }
+        assert!(get(&status, CONDITION_SCALER_READY).message.contains("active: False"));
+    }
+
+    #[test]
+    fn the_first_failing_condition_explains_not_ready() {
+        let observed = Observed {
+            applied: Err("applying Deployment n/w: forbidden".into()),
+            deployment: None,
+            scaler: vec![],
+            lag: None,
+        };
+        let status = desired_status(&claim(None), &observed, Timestamp::UNIX_EPOCH);
+        let ready = get(&status, CONDITION_READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NotReconciled")
+        );
+        assert!(ready.message.contains("forbidden"));
+        assert_eq!(get(&status, CONDITION_DEPLOYMENT_AVAILABLE).status, "Unknown");
+        assert_eq!(get(&status, CONDITION_SCALER_READY).reason, "ScaledObjectPending");
+        assert_eq!((status.replicas, status.lag), (None, None));
+
+        let observed = Observed {
+            deployment: Some(available("True")),
+            scaler: keda("False", "False"),
+            ..Default::default()
+        };
+        let status = desired_status(&claim(None), &observed, Timestamp::UNIX_EPOCH);
+        assert_eq!(get(&status, CONDITION_READY).reason, "ScalerNotReady");
+    }
+
+    #[test]
+    fn transition_times_move_only_on_a_change() {
+        let observed = Observed {
+            deployment: Some(available("False")),
+            ..Default::default()
+        };
+        let then = Timestamp::UNIX_EPOCH;
+        let later = Timestamp::from_second(1_000).unwrap();
+        let first = desired_status(&claim(None), &observed, then);
+        let same = desired_status(&claim(Some(first.clone())), &observed, later);
+        assert_eq!(first, same, "nothing changed, so nothing to write");
+
+        let observed = Observed {
+            deployment: Some(available("True")),
+            ..observed
+        };
+        let changed = desired_status(&claim(Some(first)), &observed, later);
+        assert_eq!(
+            get(&changed, CONDITION_DEPLOYMENT_AVAILABLE).last_transition_time,
+            Time(later)
+        );
+        assert_eq!(get(&changed, CONDITION_RECONCILED).last_transition_time, Time(then));
+    }
+
+    #[test]
+    fn reads_keda_conditions_from_a_scaled_object() {
+        let so = serde_json::json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "ScaledObjectReady", "message": "ok"},
+            {"type": "Active", "status": "False"}
+        ]}});
+        let conditions = keda_conditions(&so);
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[1].type_, "Active");
+        assert!(keda_conditions(&serde_json::json!({"status": {"conditions": "junk"}})).is_empty());
+    }
+}

@@ -1,0 +1,936 @@
+//! End to end: a claim scales on JetStream lag through real KEDA on a real
+//! control plane (slow tier). One rig per test binary (`support::rig`), a
+//! namespace and a stream per scenario.
+//!
+//! Measured figures are printed; run with `-- --nocapture` to see them.
+mod support;
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use base64::Engine as _;
+use eds::api::{CONDITION_SCALER_READY, EventDrivenService};
+use eds::proto::external_scaler_client::ExternalScalerClient;
+use eds::scaler::Tuning;
+use eds::scaler::metadata::metric_name;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+use support::certs::Pki;
+use support::js;
+use support::keda;
+use support::kube::apply_yaml;
+use support::process::{http_get, tool};
+use support::rig::{self, Rig, SharedRig};
+use support::scaler::{metrics_request, scaled_object};
+use tokio::sync::RwLock;
+use tonic::Code;
+
+/// Claim, Deployment and consumer name in every scenario.
+const WORKER: &str = "worker";
+/// Every claim's `lagThreshold`.
+const LAG_THRESHOLD: i64 = 5;
+/// Push activation: publish to `spec.replicas == 1`.
+const PUSH_ACTIVATION_BOUND: Duration = Duration::from_secs(5);
+/// KEDA's built-in trigger at pollingInterval 30 takes up to 30 s, plus
+/// its own scale-up.
+const POLLING_ACTIVATION_BOUND: Duration = Duration::from_secs(45);
+
+/// Scenarios share the rig's nats-server and controller; the two that stop
+/// one of them (the NATS outage, and the TLS scenario, which runs a controller
+/// of its own) take them exclusively.
+static PEERS: RwLock<()> = RwLock::const_new(());
+
+fn rig() -> SharedRig {
+    rig::shared(Path::new(env!("CARGO_BIN_EXE_eds")))
+}
+
+/// 1. A claim with `minReplicas: 0` gets a Ready ScaledObject, an HPA on our
+///    external metric with target = lagThreshold, and `ScalerReady` status.
+#[tokio::test]
+async fn claim_gets_ready_scaled_object_and_hpa() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("ready").await;
+    s.apply_claim("minReplicas: 0\n    maxReplicas: 7").await;
+
+    s.wait_scaled_object_ready().await;
+    let hpa = s.wait_hpa().await;
+    let spec = hpa.spec.expect("HPA spec");
+    assert_eq!(
+        spec.min_replicas,
+        Some(1),
+        "KEDA's HPA starts at 1; KEDA itself owns 0 <-> 1"
+    );
+    assert_eq!(spec.max_replicas, 7);
+    let metrics = spec.metrics.expect("HPA metrics");
+    assert_eq!(metrics.len(), 1, "{metrics:?}");
+    let external = metrics[0].external.as_ref().expect("an external metric");
+    assert_eq!(external.metric.name, s.hpa_metric());
+    assert_eq!(external.target.type_, "AverageValue");
+    assert_eq!(
+        external.target.average_value.as_ref().map(|q| q.0.as_str()),
+        Some(LAG_THRESHOLD.to_string().as_str())
+    );
+
+    let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually(
+        "the claim's ScalerReady condition",
+        Duration::from_secs(30),
+        async || {
+            let claim = claims.get(WORKER).await.ok()?;
+            let conditions = claim.status?.conditions;
+            conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_SCALER_READY && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    // Nothing to do: KEDA takes the idle worker to zero.
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+}
+
+/// 2. Work arrives: KEDA activates through `StreamIsActive` and the
+///    Deployment goes 0 -> 1 within [`PUSH_ACTIVATION_BOUND`].
+#[tokio::test]
+async fn push_activation_scales_from_zero() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("push").await;
+    s.apply_claim("minReplicas: 0\n    pollingInterval: 30").await;
+    s.wait_scaled_object_ready().await;
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+    // KEDA scaled the worker to zero on a poll, so its next poll is about
+    // 30 s away: only a push can wake the worker within the bound.
+
+    let published = Instant::now();
+    s.publish(1).await;
+    let took = s.time_to_replicas(1, published, PUSH_ACTIVATION_BOUND).await;
+    println!("activation, external-push (StreamIsActive), pollingInterval 30: publish -> replicas 1 in {took:?}");
+}
+
+/// 2b. The same with KEDA's built-in `nats-jetstream` trigger, which polls
+///     nats-server's HTTP monitoring every pollingInterval (30 s).
+#[tokio::test]
+async fn builtin_polling_activation_for_comparison() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("polled").await;
+    let rig = &s.rig;
+    apply_yaml(&s.client, &bare_deployment(WORKER), Some(&s.ns)).await;
+    apply_yaml(
+        &s.client,
+        &format!(
+            r#"apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {WORKER}
+spec:
+  scaleTargetRef:
+    name: {WORKER}
+  minReplicaCount: 0
+  maxReplicaCount: 10
+  pollingInterval: 30
+  triggers:
+  - type: nats-jetstream
+    metadata:
+      natsServerMonitoringEndpoint: "{monitoring}"
+      account: "$G"
+      stream: "{stream}"
+      consumer: {WORKER}
+      lagThreshold: "{LAG_THRESHOLD}"
+"#,
+            monitoring = rig.nats_monitoring,
+            stream = s.stream,
+        ),
+        Some(&s.ns),
+    )
+    .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+
+    let published = Instant::now();
+    s.publish(1).await;
+    let took = s.time_to_replicas(1, published, POLLING_ACTIVATION_BOUND).await;
+    println!("activation, built-in nats-jetstream, pollingInterval 30: publish -> replicas 1 in {took:?}");
+}
+
+/// 3. The external metric KEDA serves through the API server's aggregation
+///    layer is pending + ack-pending, and the HPA controller scales 1 -> N
+///    with N = ceil(lag / lagThreshold), clamped to maxReplicas.
+#[tokio::test]
+async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("metric").await;
+    s.apply_claim("minReplicas: 0\n    maxReplicas: 10\n    pollingInterval: 2")
+        .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_hpa().await;
+
+    // 18 waiting and 3 taken by a worker but not yet acknowledged. 21 tells
+    // ceil (5 replicas) from floor and rounding (4).
+    s.publish(21).await;
+    s.take(3, false).await;
+    let (pending, ack_pending) = s.nats_lag().await;
+    assert_eq!((pending, ack_pending), (18, 3));
+    s.wait_external_metric(21.0).await;
+    s.wait_replicas(desired_replicas(21, 10), Duration::from_secs(30)).await;
+    s.wait_hpa_desired(desired_replicas(21, 10)).await;
+
+    // 61 would need 13 replicas; maxReplicas caps it. (The HPA adds at most
+    // 100% or 4 replicas per 15 s, so this step takes that long.)
+    s.publish(40).await;
+    s.wait_external_metric(61.0).await;
+    s.wait_replicas(desired_replicas(61, 10), Duration::from_secs(45)).await;
+    s.wait_hpa_desired(desired_replicas(61, 10)).await;
+}
+
+/// 4. Once the backlog is drained the consumer goes inactive, and after the
+///    cooldown the Deployment returns to 0.
+#[tokio::test]
+async fn drained_backlog_scales_to_zero_after_the_cooldown() {
+    const POLLING: u64 = 2;
+    const COOLDOWN: u64 = 5;
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("drain").await;
+    s.apply_claim(&format!(
+        "minReplicas: 0\n    pollingInterval: {POLLING}\n    cooldownPeriod: {COOLDOWN}"
+    ))
+    .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+    s.publish(8).await;
+    eventually("the worker scaled up", Duration::from_secs(10), async || {
+        (s.replicas().await? >= 1).then_some(())
+    })
+    .await;
+
+    s.take(8, true).await;
+    assert_eq!(s.nats_lag().await, (0, 0));
+    let drained = Instant::now();
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+    let took = drained.elapsed();
+    println!("drained -> replicas 0 in {took:?} (cooldownPeriod {COOLDOWN}s, pollingInterval {POLLING}s)");
+    // KEDA counts the cooldown from the last poll that saw work, at most one
+    // polling interval before the drain.
+    assert!(
+        took >= Duration::from_secs(COOLDOWN - POLLING) - Duration::from_millis(500),
+        "scaled to zero {took:?} after the drain, before the {COOLDOWN}s cooldown"
+    );
+    let active = s.scaled_object_condition("Active").await.expect("Active condition");
+    assert_eq!(active["status"], "False", "{active}");
+}
+
+/// 5. NATS goes away: the scaler answers with an error (never a made-up
+///    zero), KEDA marks the trigger failing and applies the claim's fallback.
+///    NATS comes back: everything recovers by itself.
+#[tokio::test]
+async fn nats_outage_falls_back_and_recovers() {
+    const FALLBACK: i32 = 3;
+    let _peers = PEERS.write().await;
+    let s = Scenario::new("outage").await;
+    s.apply_claim(&format!(
+        "minReplicas: 1\n    maxReplicas: 10\n    pollingInterval: 2\n    fallback:\n      failureThreshold: 2\n      replicas: {FALLBACK}"
+    ))
+    .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_hpa().await;
+    s.wait_replicas(1, Duration::from_secs(30)).await;
+    s.wait_external_metric(0.0).await;
+
+    let outage = NatsOutage::begin(&s.rig);
+    let stopped = Instant::now();
+    // What the scaler read within its cache TTL before the outage is still
+    // true; anything older must not be served.
+    tokio::time::sleep(Tuning::default().cache_ttl + Duration::from_millis(200)).await;
+    let mut scaler = ExternalScalerClient::connect(format!("http://{}", s.rig.scaler_address))
+        .await
+        .expect("the scaler's gRPC");
+    let trigger = scaled_object(&[("stream", &s.stream), ("consumer", WORKER)]);
+    let asked = Instant::now();
+    let refused = scaler
+        .get_metrics(metrics_request(trigger))
+        .await
+        .expect_err("no lag can be known while NATS is down");
+    assert!(
+        matches!(refused.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{refused:?}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(3), "KEDA gives a call 3 s");
+
+    eventually("KEDA marks the trigger failing", Duration::from_secs(30), async || {
+        (s.trigger_health().await? == "Failing").then_some(())
+    })
+    .await;
+    eventually("KEDA's Fallback condition", Duration::from_secs(30), async || {
+        (s.scaled_object_condition("Fallback").await?["status"] == "True").then_some(())
+    })
+    .await;
+    s.wait_replicas(FALLBACK, Duration::from_secs(30)).await;
+    println!("NATS down -> fallback replicas {FALLBACK} in {:?}", stopped.elapsed());
+    // KEDA's stand-in value: the HPA lands on exactly `replicas`.
+    s.wait_external_metric((i64::from(FALLBACK) * LAG_THRESHOLD) as f64)
+        .await;
+
+    drop(outage);
+    let restarted = Instant::now();
+    eventually("the trigger healthy again", Duration::from_secs(30), async || {
+        (s.trigger_health().await? == "Happy").then_some(())
+    })
+    .await;
+    eventually("the Fallback condition cleared", Duration::from_secs(30), async || {
+        (s.scaled_object_condition("Fallback").await?["status"] == "False").then_some(())
+    })
+    .await;
+    s.wait_external_metric(0.0).await;
+    println!(
+        "NATS back -> trigger healthy, real metric served in {:?}",
+        restarted.elapsed()
+    );
+    // Real numbers drive scaling again: 30 messages want 6 replicas.
+    s.publish(30).await;
+    s.wait_external_metric(30.0).await;
+    s.wait_replicas(desired_replicas(30, 10), Duration::from_secs(30)).await;
+}
+
+/// 6. Deleting the claim removes the Deployment, Service, ServiceAccount,
+///    ScaledObject and KEDA's HPA (garbage collection through owners).
+#[tokio::test]
+async fn deleting_the_claim_removes_every_child() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("delete").await;
+    s.apply_claim("minReplicas: 1").await;
+    s.wait_scaled_object_ready().await;
+    s.wait_hpa().await;
+    let children = s.children().await;
+    assert_eq!(children, ALL_CHILDREN, "every child exists before the deletion");
+
+    let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
+    claims
+        .delete(WORKER, &DeleteParams::default())
+        .await
+        .expect("delete the claim");
+    eventually("every child gone", Duration::from_secs(60), async || {
+        s.children().await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// 7. An invalid claim is refused with a message naming the field, and
+///    nothing is created.
+#[tokio::test]
+async fn invalid_claim_is_refused_and_creates_nothing() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("invalid").await;
+    for (scaling, field, message) in [
+        (
+            "minReplicas: 5\n    maxReplicas: 2",
+            "spec.scaling",
+            "scaling.minReplicas must not be greater than scaling.maxReplicas",
+        ),
+        (
+            "maxReplicas: 3\n    pollingInterval: 0",
+            "spec.scaling.pollingInterval",
+            "scaling.pollingInterval must be between 1 and 3600 seconds",
+        ),
+    ] {
+        let claim: Value = serde_yaml::from_str(&s.claim(scaling)).expect("claim YAML");
+        let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
+        let refused = claims
+            .patch(WORKER, &PatchParams::apply("e2e").force(), &Patch::Apply(&claim))
+            .await
+            .expect_err("an invalid claim must be refused");
+        let kube::Error::Api(status) = refused else {
+            panic!("not the API server's refusal: {refused}");
+        };
+        assert_eq!(status.code, 422, "{status:?}");
+        assert!(
+            status.message.contains(&format!("{field}: Invalid value")) && status.message.contains(message),
+            "{field} / {message:?} in {:?}",
+            status.message
+        );
+    }
+    // Longer than the controller takes to act on a new claim.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
+    assert!(claims.list(&Default::default()).await.unwrap().items.is_empty());
+    assert_eq!(s.children().await, Vec::<&str>::new());
+}
+
+/// 8. KEDA dials the scaler over mutual TLS, as the chart sets it up with
+///    `scaler.grpcTLS` (clientAuth on): the scaler serves with a server
+///    certificate and requires a client certificate from the CA; KEDA's
+///    certificate and that CA sit in a Secret in KEDA's namespace, which the
+///    chart's ClusterTriggerAuthentication hands to KEDA; the controller, run
+///    as the chart runs it, points the trigger at it with `enableTLS`. The
+///    ScaledObject becomes Ready and a push activates the worker. The same
+///    trigger with the chart's clientAuth-off ClusterTriggerAuthentication (no
+///    client certificate) is refused in the TLS handshake.
+#[tokio::test]
+async fn keda_reaches_the_scaler_over_mutual_tls() {
+    const REFUSED: &str = "no-client-cert";
+    let _peers = PEERS.write().await;
+    let s = Scenario::new("tls").await;
+    let rig = &s.rig;
+    let dir = rig.dir().join(&s.ns);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = Pki::new(&dir, "scaler-grpc");
+    let server = pki.server("eds-scaler");
+    let keda_client = pki.client("keda", &[]);
+    let tls_flags = [
+        OsStr::new("--grpc-tls-cert"),
+        server.cert.as_os_str(),
+        OsStr::new("--grpc-tls-key"),
+        server.key.as_os_str(),
+        OsStr::new("--grpc-tls-client-ca"),
+        pki.ca_pem.as_os_str(),
+    ];
+    let scaler = rig.start_scaler(&format!("eds-scaler-{}", s.ns), &tls_flags);
+
+    let secret = format!("{}-scaler-client", s.ns);
+    let pem = |path: &Path| base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap());
+    apply_yaml(
+        &s.client,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\ndata:\n  ca.crt: {}\n  tls.crt: {}\n  tls.key: {}\n",
+            pem(&pki.ca_pem),
+            pem(&keda_client.cert),
+            pem(&keda_client.key)
+        ),
+        Some(keda::NAMESPACE),
+    )
+    .await;
+    let shipped = chart_grpc_tls(&s.client, &s.ns, &secret, true).await;
+    let authentication = apply_cluster_trigger_authentication(&s.client, &shipped).await;
+    assert_eq!(
+        controller_env(&shipped, "EDS_SCALER_TRIGGER_AUTHENTICATION").as_deref(),
+        Some(authentication.as_str()),
+        "the chart's controller points triggers at the chart's ClusterTriggerAuthentication"
+    );
+    let no_client_cert = chart_grpc_tls(&s.client, &format!("{}-{REFUSED}", s.ns), &secret, false).await;
+    let no_client_cert = apply_cluster_trigger_authentication(&s.client, &no_client_cert).await;
+
+    let _paused = rig.pause_controller();
+    let _controller = rig.start_controller(
+        &format!("eds-controller-{}", s.ns),
+        &s.ns,
+        &scaler.address,
+        &["--scaler-trigger-authentication", &authentication],
+    );
+    s.apply_claim("minReplicas: 0\n    pollingInterval: 30").await;
+    s.wait_scaled_object_ready().await;
+    let so = s.scaled_objects().get(WORKER).await.expect("the claim's ScaledObject");
+    let trigger = &so.data["spec"]["triggers"][0];
+    assert_eq!(trigger["metadata"]["scalerAddress"], scaler.address.as_str());
+    assert_eq!(trigger["metadata"]["enableTLS"], "true");
+    assert_eq!(
+        trigger["authenticationRef"],
+        json!({"name": authentication, "kind": "ClusterTriggerAuthentication"})
+    );
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+    let published = Instant::now();
+    s.publish(1).await;
+    let took = s.time_to_replicas(1, published, PUSH_ACTIVATION_BOUND).await;
+    println!(
+        "activation over mutual TLS, external-push (StreamIsActive), pollingInterval 30: publish -> replicas 1 in {took:?}"
+    );
+    let (_, metrics) = http_get(scaler.http_port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("eds_push_activations_total ") && !l.ends_with(" 0")),
+        "the TLS scaler pushed the activation:\n{metrics}"
+    );
+
+    // The same trigger without KEDA's client certificate.
+    let mut triggers = so.data["spec"]["triggers"].clone();
+    triggers[0]["authenticationRef"]["name"] = json!(no_client_cert);
+    apply_yaml(&s.client, &bare_deployment(REFUSED), Some(&s.ns)).await;
+    let refused = json!({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": REFUSED},
+        "spec": {"scaleTargetRef": {"name": REFUSED}, "minReplicaCount": 0, "triggers": triggers},
+    });
+    apply_yaml(&s.client, &refused.to_string(), Some(&s.ns)).await;
+    let applied = Instant::now();
+    let ready = eventually(
+        "the refused ScaledObject's Ready condition",
+        Duration::from_secs(30),
+        async || {
+            let so = s.scaled_objects().get(REFUSED).await.ok()?;
+            let conditions = so.data["status"]["conditions"].as_array()?.clone();
+            conditions
+                .into_iter()
+                .find(|c| c["type"] == "Ready" && c["status"] != "Unknown")
+        },
+    )
+    .await;
+    assert_eq!(ready["status"], "False", "{ready}");
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no metric specs returned from scalers"), "{ready}");
+    // Why KEDA got no metric spec: the scaler refused the handshake. (KEDA
+    // logs the trigger's errors with the ScaledObject's namespace and name.)
+    let refused_by = format!(r#""namespace": "{}", "name": "{REFUSED}""#, s.ns);
+    let log = rig.keda_operator_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&refused_by) && l.contains("tls: certificate required")),
+        "KEDA's operator logs no refused handshake for {REFUSED}"
+    );
+    println!(
+        "without a client certificate: Ready False (TLS handshake refused) in {:?}",
+        applied.elapsed()
+    );
+    // The restarted rig controller would take the claim over; KEDA would
+    // keep retrying the refused ScaledObject.
+    Api::<Namespace>::all(s.client.clone())
+        .delete(&s.ns, &DeleteParams::default())
+        .await
+        .expect("delete the namespace");
+}
+
+/// The platform kit's dashboard and alerts query only metrics that the
+/// running scaler and controller really export: both are scraped after a
+/// claim has been reconciled, activated by a push, and another claim has
+/// failed to render.
+#[tokio::test]
+async fn dashboard_and_alerts_query_metrics_the_running_platform_exports() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new("scrape").await;
+    s.apply_claim("minReplicas: 0\n    pollingInterval: 5").await;
+    s.wait_scaled_object_ready().await;
+    s.publish(3).await;
+    s.wait_replicas(1, PUSH_ACTIVATION_BOUND).await;
+    // A request above its limit passes the schema but not the render: the
+    // controller counts a failed reconcile.
+    apply_yaml(
+        &s.client,
+        &s.claim("minReplicas: 0\n  resources:\n    requests:\n      cpu: \"3\"")
+            .replace(&format!("name: {WORKER}\n"), "name: broken\n"),
+        Some(&s.ns),
+    )
+    .await;
+
+    let wanted = support::promql::kit_metric_names();
+    assert!(wanted.len() > 10, "the kit queries {wanted:?}");
+    let port = |addr: &str| addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (scaler, controller) = (port(&s.rig.scaler_http), port(&s.rig.controller_http));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut exported = std::collections::BTreeSet::new();
+        for port in [scaler, controller] {
+            let (code, body) = http_get(port, "/metrics");
+            assert_eq!(code, 200);
+            exported.extend(scraped_names(&body));
+        }
+        let missing: Vec<&String> = wanted.difference(&exported).collect();
+        if missing.is_empty() {
+            println!("the kit's {} metric names are all in a live scrape", wanted.len());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kit queries {missing:?}, which the running scaler and controller do not export"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Metric names with samples in a Prometheus text scrape; a histogram's
+/// `_bucket`, `_sum` and `_count` series count as its base name.
+fn scraped_names(body: &str) -> impl Iterator<Item = String> + '_ {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+                .to_string()
+        })
+}
+
+/// The chart's ClusterTriggerAuthentication and controller Deployment for
+/// release `release` with `scaler.grpcTLS` on, KEDA's side in Secret
+/// `secret`; rendered for the rig's Kubernetes version.
+async fn chart_grpc_tls(client: &Client, release: &str, secret: &str, client_auth: bool) -> Vec<Value> {
+    let version = client.apiserver_version().await.expect("the API server's version");
+    let out = std::process::Command::new(tool("helm"))
+        .args(["template", release])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/eds"))
+        .args([
+            "--namespace",
+            rig::SYSTEM_NAMESPACE,
+            "--kube-version",
+            &version.git_version,
+        ])
+        .args(["--show-only", "templates/cluster-trigger-authentication.yaml"])
+        .args(["--show-only", "templates/controller-deployment.yaml"])
+        .args(["--set", "scaler.grpcTLS.enabled=true"])
+        // The scaler's own Secret: the rig's scaler reads files instead.
+        .args(["--set", "scaler.grpcTLS.secretName=eds-scaler-grpc-tls"])
+        .args(["--set", &format!("scaler.grpcTLS.clientAuth={client_auth}")])
+        .args(["--set", &format!("scaler.grpcTLS.kedaClientSecretName={secret}")])
+        .output()
+        .expect("running helm");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|document| Value::deserialize(document).expect("a YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Applies the ClusterTriggerAuthentication of `objects`; its name.
+async fn apply_cluster_trigger_authentication(client: &Client, objects: &[Value]) -> String {
+    let cta = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterTriggerAuthentication")
+        .expect("the chart's ClusterTriggerAuthentication");
+    apply_yaml(client, &cta.to_string(), None).await;
+    cta["metadata"]["name"].as_str().expect("a name").to_string()
+}
+
+/// Environment variable `name` of the controller container in `objects`.
+fn controller_env(objects: &[Value], name: &str) -> Option<String> {
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment")?;
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array()?;
+    let var = env.iter().find(|e| e["name"] == name)?;
+    var["value"].as_str().map(str::to_string)
+}
+
+/// A Deployment of nothing but a container image, for a ScaledObject to target.
+fn bare_deployment(name: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      automountServiceAccountToken: false
+      containers:
+      - name: worker
+        image: registry.example/worker:1
+"#
+    )
+}
+
+/// NATS stopped until dropped, so a failing test leaves it running for the
+/// others.
+struct NatsOutage<'a>(&'a Rig);
+
+impl<'a> NatsOutage<'a> {
+    fn begin(rig: &'a Rig) -> Self {
+        rig.nats().stop();
+        NatsOutage(rig)
+    }
+}
+
+impl Drop for NatsOutage<'_> {
+    fn drop(&mut self) {
+        self.0.nats().start_again();
+    }
+}
+
+/// `ceil(lag / lagThreshold)`, clamped to `1..=max`.
+fn desired_replicas(lag: i64, max: i32) -> i32 {
+    let wanted = (lag as f64 / LAG_THRESHOLD as f64).ceil() as i32;
+    wanted.clamp(1, max)
+}
+
+/// What a claim owns, directly or through its ScaledObject.
+const ALL_CHILDREN: [&str; 5] = [
+    "Deployment",
+    "Service",
+    "ServiceAccount",
+    "ScaledObject",
+    "HorizontalPodAutoscaler",
+];
+
+/// A scenario: a namespace, a stream named after it with a durable pull
+/// consumer, and clients for both.
+struct Scenario {
+    rig: SharedRig,
+    client: Client,
+    ns: String,
+    /// The stream, named after the namespace; its subjects are `<stream>.>`.
+    stream: String,
+    js: jetstream::Context,
+}
+
+impl Scenario {
+    async fn new(prefix: &str) -> Scenario {
+        let rig = rig();
+        let client = rig.client().await;
+        let ns = rig.control_plane().namespace(&client, prefix).await;
+        let js = js::js(&rig.nats_url).await;
+        let stream = ns.clone();
+        let created = js::stream_with(&js, &stream, &[&format!("{stream}.>")]).await;
+        // Messages taken without an ack stay ack-pending for the test.
+        js::pull_consumer(&created, WORKER, "", Duration::from_secs(600)).await;
+        Scenario {
+            rig,
+            client,
+            ns,
+            stream,
+            js,
+        }
+    }
+
+    /// The claim as a service team writes it, with `scaling` lines (indented
+    /// four spaces) after `lagThreshold`.
+    fn claim(&self, scaling: &str) -> String {
+        format!(
+            r#"apiVersion: platform.bizmatters.io/v1alpha1
+kind: EventDrivenService
+metadata:
+  name: {WORKER}
+spec:
+  image: registry.example/worker:1
+  size: micro
+  nats:
+    stream: "{stream}"
+    consumer: {WORKER}
+  scaling:
+    lagThreshold: "{LAG_THRESHOLD}"
+    {scaling}
+"#,
+            stream = self.stream,
+        )
+    }
+
+    async fn apply_claim(&self, scaling: &str) {
+        apply_yaml(&self.client, &self.claim(scaling), Some(&self.ns)).await;
+    }
+
+    async fn publish(&self, n: usize) {
+        js::publish(&self.js, &format!("{}.job", self.stream), n).await;
+    }
+
+    /// The consumer's (pending, ack-pending) as NATS reports them.
+    async fn nats_lag(&self) -> (u64, usize) {
+        let mut consumer: consumer::PullConsumer = self
+            .js
+            .get_consumer_from_stream(WORKER, self.stream.as_str())
+            .await
+            .expect("consumer");
+        let info = consumer.info().await.expect("consumer info");
+        (info.num_pending, info.num_ack_pending)
+    }
+
+    /// Takes `n` messages as a worker would; acks them or leaves them in flight.
+    async fn take(&self, n: usize, ack: bool) {
+        let consumer: consumer::PullConsumer = self
+            .js
+            .get_consumer_from_stream(WORKER, self.stream.as_str())
+            .await
+            .expect("consumer");
+        let mut taken = 0;
+        while taken < n {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(n - taken)
+                .messages()
+                .await
+                .expect("fetch");
+            while let Some(message) = batch.next().await {
+                let message = message.expect("message");
+                if ack {
+                    message.double_ack().await.expect("ack");
+                }
+                taken += 1;
+            }
+        }
+    }
+
+    /// The HPA's name for our metric: KEDA prefixes the trigger's index.
+    fn hpa_metric(&self) -> String {
+        format!("s0-{}", metric_name(&self.stream, WORKER))
+    }
+
+    fn scaled_objects(&self) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
+        Api::namespaced_with(self.client.clone(), &self.ns, &ApiResource::from_gvk(&gvk))
+    }
+
+    async fn scaled_object_condition(&self, type_: &str) -> Option<Value> {
+        let so = self.scaled_objects().get(WORKER).await.ok()?;
+        so.data["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    }
+
+    async fn wait_scaled_object_ready(&self) {
+        eventually("the ScaledObject Ready", Duration::from_secs(30), async || {
+            let ready = self.scaled_object_condition("Ready").await?;
+            (ready["status"] == "True").then_some(())
+        })
+        .await;
+    }
+
+    async fn wait_hpa(&self) -> HorizontalPodAutoscaler {
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), &self.ns);
+        let name = format!("keda-hpa-{WORKER}");
+        eventually("KEDA's HPA", Duration::from_secs(30), async || {
+            hpas.get(&name).await.ok()
+        })
+        .await
+    }
+
+    async fn replicas(&self) -> Option<i32> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.ns);
+        deployments.get(WORKER).await.ok()?.spec?.replicas
+    }
+
+    async fn wait_replicas(&self, want: i32, timeout: Duration) {
+        eventually(&format!("spec.replicas == {want}"), timeout, async || {
+            (self.replicas().await == Some(want)).then_some(())
+        })
+        .await;
+    }
+
+    async fn wait_hpa_desired(&self, want: i32) {
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), &self.ns);
+        let name = format!("keda-hpa-{WORKER}");
+        eventually(
+            &format!("HPA desiredReplicas == {want}"),
+            Duration::from_secs(30),
+            async || {
+                let desired = hpas.get(&name).await.ok()?.status?.desired_replicas;
+                (desired == want).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// KEDA's health record of our trigger: `Happy` or `Failing`.
+    async fn trigger_health(&self) -> Option<String> {
+        let so = self.scaled_objects().get(WORKER).await.ok()?;
+        so.data["status"]["health"][self.hpa_metric()]["status"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// The external metric as the HPA controller reads it: through the API
+    /// server's aggregation layer, from KEDA's metrics adapter.
+    async fn external_metric(&self) -> Result<f64, String> {
+        let path = format!(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{}",
+            self.ns,
+            self.hpa_metric()
+        );
+        let selector = ListParams::default().labels(&format!("scaledobject.keda.sh/name={WORKER}"));
+        let request = kube::core::Request::new(path).list(&selector).expect("request");
+        let list: Value = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let items = list["items"].as_array().ok_or_else(|| format!("no items: {list}"))?;
+        let [item] = items.as_slice() else {
+            return Err(format!("not one value: {list}"));
+        };
+        parse_quantity(item["value"].as_str().unwrap_or_default())
+    }
+
+    /// Waits until the served metric is `want`, reporting the last answer.
+    async fn wait_external_metric(&self, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let served = self.external_metric().await;
+            if served == Ok(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the external metric is not {want} after 30s: last {served:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The kinds in [`ALL_CHILDREN`] that exist now.
+    async fn children(&self) -> Vec<&'static str> {
+        let ns = &self.ns;
+        let client = &self.client;
+        let hpa = format!("keda-hpa-{WORKER}");
+        let exists = [
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .get_opt(WORKER)
+                .await
+                .map(|o| o.is_some()),
+            Api::<Service>::namespaced(client.clone(), ns)
+                .get_opt(WORKER)
+                .await
+                .map(|o| o.is_some()),
+            Api::<ServiceAccount>::namespaced(client.clone(), ns)
+                .get_opt(WORKER)
+                .await
+                .map(|o| o.is_some()),
+            self.scaled_objects().get_opt(WORKER).await.map(|o| o.is_some()),
+            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
+                .get_opt(&hpa)
+                .await
+                .map(|o| o.is_some()),
+        ];
+        ALL_CHILDREN
+            .iter()
+            .zip(exists)
+            .filter(|(_, exists)| *exists.as_ref().expect("reading a child"))
+            .map(|(kind, _)| *kind)
+            .collect()
+    }
+
+    /// Polls `spec.replicas` every 20 ms until it is `want`; the time since
+    /// `since`, which must stay within `bound`.
+    async fn time_to_replicas(&self, want: i32, since: Instant, bound: Duration) -> Duration {
+        loop {
+            if self.replicas().await == Some(want) {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < bound,
+                "spec.replicas did not reach {want} within {bound:?} (now {:?})",
+                self.replicas().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns a value.
+async fn eventually<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A Kubernetes quantity as KEDA writes metric values: an integer, or
+/// thousandths with an `m` suffix.
+fn parse_quantity(text: &str) -> Result<f64, String> {
+    let parsed = match text.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map(|v| v / 1000.0),
+        None => text.parse::<f64>(),
+    };
+    parsed.map_err(|e| format!("metric value {text:?}: {e}"))
+}
