@@ -205,6 +205,9 @@ impl Keda {
         while let Some(done) = tasks.join_next().await {
             calls.merge(done.expect("poll task"));
         }
+        // The last call may return before the window ends; usage is
+        // measured over the whole window.
+        sleep_until(end).await;
         calls
     }
 
