@@ -262,25 +262,42 @@ async fn metric_spec_and_activity() {
 }
 
 /// Counts the CONSUMER.INFO requests the scaler sends, by listening on the
-/// API subject like any other subscriber.
-async fn count_info_requests(url: &str, stream: &str, consumer: &str) -> async_nats::Subscriber {
+/// API subject like any other subscriber. A task reads every message as it
+/// comes: a subscription left unread fills its buffer and drops the rest,
+/// which would undercount.
+async fn count_info_requests(url: &str, stream: &str, consumer: &str) -> Requests {
     let watcher = async_nats::connect(url).await.unwrap();
-    let sub = watcher
+    let mut sub = watcher
         .subscribe(format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"))
         .await
         .unwrap();
     watcher.flush().await.unwrap();
-    // Keep the client alive with the subscription.
-    std::mem::forget(watcher);
-    sub
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        // The client lives as long as the subscription.
+        let _watcher = watcher;
+        while sub.next().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    Requests { seen, taken: 0 }
 }
 
-fn drain(sub: &mut async_nats::Subscriber) -> usize {
-    let mut n = 0;
-    while let Some(Some(_)) = futures::FutureExt::now_or_never(sub.next()) {
-        n += 1;
+struct Requests {
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    taken: usize,
+}
+
+impl Requests {
+    /// Requests seen since the last call, once those in flight arrived.
+    async fn since_last(&mut self) -> usize {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = self.seen.load(std::sync::atomic::Ordering::SeqCst);
+        let new = seen - self.taken;
+        self.taken = seen;
+        new
     }
-    n
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -309,7 +326,7 @@ async fn callers_share_reads_and_fresh_values_skip_nats() {
         assert_eq!(call.await.unwrap(), 42);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(drain(&mut requests), 1, "concurrent calls share one request");
+    assert_eq!(requests.since_last().await, 1, "concurrent calls share one request");
 
     // A steady stream of calls for 3 s: NATS sees about one request per TTL.
     let mut client = scaler.client().await;
@@ -320,7 +337,7 @@ async fn callers_share_reads_and_fresh_values_skip_nats() {
         calls += 1;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let sent = drain(&mut requests);
+    let sent = requests.since_last().await;
     println!("{calls} GetMetrics calls in 3 s cost {sent} NATS requests (TTL 1 s)");
     assert!((2..=4).contains(&sent), "{sent} requests for {calls} calls");
     assert!(calls > 100);
@@ -510,7 +527,12 @@ async fn closed_push_streams_are_cleaned_up() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Their notifier consumers go too, so the stream carries no leftovers.
+    // Their notifier goes too, so the stream carries no leftovers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scaler.scaler.watchers.notifiers() > 0 {
+        assert!(Instant::now() < deadline, "notifier tasks left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut stream = js.get_stream("GONE").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -528,7 +550,17 @@ async fn watching_many_idle_consumers_keeps_nats_load_bounded() {
     const CONSUMERS: usize = 1000;
     let nats = NatsServer::start();
     let js = js(&nats.url()).await;
-    let s = stream_with(&js, "MANY", &["many.>"]).await;
+    // nats-server allows 1,000 consumers per stream by default: leave room
+    // for the one shared notifier.
+    let s = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "MANY".into(),
+            subjects: vec!["many.>".into()],
+            max_consumers: CONSUMERS as i32 + 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     for i in 0..CONSUMERS {
         pull_consumer(&s, &format!("c{i}"), &format!("many.{i}"), Duration::from_secs(30)).await;
     }
@@ -549,10 +581,10 @@ async fn watching_many_idle_consumers_keeps_nats_load_bounded() {
         wait_push(s, false, Duration::from_secs(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let warmup = drain(&mut requests);
+    let warmup = requests.since_last().await;
     let window = Duration::from_secs(5);
     tokio::time::sleep(window).await;
-    let steady = drain(&mut requests);
+    let steady = requests.since_last().await;
     let per_second = steady as f64 / window.as_secs_f64();
     println!("{CONSUMERS} idle watched consumers: {warmup} requests to set up, then {per_second:.1} requests/s");
     assert!(per_second < 150.0, "{per_second} requests/s");
@@ -562,6 +594,136 @@ async fn watching_many_idle_consumers_keeps_nats_load_bounded() {
     js.publish("many.7", "work".into()).await.unwrap().await.unwrap();
     wait_push(&mut streams[7], true, Duration::from_secs(1)).await;
     println!("wake-up with {CONSUMERS} watched: {:?}", published.elapsed());
+}
+
+/// Polling so slow that only a notice explains a wake-up within seconds.
+fn notices_only() -> Tuning {
+    Tuning {
+        cache_ttl: Duration::from_millis(200),
+        push_active_poll: Duration::from_secs(60),
+        push_idle_recheck: Duration::from_secs(60),
+    }
+}
+
+/// Waits until the stream holds `want` consumers, then checks it stays so.
+async fn wait_consumer_count(stream: &mut async_nats::jetstream::stream::Stream, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let count = stream.info().await.unwrap().state.consumer_count;
+        if count == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} consumers on the stream, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stream.info().await.unwrap().state.consumer_count, want);
+}
+
+/// Idle watched consumers share one notifier per stream, so the scaler does
+/// not fill the stream's `max_consumers`, and every one of them still wakes
+/// on its own subject's first message.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_consumers_share_one_notifier_per_stream() {
+    const CONSUMERS: usize = 20;
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    // Room for the teams' durables, one notifier and one more durable.
+    let mut s = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "SHARED".into(),
+            subjects: vec!["shared.>".into()],
+            max_consumers: CONSUMERS as i32 + 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..CONSUMERS {
+        pull_consumer(&s, &format!("c{i}"), &format!("shared.{i}"), Duration::from_secs(30)).await;
+    }
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), notices_only(), None).await;
+    let mut client = scaler.client().await;
+    let mut streams = Vec::new();
+    for i in 0..CONSUMERS {
+        let mut pushed = client
+            .stream_is_active(so("SHARED", &format!("c{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        wait_push(&mut pushed, false, Duration::from_secs(2)).await;
+        streams.push(pushed);
+    }
+    wait_consumer_count(&mut s, CONSUMERS + 1).await;
+    assert_eq!(scaler.scaler.watchers.notifiers(), 1);
+    // A team's new durable still fits beside the notifier.
+    pull_consumer(&s, "late", "shared.late", Duration::from_secs(30)).await;
+
+    let mut latencies = Vec::new();
+    for (i, pushed) in streams.iter_mut().enumerate() {
+        let published = Instant::now();
+        js.publish(format!("shared.{i}"), "work".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        wait_push(pushed, true, Duration::from_secs(2)).await;
+        latencies.push(published.elapsed());
+    }
+    latencies.sort();
+    println!("{CONSUMERS} consumers, one notifier: wake-ups {latencies:?}");
+
+    // Once every consumer is active, the notifier goes: the teams' own
+    // durables are left, `late` included.
+    wait_consumer_count(&mut s, CONSUMERS + 1).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scaler.scaler.watchers.notifiers() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the notifier outlived its consumers' idleness"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Consumers whose filters overlap (or that read the whole stream) share a
+/// notifier on the whole stream (nats-server refuses overlapping filters on
+/// one consumer); a notice wakes the consumers whose filter matches it.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_filters_share_a_whole_stream_notifier() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let mut s = stream_with(&js, "MIXED", &["orders.>"]).await;
+    let consumers = [
+        ("eu", "orders.*.eu"),
+        ("us", "orders.us.*"),
+        ("created", "orders.created"),
+    ];
+    for (name, filter) in consumers {
+        pull_consumer(&s, name, filter, Duration::from_secs(30)).await;
+    }
+    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), notices_only(), None).await;
+    let mut client = scaler.client().await;
+    let mut pushed = Vec::new();
+    for (name, _) in consumers {
+        let mut stream = client.stream_is_active(so("MIXED", name)).await.unwrap().into_inner();
+        wait_push(&mut stream, false, Duration::from_secs(2)).await;
+        pushed.push(stream);
+    }
+    wait_consumer_count(&mut s, consumers.len() + 1).await;
+
+    // `orders.us.eu` is counted by both `eu` and `us`, not by `created`.
+    js.publish("orders.us.eu", "work".into()).await.unwrap().await.unwrap();
+    wait_push(&mut pushed[0], true, Duration::from_secs(2)).await;
+    wait_push(&mut pushed[1], true, Duration::from_secs(2)).await;
+    js.publish("orders.created", "work".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_push(&mut pushed[2], true, Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

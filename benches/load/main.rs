@@ -8,7 +8,12 @@
 //! - `EDS_BENCH_SIZES`: consumer counts, default `1,100,1000,10000`;
 //! - `EDS_BENCH_WINDOW_SECS`: measurement window per phase, default 30
 //!   (one KEDA polling interval);
-//! - `EDS_BENCH_OUT`: output directory, default `target/bench`.
+//! - `EDS_BENCH_OUT`: output directory, default `target/bench`;
+//! - `EDS_BENCH_OURS_ONLY=1`: measure our scaler only (no KEDA baseline, no
+//!   activation trials) and write `ours.json`: a quick loop while tuning;
+//! - `EDS_BENCH_SCALER_WRAPPER`: a command to run the scaler under, e.g.
+//!   `heaptrack -o target/bench/heap` (its CPU and RSS figures are then the
+//!   wrapper's, not the scaler's).
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -71,8 +76,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = runtime.block_on(run(&config));
     std::fs::create_dir_all(&config.out).expect("output directory");
+    if config.ours_only {
+        let ours = runtime.block_on(run_ours_only(&config));
+        let json = config.out.join("ours.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&ours).expect("JSON")).expect("writing results");
+        eprintln!("load: results in {}", json.display());
+        return;
+    }
+    let report = runtime.block_on(run(&config));
     let json = config.out.join("load.json");
     std::fs::write(&json, serde_json::to_string_pretty(&report).expect("JSON")).expect("writing results");
     let markdown = report::markdown(&report);
@@ -85,6 +97,7 @@ struct Config {
     sizes: Vec<usize>,
     window: Duration,
     out: PathBuf,
+    ours_only: bool,
 }
 
 impl Config {
@@ -103,7 +116,13 @@ impl Config {
         let out = var("EDS_BENCH_OUT")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"));
-        Config { sizes, window, out }
+        let ours_only = var("EDS_BENCH_OURS_ONLY").is_some_and(|v| v != "0");
+        Config {
+            sizes,
+            window,
+            out,
+            ours_only,
+        }
     }
 }
 
@@ -189,7 +208,9 @@ pub struct Activation {
     pub polled_30s_ms: Vec<f64>,
 }
 
-async fn run(config: &Config) -> Report {
+/// The nats-server every phase uses, with its monitoring port, and the load
+/// stream on it.
+async fn start_nats() -> (NatsServer, u16, jetstream::Context, stream::Stream) {
     let monitor_port = free_port();
     let nats = NatsServer::start_with(&format!("http: 127.0.0.1:{monitor_port}\nmax_payload: 8MB"));
     let js = support::js::js(&nats.url()).await;
@@ -203,6 +224,33 @@ async fn run(config: &Config) -> Report {
         })
         .await
         .expect("stream");
+    (nats, monitor_port, js, load)
+}
+
+/// Our scaler alone at each size, as in the full run.
+async fn run_ours_only(config: &Config) -> Vec<Ours> {
+    let (nats, monitor_port, js, load) = start_nats().await;
+    let mut stages = Vec::new();
+    let mut have = 0;
+    for &n in &config.sizes {
+        grow(&js, &load, have, n).await;
+        have = have.max(n);
+        let busy = (Some(&n) == config.sizes.iter().max()).then_some(&js);
+        let ours = measure_ours(&nats, monitor_port, n, config.window, busy).await;
+        eprintln!(
+            "load: ours at {n}: RSS {:.1} MiB started, {:.1} warm, {:.1} streams open; GetMetrics p99 {:?} us",
+            ours.rss_started_bytes as f64 / 1048576.0,
+            ours.rss_cache_warm_bytes as f64 / 1048576.0,
+            ours.rss_streams_open_bytes as f64 / 1048576.0,
+            ours.rpc.iter().find(|(m, _)| m == "GetMetrics").map(|(_, s)| s.p99_us),
+        );
+        stages.push(ours);
+    }
+    stages
+}
+
+async fn run(config: &Config) -> Report {
+    let (nats, monitor_port, js, load) = start_nats().await;
     let harness = baseline::Harness {
         monitor_port,
         nats_pid: nats.peer.pid().expect("nats-server runs"),
@@ -309,7 +357,16 @@ impl ScalerProcess {
     fn start(nats: &NatsServer, label: &str) -> Self {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_eds"));
+        let wrapper = std::env::var("EDS_BENCH_SCALER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(env!("CARGO_BIN_EXE_eds"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_eds")),
+        };
         command
             .args(["scaler", "--nats-url", &nats.url()])
             .args(["--grpc-addr", &grpc.to_string()])

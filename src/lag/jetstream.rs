@@ -188,10 +188,12 @@ pub fn parse_consumer_info(payload: &[u8], connection: &str, key: &ConsumerKey) 
 }
 
 fn record_gauges(key: &ConsumerKey, state: &ConsumerState) {
+    // The label values share the key's strings: five series per consumer
+    // hold no copies of their names.
     let labels = [
-        ("connection", key.connection.to_string()),
-        ("stream", key.stream.to_string()),
-        ("consumer", key.consumer.to_string()),
+        ("connection", key.connection.clone()),
+        ("stream", key.stream.clone()),
+        ("consumer", key.consumer.clone()),
     ];
     metrics::gauge!("eds_consumer_lag", &labels).set(state.lag() as f64);
     metrics::gauge!("eds_consumer_pending", &labels).set(state.pending as f64);

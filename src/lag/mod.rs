@@ -16,6 +16,8 @@
 //! the request reaches the one server that knows the numbers: no leader hunt.
 pub mod cache;
 pub mod jetstream;
+pub mod notify;
+pub mod subject;
 pub mod watch;
 
 use std::sync::Arc;
@@ -159,6 +161,10 @@ pub fn describe_metrics() {
     );
     describe_gauge!("eds_nats_connected", "1 while the named NATS connection is up.");
     describe_gauge!("eds_push_watchers", "Consumers watched for push activation.");
+    describe_gauge!(
+        "eds_push_notifiers",
+        "Streams with a shared new-message notifier task (one notifier consumer each)."
+    );
 }
 
 /// `eds lag`: flags.

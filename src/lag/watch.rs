@@ -1,13 +1,11 @@
 //! Push activation: tell KEDA a sleeping consumer has work the moment the
 //! first message is stored, without polling every consumer all the time.
 //!
-//! While a consumer is idle, its watcher holds a small ephemeral push consumer
-//! on the stream with the same subject filter, `deliver_policy: new` and
-//! `headers_only`: the server sends one header-only message per new stored
-//! message and nothing while the stream is quiet (apart from a heartbeat every
-//! few seconds). A notification triggers one fresh `CONSUMER.INFO`. As soon
-//! as every subscriber is active the notifier is dropped, so a busy stream
-//! costs one cached read per `active_poll`, not a message per message.
+//! While a consumer is idle, its watcher registers with its stream's shared
+//! notifier ([`super::notify`]), which hears of every new stored message the
+//! consumer counts. A notice triggers one fresh `CONSUMER.INFO`. As soon as
+//! every subscriber is active the watcher unregisters, so a busy consumer
+//! costs one cached read per `active_poll`, not a read per message.
 //!
 //! A slow re-check (`idle_recheck`) and a re-check on every reconnect catch
 //! what no new message announces (a consumer reset, a server restart).
@@ -17,13 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{
-    self,
-    consumer::{AckPolicy, DeliverPolicy, push},
-};
-use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::notify::{Notifiers, Registration};
 use super::{ConsumerKey, LagCache, cache::Reading};
 use crate::nats::Connections;
 
@@ -54,6 +48,7 @@ pub struct Watchers {
     connections: Connections,
     config: WatchConfig,
     watches: Mutex<HashMap<ConsumerKey, Arc<Watch>>>,
+    notifiers: Arc<Notifiers>,
 }
 
 struct Watch {
@@ -75,6 +70,7 @@ impl Watchers {
             connections,
             config,
             watches: Mutex::default(),
+            notifiers: Arc::default(),
         })
     }
 
@@ -108,6 +104,11 @@ impl Watchers {
         self.len() == 0
     }
 
+    /// How many streams have a notifier task now.
+    pub fn notifiers(&self) -> usize {
+        self.notifiers.len()
+    }
+
     /// Removes `key` if nobody listens any more. Under the map lock, so a
     /// subscriber arriving now either finds the watch alive or starts anew.
     fn retire_if_unused(&self, key: &ConsumerKey, watch: &Arc<Watch>) -> bool {
@@ -137,10 +138,7 @@ impl Watchers {
             return;
         };
         let mut connects = conn.connects.clone();
-        // Boxed, as is its start below: a watcher's task is sized for its
-        // largest state, and thousands of active watchers hold no notifier.
-        let mut notifier: Option<Box<Notifier>> = None;
-        let mut retry = Backoff::default();
+        let mut registration: Option<Registration> = None;
         let mut since = Instant::now();
         let mut last_notified: Option<Instant> = None;
         let mut schedule = Schedule::new(self.config.active_poll);
@@ -150,29 +148,26 @@ impl Watchers {
             watch.readings.send_replace(Some(reading));
             let threshold = *watch.max_threshold.lock().expect("threshold lock");
             let all_active = state.as_ref().is_some_and(|s| s.lag() as f64 > threshold);
-            if all_active {
-                notifier = None;
-            } else if let (None, Some(state)) = (&notifier, &state)
-                && retry.due()
-            {
-                match Box::pin(Notifier::start(&conn.client, &key, &state.filter_subjects)).await {
-                    Ok(created) => {
-                        notifier = Some(Box::new(created));
-                        retry = Backoff::default();
-                        // Re-read: a message stored between the read above and
-                        // the notifier's start would otherwise go unseen.
-                        since = Instant::now();
-                        continue;
-                    }
-                    Err(e) => {
-                        let wait = retry.failed();
-                        tracing::warn!(consumer = %key, error = %e, retry_in = ?wait,
-                            "cannot watch the stream for new messages; polling until then");
-                    }
+            match &state {
+                Some(_) if all_active => registration = None,
+                // Registering is immediate; the notifier wakes the watcher
+                // once it covers the consumer, for a re-read that catches a
+                // message stored in between.
+                Some(state)
+                    if registration
+                        .as_ref()
+                        .is_none_or(|r| r.filters() != state.filter_subjects) =>
+                {
+                    registration =
+                        Some(
+                            self.notifiers
+                                .register(&key, &conn.client, &conn.connects, &state.filter_subjects),
+                        );
                 }
+                _ => {}
             }
-            let period = match (&state, &notifier) {
-                (Some(_), Some(_)) if !all_active => self.config.idle_recheck,
+            let period = match &registration {
+                Some(r) if r.armed() => self.config.idle_recheck,
                 _ => self.config.active_poll,
             };
             // Never more often than the TTL: NATS sees at most one read per
@@ -192,34 +187,30 @@ impl Watchers {
                     if changed.is_err() {
                         return;
                     }
-                    // A restarted server has lost our ephemeral consumer.
-                    notifier = None;
                     since = Instant::now();
                 }
-                message = next_or_pending(&mut notifier) => {
-                    match message {
-                        Some(Ok(_)) => {
-                            // Bound the read rate on a stream that is busy but
-                            // still below the activation threshold.
-                            if let Some(last) = last_notified {
-                                let gap = last.elapsed();
-                                if gap < self.config.min_spacing {
-                                    tokio::time::sleep(self.config.min_spacing - gap).await;
-                                }
-                            }
-                            last_notified = Some(Instant::now());
-                            since = Instant::now();
+                _ = notified_or_pending(&registration) => {
+                    // Bound the read rate on a stream that is busy but
+                    // still below the activation threshold.
+                    if let Some(last) = last_notified {
+                        let gap = last.elapsed();
+                        if gap < self.config.min_spacing {
+                            tokio::time::sleep(self.config.min_spacing - gap).await;
                         }
-                        Some(Err(e)) => {
-                            tracing::debug!(consumer = %key, error = %e, "notifier lost; recreating");
-                            notifier = None;
-                            since = Instant::now();
-                        }
-                        None => notifier = None,
                     }
+                    last_notified = Some(Instant::now());
+                    since = Instant::now();
                 }
             }
         }
+    }
+}
+
+/// The registration's next notice, or never without one.
+async fn notified_or_pending(registration: &Option<Registration>) {
+    match registration {
+        Some(r) => r.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -231,21 +222,28 @@ impl Watchers {
 /// on the server: every read in it, and the KEDA calls waiting on them, pay.
 struct Schedule {
     due: Instant,
+    period: Duration,
 }
 
 impl Schedule {
     fn new(period: Duration) -> Self {
         Schedule {
             due: Instant::now() + random_fraction(period),
+            period,
         }
     }
 
-    /// The first grid point after now. A shorter period than before (the
-    /// consumer went from idle to busy) starts its grid within one period.
+    /// The first grid point after now. A new period (the consumer went from
+    /// idle to busy or back) starts a new grid from a random phase within
+    /// one period: watchers that change together (one burst of messages
+    /// woke them all) do not re-read together ever after.
     fn next(&mut self, period: Duration) -> Instant {
         let period = period.max(Duration::from_millis(1));
         let now = Instant::now();
-        self.due = self.due.min(now + period);
+        if period != self.period {
+            self.period = period;
+            self.due = now + random_fraction(period);
+        }
         if self.due <= now {
             let behind = (now - self.due).as_nanos() / period.as_nanos() + 1;
             self.due += period * u32::try_from(behind).unwrap_or(u32::MAX);
@@ -259,102 +257,6 @@ fn random_fraction(period: Duration) -> Duration {
     use std::hash::BuildHasher;
     let random = std::hash::RandomState::new().hash_one(Instant::now());
     period.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
-}
-
-/// Doubling retry delay for notifier creation (e.g. missing permissions).
-#[derive(Default)]
-struct Backoff {
-    next: Option<Instant>,
-    delay: Duration,
-}
-
-impl Backoff {
-    fn due(&self) -> bool {
-        self.next.is_none_or(|next| Instant::now() >= next)
-    }
-
-    fn failed(&mut self) -> Duration {
-        self.delay = (self.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        self.next = Some(Instant::now() + self.delay);
-        self.delay
-    }
-}
-
-/// An ephemeral, header-only push consumer that announces new messages. It
-/// is deleted when dropped; `inactive_threshold` removes it on the server if
-/// the scaler dies first.
-struct Notifier {
-    js: jetstream::Context,
-    stream: Arc<str>,
-    name: String,
-    messages: push::Messages,
-}
-
-impl Notifier {
-    async fn start(
-        client: &async_nats::Client,
-        key: &ConsumerKey,
-        filters: &[String],
-    ) -> Result<Self, async_nats::Error> {
-        let js = match &key.domain {
-            Some(domain) => jetstream::with_domain(client.clone(), domain.as_ref()),
-            None => jetstream::new(client.clone()),
-        };
-        let inbox = client.new_inbox();
-        let name = format!("eds-watch-{}", inbox.rsplit('.').next().unwrap_or_default());
-        let mut config = push::Config {
-            name: Some(name.clone()),
-            description: Some(format!("eds push activation for {}", key.consumer)),
-            deliver_subject: inbox,
-            deliver_policy: DeliverPolicy::New,
-            ack_policy: AckPolicy::None,
-            headers_only: true,
-            idle_heartbeat: NOTIFIER_HEARTBEAT,
-            inactive_threshold: NOTIFIER_INACTIVE,
-            memory_storage: true,
-            num_replicas: 1,
-            ..Default::default()
-        };
-        match filters {
-            [] => {}
-            [one] => config.filter_subject = one.clone(),
-            many => config.filter_subjects = many.to_vec(),
-        }
-        let consumer = js.create_consumer_on_stream(config, key.stream.as_ref()).await?;
-        let messages = consumer.messages().await?;
-        Ok(Notifier {
-            js,
-            stream: key.stream.clone(),
-            name,
-            messages,
-        })
-    }
-}
-
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        let (js, stream, name) = (self.js.clone(), self.stream.clone(), std::mem::take(&mut self.name));
-        tokio::spawn(async move {
-            if let Err(e) = js.delete_consumer_from_stream(&name, stream.as_ref()).await {
-                tracing::debug!(consumer = %name, error = %e, "notifier left for the server to expire");
-            }
-        });
-    }
-}
-
-/// Server heartbeats on an idle notifier; a missed one means it is gone.
-const NOTIFIER_HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long the server keeps a notifier nobody listens to.
-const NOTIFIER_INACTIVE: Duration = Duration::from_secs(30);
-
-/// The notifier's next message, or never when there is no notifier.
-async fn next_or_pending(
-    notifier: &mut Option<Box<Notifier>>,
-) -> Option<Result<jetstream::Message, push::MessagesError>> {
-    match notifier {
-        Some(n) => n.messages.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
@@ -392,7 +294,7 @@ mod tests {
     fn a_late_wake_keeps_the_grid() {
         let period = Duration::from_millis(100);
         let start = Instant::now() + Duration::from_millis(30);
-        let mut schedule = Schedule { due: start };
+        let mut schedule = Schedule { due: start, period };
         // Woken 250 ms late (a slow read, a stalled process): the next
         // re-read is the next point of the same grid, not 100 ms from now.
         std::thread::sleep(Duration::from_millis(280));
@@ -403,8 +305,29 @@ mod tests {
         // And a shorter period (idle to busy) re-reads within one period.
         let mut idle = Schedule {
             due: Instant::now() + Duration::from_secs(15),
+            period: Duration::from_secs(15),
         };
         assert!(idle.next(period) <= Instant::now() + period);
+    }
+
+    #[test]
+    fn a_new_period_starts_at_a_random_phase() {
+        // 200 watchers woken together go idle together: their re-checks
+        // spread over the idle period instead of landing in one burst.
+        let idle = Duration::from_secs(15);
+        let now = Instant::now();
+        let dues: Vec<Duration> = (0..200)
+            .map(|_| {
+                let mut busy = Schedule {
+                    due: now + Duration::from_millis(500),
+                    period: Duration::from_secs(1),
+                };
+                busy.next(idle) - now
+            })
+            .collect();
+        assert!(dues.iter().all(|d| *d <= idle + Duration::from_millis(50)), "{dues:?}");
+        let seconds: std::collections::HashSet<u64> = dues.iter().map(|d| d.as_secs()).collect();
+        assert!(seconds.len() >= 10, "re-checks fall in {} of 15 seconds", seconds.len());
     }
 
     /// Every watched consumer holds one watcher task for as long as KEDA

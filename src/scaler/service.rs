@@ -3,9 +3,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 use super::metadata::Trigger;
@@ -170,40 +169,72 @@ impl LagScaler {
         {
             return Err(lag_status(&e));
         }
-        let mut subscription = self.watchers.subscribe(&trigger.key, trigger.activation_lag_threshold);
-        let (tx, rx) = mpsc::channel(4);
-        let scaled_object = format!("{}/{}", so.namespace, so.name);
-        tokio::spawn(async move {
-            let gauge = metrics::gauge!("eds_push_streams");
-            gauge.increment(1.0);
-            let mut sent: Option<bool> = None;
-            loop {
-                let active = subscription
-                    .readings
-                    .borrow_and_update()
-                    .as_ref()
-                    .and_then(|r| r.result.as_ref().ok())
-                    .map(|s| trigger.is_active(s.lag()));
-                // Errors send nothing: KEDA keeps its last state and its
-                // IsActive polls surface the error. Never push a guess.
-                if let Some(active) = active.filter(|a| sent != Some(*a)) {
-                    if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
-                        break;
-                    }
-                    if active {
-                        metrics::counter!("eds_push_activations_total").increment(1);
-                    }
-                    tracing::debug!(%scaled_object, active, "pushed activity");
-                    sent = Some(active);
-                }
-                tokio::select! {
-                    changed = subscription.readings.changed() => if changed.is_err() { break },
-                    _ = tx.closed() => break,
-                }
+        let subscription = self.watchers.subscribe(&trigger.key, trigger.activation_lag_threshold);
+        // The stream is built on the watch receiver itself: no task or
+        // channel per open stream, which KEDA keeps open per ScaledObject.
+        // Dropping it (KEDA closed the stream) drops the receiver, and the
+        // watcher stops with its last subscriber.
+        let state = PushState {
+            readings: WatchStream::new(subscription.readings),
+            trigger,
+            scaled_object: format!("{}/{}", so.namespace, so.name),
+            sent: None,
+            _open: OpenStream::new(),
+        };
+        Ok(Box::pin(futures::stream::unfold(state, PushState::next)))
+    }
+}
+
+/// One open StreamIsActive stream.
+struct PushState {
+    readings: WatchStream<Option<Reading>>,
+    trigger: Trigger,
+    scaled_object: String,
+    sent: Option<bool>,
+    _open: OpenStream,
+}
+
+impl PushState {
+    /// The next change of activity: the current one first, then each flip.
+    async fn next(mut self) -> Option<(Result<IsActiveResponse, Status>, Self)> {
+        while let Some(reading) = self.readings.next().await {
+            // Errors send nothing: KEDA keeps its last state and its IsActive
+            // polls surface the error. Never push a guess.
+            let Some(active) = reading
+                .as_ref()
+                .and_then(|r| r.result.as_ref().ok())
+                .map(|s| self.trigger.is_active(s.lag()))
+            else {
+                continue;
+            };
+            if self.sent == Some(active) {
+                continue;
             }
-            gauge.decrement(1.0);
-        });
-        Ok(Box::pin(ReceiverStream::new(rx)))
+            if active {
+                metrics::counter!("eds_push_activations_total").increment(1);
+            }
+            tracing::debug!(scaled_object = %self.scaled_object, active, "pushed activity");
+            self.sent = Some(active);
+            return Some((Ok(IsActiveResponse { result: active }), self));
+        }
+        None
+    }
+}
+
+/// Counts an open push stream in `eds_push_streams` for as long as it lives.
+struct OpenStream(metrics::Gauge);
+
+impl OpenStream {
+    fn new() -> Self {
+        let gauge = metrics::gauge!("eds_push_streams");
+        gauge.increment(1.0);
+        OpenStream(gauge)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
