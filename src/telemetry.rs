@@ -58,19 +58,35 @@ pub fn prometheus() -> PrometheusHandle {
 /// Tells `/readyz` whether the process can do its job.
 pub type Readiness = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
+/// Appends metrics written at scrape time from a component's own state
+/// (Prometheus text format) after the recorder's.
+pub type Collector = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// The collector of the `eds_consumer_*` gauges of `cache`.
+pub fn consumer_gauges(cache: Arc<crate::lag::LagCache>) -> Collector {
+    Arc::new(move |out: &mut String| crate::lag::exposition::render(cache.samples(), out))
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
-pub async fn serve_http(addr: SocketAddr, ready: Readiness) -> Result<()> {
+pub async fn serve_http(addr: SocketAddr, ready: Readiness, collectors: Vec<Collector>) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Server(format!("binding the HTTP listener on {addr}: {e}")))?;
-    serve_http_on(listener, ready).await
+    serve_http_on(listener, ready, collectors).await
 }
 
 /// As [`serve_http`], on a listener that is already bound (tests bind port 0).
-pub async fn serve_http_on(listener: TcpListener, ready: Readiness) -> Result<()> {
+pub async fn serve_http_on(listener: TcpListener, ready: Readiness, collectors: Vec<Collector>) -> Result<()> {
     let handle = prometheus();
+    let metrics = move || {
+        let mut body = handle.render();
+        for collect in &collectors {
+            collect(&mut body);
+        }
+        std::future::ready(body)
+    };
     let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| std::future::ready("ok")))
         .route("/readyz", get(readyz))
         .with_state(ready);

@@ -26,6 +26,7 @@ async fn metrics_health_and_readiness() {
     tokio::spawn(eds::telemetry::serve_http_on(
         listener,
         Arc::new(move || connections.all_connected()),
+        vec![eds::telemetry::consumer_gauges(scaler.scaler.cache.clone())],
     ));
 
     let mut client = scaler.client().await;
@@ -59,6 +60,10 @@ async fn metrics_health_and_readiness() {
     ] {
         assert!(body.contains(needle), "/metrics lacks {needle}\n{body}");
     }
+    // Written from the cache: one family header each, and no series for a
+    // consumer whose read failed.
+    assert_eq!(body.matches("# TYPE eds_consumer_lag gauge").count(), 1, "{body}");
+    assert!(!body.contains(r#"consumer="gone""#), "{body}");
     assert_eq!(http_get_async(port, "/healthz").await, (200, "ok".to_string()));
     assert_eq!(http_get_async(port, "/readyz").await.0, 200);
 

@@ -109,7 +109,8 @@ pub async fn run(args: Args) -> Result<()> {
             }
         })
     };
-    let http = tokio::spawn(telemetry::serve_http(args.http_addr, ready));
+    let gauges = telemetry::consumer_gauges(lag.clone());
+    let http = tokio::spawn(telemetry::serve_http(args.http_addr, ready, vec![gauges]));
     tokio::select! {
         result = run_elected(client, &args, lag, reachable, crate::scaler::shutdown_signal()) => result,
         http = http => http.map_err(|e| Error::Server(e.to_string()))?,

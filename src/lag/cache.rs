@@ -114,6 +114,19 @@ impl LagCache {
         pending.await
     }
 
+    /// The last successful reading of every consumer in the cache, for the
+    /// per-consumer gauges. Copies numbers only, under the lock.
+    pub fn samples(&self) -> Vec<super::exposition::Sample> {
+        let slots = self.slots.lock().expect("lag cache lock");
+        slots
+            .iter()
+            .filter_map(|(key, slot)| {
+                let state = slot.last.as_ref()?.result.as_ref().ok()?;
+                Some(super::exposition::Sample::new(key.clone(), state))
+            })
+            .collect()
+    }
+
     /// The last reading, however old, without touching NATS (for status).
     pub fn peek(&self, key: &ConsumerKey) -> Option<Reading> {
         self.slots.lock().expect("lag cache lock").get(key)?.last.clone()

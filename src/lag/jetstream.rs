@@ -45,9 +45,6 @@ impl JetStreamLag {
             .increment(1);
         metrics::histogram!("eds_nats_request_duration_seconds", "connection" => conn.name.to_string())
             .record(started.elapsed().as_secs_f64());
-        if let Ok(state) = &result {
-            record_gauges(key, state);
-        }
         result
     }
 }
@@ -185,21 +182,6 @@ pub fn parse_consumer_info(payload: &[u8], connection: &str, key: &ConsumerKey) 
         waiting: reply.num_waiting,
         filter_subjects,
     })
-}
-
-fn record_gauges(key: &ConsumerKey, state: &ConsumerState) {
-    // The label values share the key's strings: five series per consumer
-    // hold no copies of their names.
-    let labels = [
-        ("connection", key.connection.clone()),
-        ("stream", key.stream.clone()),
-        ("consumer", key.consumer.clone()),
-    ];
-    metrics::gauge!("eds_consumer_lag", &labels).set(state.lag() as f64);
-    metrics::gauge!("eds_consumer_pending", &labels).set(state.pending as f64);
-    metrics::gauge!("eds_consumer_ack_pending", &labels).set(state.ack_pending as f64);
-    metrics::gauge!("eds_consumer_redelivered", &labels).set(state.redelivered as f64);
-    metrics::gauge!("eds_consumer_waiting", &labels).set(state.waiting as f64);
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! `CONSUMER.INFO` is answered by the consumer's leader only, so on a cluster
 //! the request reaches the one server that knows the numbers: no leader hunt.
 pub mod cache;
+pub mod exposition;
 pub mod jetstream;
 pub mod notify;
 pub mod subject;
@@ -135,17 +136,8 @@ pub fn desired_replicas(lag: u64, threshold: f64, min: u32, max: u32) -> u32 {
 /// Registers descriptions for the lag metrics.
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!("eds_consumer_lag", "Consumer lag: num_pending + num_ack_pending.");
-    describe_gauge!("eds_consumer_pending", "Messages not yet delivered to the consumer.");
-    describe_gauge!(
-        "eds_consumer_ack_pending",
-        "Messages delivered and not yet acknowledged."
-    );
-    describe_gauge!(
-        "eds_consumer_redelivered",
-        "Messages redelivered and not yet acknowledged."
-    );
-    describe_gauge!("eds_consumer_waiting", "Pull requests waiting on the consumer.");
+    // The `eds_consumer_*` gauges are written from the cache at scrape time:
+    // see [`exposition`].
     describe_counter!(
         "eds_nats_requests_total",
         "JetStream API requests by connection and result."

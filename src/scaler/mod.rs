@@ -165,7 +165,8 @@ pub async fn run(args: Args) -> Result<()> {
         .map_err(|e| Error::Server(format!("binding gRPC on {}: {e}", args.grpc_addr)))?;
     let connections = scaler.connections.clone();
     let ready: telemetry::Readiness = Arc::new(move || connections.all_connected());
-    let http = tokio::spawn(telemetry::serve_http(args.http_addr, ready));
+    let gauges = telemetry::consumer_gauges(scaler.cache.clone());
+    let http = tokio::spawn(telemetry::serve_http(args.http_addr, ready, vec![gauges]));
     tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, tls = tls.is_some(), "scaler serving");
     tokio::select! {
         served = scaler.serve(grpc, tls, shutdown_signal()) => served,
