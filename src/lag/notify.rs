@@ -64,7 +64,8 @@ struct Shared {
 /// One idle consumer's wish to hear of new messages.
 struct Interest {
     filters: Vec<String>,
-    wake: Notify,
+    /// The watcher's own wake-up.
+    wake: Arc<Notify>,
     /// A live notifier sees every message this consumer counts.
     armed: AtomicBool,
 }
@@ -77,14 +78,11 @@ pub struct Registration {
     id: u64,
 }
 
+/// The registrant's `wake` is notified on a new message the consumer
+/// counts, and whenever [`Registration::armed`] changes (on arming: a
+/// message may have been stored between its last read and the notifier's
+/// start).
 impl Registration {
-    /// Resolves on a new message the consumer counts, and whenever
-    /// [`Self::armed`] changes (on arming: a message may have been stored
-    /// between the caller's last read and the notifier's start).
-    pub async fn notified(&self) {
-        self.interest.wake.notified().await
-    }
-
     /// Whether a live notifier covers the consumer: if not, poll.
     pub fn armed(&self) -> bool {
         self.interest.armed.load(Ordering::Acquire)
@@ -112,6 +110,7 @@ impl Notifiers {
         client: &async_nats::Client,
         connects: &watch::Receiver<u64>,
         filters: &[String],
+        wake: Arc<Notify>,
     ) -> Registration {
         let stream_key = StreamKey {
             connection: key.connection.clone(),
@@ -136,7 +135,7 @@ impl Notifiers {
         };
         let interest = Arc::new(Interest {
             filters: filters.to_vec(),
-            wake: Notify::new(),
+            wake,
             armed: AtomicBool::new(false),
         });
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -463,7 +462,7 @@ mod tests {
     fn interest(filters: &[&str]) -> Arc<Interest> {
         Arc::new(Interest {
             filters: filters.iter().map(|s| s.to_string()).collect(),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             armed: AtomicBool::new(false),
         })
     }

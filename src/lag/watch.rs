@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::notify::{Notifiers, Registration};
 use super::{ConsumerKey, LagCache, cache::Reading};
@@ -56,11 +56,28 @@ struct Watch {
     /// The highest activation threshold among subscribers: the watcher keeps
     /// its notifier while the lag is at or below it.
     max_threshold: Mutex<f64>,
+    /// Wakes the watcher: a notice of a new message, a change of its
+    /// notifier, or a subscriber leaving. One wake-up source keeps each of
+    /// the (possibly ten thousand) watcher tasks small.
+    poke: Arc<Notify>,
 }
 
 /// One subscriber's view: every new reading of the consumer.
 pub struct Subscription {
     pub readings: watch::Receiver<Option<Reading>>,
+    /// Tells the watcher when this subscriber leaves; keep it (and drop it)
+    /// with the receiver.
+    pub leave: Leave,
+}
+
+/// Dropped after its subscription's receiver: wakes the watcher so it can
+/// stop once nobody listens.
+pub struct Leave(Arc<Notify>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
 
 impl Watchers {
@@ -82,17 +99,20 @@ impl Watchers {
             *max = max.max(activation_threshold);
             return Subscription {
                 readings: existing.readings.subscribe(),
+                leave: Leave(existing.poke.clone()),
             };
         }
         let (readings, rx) = watch::channel(None);
         let watch = Arc::new(Watch {
             readings,
             max_threshold: Mutex::new(activation_threshold),
+            poke: Arc::new(Notify::new()),
         });
         watches.insert(key.clone(), watch.clone());
         metrics::gauge!("eds_push_watchers").set(watches.len() as f64);
+        let leave = Leave(watch.poke.clone());
         tokio::spawn(Arc::clone(self).run(key.clone(), watch));
-        Subscription { readings: rx }
+        Subscription { readings: rx, leave }
     }
 
     /// How many consumers are watched now.
@@ -124,7 +144,7 @@ impl Watchers {
     }
 
     async fn run(self: Arc<Self>, key: ConsumerKey, watch: Arc<Watch>) {
-        let Some(conn) = self.connections.get(Some(&key.connection)).cloned() else {
+        let Some(conn) = self.connections.get(Some(&key.connection)) else {
             // Metadata parsing refuses unknown connections; keep the
             // subscriber informed anyway rather than hanging it.
             let result = Err(super::LagError::UnknownConnection(key.connection.to_string()));
@@ -133,39 +153,41 @@ impl Watchers {
                 result,
             }));
             while !self.retire_if_unused(&key, &watch) {
-                watch.readings.closed().await;
+                watch.poke.notified().await;
             }
             return;
         };
-        let mut connects = conn.connects.clone();
         let mut registration: Option<Registration> = None;
         let mut since = Instant::now();
-        let mut last_notified: Option<Instant> = None;
+        let mut last_woken: Option<Instant> = None;
         let mut schedule = Schedule::new(self.config.active_poll);
         loop {
             let reading = self.cache.get_newer_than(&key, since).await;
-            let state = reading.result.as_ref().ok().cloned();
-            watch.readings.send_replace(Some(reading));
             let threshold = *watch.max_threshold.lock().expect("threshold lock");
-            let all_active = state.as_ref().is_some_and(|s| s.lag() as f64 > threshold);
-            match &state {
-                Some(_) if all_active => registration = None,
+            match &reading.result {
+                Ok(state) if state.lag() as f64 > threshold => registration = None,
                 // Registering is immediate; the notifier wakes the watcher
                 // once it covers the consumer, for a re-read that catches a
                 // message stored in between.
-                Some(state)
+                Ok(state)
                     if registration
                         .as_ref()
                         .is_none_or(|r| r.filters() != state.filter_subjects) =>
                 {
-                    registration =
-                        Some(
-                            self.notifiers
-                                .register(&key, &conn.client, &conn.connects, &state.filter_subjects),
-                        );
+                    registration = Some(self.notifiers.register(
+                        &key,
+                        &conn.client,
+                        &conn.connects,
+                        &state.filter_subjects,
+                        watch.poke.clone(),
+                    ));
                 }
                 _ => {}
             }
+            watch.readings.send_replace(Some(reading));
+            // Idle with a live notifier: a slow safety re-check. Otherwise
+            // (busy, failing, or nothing covers it) re-read every active
+            // poll; a reconnect is seen there, or through the notifier.
             let period = match &registration {
                 Some(r) if r.armed() => self.config.idle_recheck,
                 _ => self.config.active_poll,
@@ -174,43 +196,27 @@ impl Watchers {
             // consumer per TTL. At the TTL, a busy consumer's value is
             // renewed as it expires, so KEDA's calls find it fresh.
             let due = schedule.next(period.max(self.cache.ttl()));
-            tokio::select! {
-                _ = watch.readings.closed() => {
-                    if self.retire_if_unused(&key, &watch) {
-                        return;
-                    }
-                }
-                _ = tokio::time::sleep_until(due.into()) => {
-                    since = due;
-                }
-                changed = connects.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    since = Instant::now();
-                }
-                _ = notified_or_pending(&registration) => {
-                    // Bound the read rate on a stream that is busy but
-                    // still below the activation threshold.
-                    if let Some(last) = last_notified {
-                        let gap = last.elapsed();
-                        if gap < self.config.min_spacing {
-                            tokio::time::sleep(self.config.min_spacing - gap).await;
-                        }
-                    }
-                    last_notified = Some(Instant::now());
-                    since = Instant::now();
+            if tokio::time::timeout_at(due.into(), watch.poke.notified())
+                .await
+                .is_err()
+            {
+                since = due;
+                continue;
+            }
+            if watch.readings.receiver_count() == 0 && self.retire_if_unused(&key, &watch) {
+                return;
+            }
+            // A notice: re-read now, but bound the read rate on a stream
+            // that is busy yet still below the activation threshold.
+            if let Some(last) = last_woken {
+                let gap = last.elapsed();
+                if gap < self.config.min_spacing {
+                    tokio::time::sleep(self.config.min_spacing - gap).await;
                 }
             }
+            last_woken = Some(Instant::now());
+            since = Instant::now();
         }
-    }
-}
-
-/// The registration's next notice, or never without one.
-async fn notified_or_pending(registration: &Option<Registration>) {
-    match registration {
-        Some(r) => r.notified().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -340,9 +346,10 @@ mod tests {
         let state = Arc::new(Watch {
             readings,
             max_threshold: Mutex::new(0.0),
+            poke: Arc::new(Notify::new()),
         });
         let task = watchers.run(ConsumerKey::new("default", None, "S", "C"), state);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 2048, "a watcher task takes {size} bytes");
+        assert!(size <= 768, "a watcher task takes {size} bytes");
     }
 }

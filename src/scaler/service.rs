@@ -8,7 +8,7 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 use super::metadata::Trigger;
-use crate::lag::{LagCache, LagError, Watchers, cache::Reading};
+use crate::lag::{LagCache, LagError, Watchers, cache::Reading, watch::Leave};
 use crate::nats::Connections;
 use crate::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
@@ -176,6 +176,7 @@ impl LagScaler {
         // watcher stops with its last subscriber.
         let state = PushState {
             readings: WatchStream::new(subscription.readings),
+            _leave: subscription.leave,
             trigger,
             scaled_object: format!("{}/{}", so.namespace, so.name),
             sent: None,
@@ -188,6 +189,9 @@ impl LagScaler {
 /// One open StreamIsActive stream.
 struct PushState {
     readings: WatchStream<Option<Reading>>,
+    /// Dropped after `readings` (fields drop in order): the watcher then
+    /// sees one receiver fewer.
+    _leave: Leave,
     trigger: Trigger,
     scaled_object: String,
     sent: Option<bool>,
