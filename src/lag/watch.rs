@@ -12,13 +12,14 @@
 //! Watchers are shared by every stream open on the same consumer and stop when
 //! the last one closes.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use super::notify::{Notifiers, Registration};
-use super::{ConsumerKey, LagCache, cache::Reading};
+use super::{ConsumerKey, LagCache};
 use crate::nats::Connections;
 
 /// How often watchers re-read.
@@ -52,7 +53,11 @@ pub struct Watchers {
 }
 
 struct Watch {
-    readings: watch::Sender<Option<Reading>>,
+    /// The last reading's lag (`None`: the read failed), and its version.
+    latest: Mutex<Latest>,
+    /// Subscribers wait here; every reading wakes them all.
+    changed: Notify,
+    subscribers: AtomicUsize,
     /// The highest activation threshold among subscribers: the watcher keeps
     /// its notifier while the lag is at or below it.
     max_threshold: Mutex<f64>,
@@ -62,21 +67,67 @@ struct Watch {
     poke: Arc<Notify>,
 }
 
-/// One subscriber's view: every new reading of the consumer.
-pub struct Subscription {
-    pub readings: watch::Receiver<Option<Reading>>,
-    /// Tells the watcher when this subscriber leaves; keep it (and drop it)
-    /// with the receiver.
-    pub leave: Leave,
+#[derive(Default)]
+struct Latest {
+    version: u64,
+    lag: Option<u64>,
 }
 
-/// Dropped after its subscription's receiver: wakes the watcher so it can
-/// stop once nobody listens.
-pub struct Leave(Arc<Notify>);
+impl Watch {
+    /// A watch with its first subscriber.
+    fn new(activation_threshold: f64) -> Self {
+        Watch {
+            latest: Mutex::default(),
+            changed: Notify::new(),
+            subscribers: AtomicUsize::new(1),
+            max_threshold: Mutex::new(activation_threshold),
+            poke: Arc::new(Notify::new()),
+        }
+    }
 
-impl Drop for Leave {
+    fn publish(&self, lag: Option<u64>) {
+        {
+            let mut latest = self.latest.lock().expect("latest lock");
+            latest.version += 1;
+            latest.lag = lag;
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// One subscriber's view of a watched consumer: every new reading. Dropping
+/// it tells the watcher, which stops with its last subscriber.
+pub struct Subscription {
+    watch: Arc<Watch>,
+    seen: u64,
+}
+
+impl Subscription {
+    /// The next reading this subscriber has not seen (at once if there is
+    /// one): the consumer's lag, or `None` when the read failed.
+    pub async fn next(&mut self) -> Option<u64> {
+        loop {
+            let changed = self.watch.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a reading published in
+            // between still wakes us.
+            changed.as_mut().enable();
+            {
+                let latest = self.watch.latest.lock().expect("latest lock");
+                if latest.version != self.seen {
+                    self.seen = latest.version;
+                    return latest.lag;
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Drop for Subscription {
     fn drop(&mut self) {
-        self.0.notify_one();
+        self.watch.subscribers.fetch_sub(1, Ordering::AcqRel);
+        self.watch.poke.notify_one();
     }
 }
 
@@ -97,22 +148,17 @@ impl Watchers {
         if let Some(existing) = watches.get(key) {
             let mut max = existing.max_threshold.lock().expect("threshold lock");
             *max = max.max(activation_threshold);
+            existing.subscribers.fetch_add(1, Ordering::AcqRel);
             return Subscription {
-                readings: existing.readings.subscribe(),
-                leave: Leave(existing.poke.clone()),
+                watch: existing.clone(),
+                seen: 0,
             };
         }
-        let (readings, rx) = watch::channel(None);
-        let watch = Arc::new(Watch {
-            readings,
-            max_threshold: Mutex::new(activation_threshold),
-            poke: Arc::new(Notify::new()),
-        });
+        let watch = Arc::new(Watch::new(activation_threshold));
         watches.insert(key.clone(), watch.clone());
         metrics::gauge!("eds_push_watchers").set(watches.len() as f64);
-        let leave = Leave(watch.poke.clone());
-        tokio::spawn(Arc::clone(self).run(key.clone(), watch));
-        Subscription { readings: rx, leave }
+        tokio::spawn(Arc::clone(self).run(key.clone(), watch.clone()));
+        Subscription { watch, seen: 0 }
     }
 
     /// How many consumers are watched now.
@@ -133,7 +179,7 @@ impl Watchers {
     /// subscriber arriving now either finds the watch alive or starts anew.
     fn retire_if_unused(&self, key: &ConsumerKey, watch: &Arc<Watch>) -> bool {
         let mut watches = self.watches.lock().expect("watchers lock");
-        if watch.readings.receiver_count() > 0 {
+        if watch.subscribers.load(Ordering::Acquire) > 0 {
             return false;
         }
         if watches.get(key).is_some_and(|w| Arc::ptr_eq(w, watch)) {
@@ -147,11 +193,7 @@ impl Watchers {
         let Some(conn) = self.connections.get(Some(&key.connection)) else {
             // Metadata parsing refuses unknown connections; keep the
             // subscriber informed anyway rather than hanging it.
-            let result = Err(super::LagError::UnknownConnection(key.connection.to_string()));
-            watch.readings.send_replace(Some(Reading {
-                at: Instant::now(),
-                result,
-            }));
+            watch.publish(None);
             while !self.retire_if_unused(&key, &watch) {
                 watch.poke.notified().await;
             }
@@ -184,7 +226,7 @@ impl Watchers {
                 }
                 _ => {}
             }
-            watch.readings.send_replace(Some(reading));
+            watch.publish(reading.result.as_ref().ok().map(|s| s.lag()));
             // Idle with a live notifier: a slow safety re-check. Otherwise
             // (busy, failing, or nothing covers it) re-read every active
             // poll; a reconnect is seen there, or through the notifier.
@@ -203,7 +245,7 @@ impl Watchers {
                 since = due;
                 continue;
             }
-            if watch.readings.receiver_count() == 0 && self.retire_if_unused(&key, &watch) {
+            if watch.subscribers.load(Ordering::Acquire) == 0 && self.retire_if_unused(&key, &watch) {
                 return;
             }
             // A notice: re-read now, but bound the read rate on a stream
@@ -342,14 +384,42 @@ mod tests {
     fn a_watcher_task_stays_small() {
         let cache = LagCache::new(Arc::new(Idle), Duration::from_secs(1));
         let watchers = Watchers::new(cache, Connections::default(), WatchConfig::default());
-        let (readings, _rx) = watch::channel(None);
-        let state = Arc::new(Watch {
-            readings,
-            max_threshold: Mutex::new(0.0),
-            poke: Arc::new(Notify::new()),
-        });
+        let state = Arc::new(Watch::new(0.0));
         let task = watchers.run(ConsumerKey::new("default", None, "S", "C"), state);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 768, "a watcher task takes {size} bytes");
+        // And its state shared with the subscribers.
+        let shared = std::mem::size_of::<Watch>();
+        assert!(shared <= 256, "a watch takes {shared} bytes");
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_the_current_reading_then_each_new_one() {
+        use futures::FutureExt;
+        let watch = Arc::new(Watch::new(0.0));
+        let mut first = Subscription {
+            watch: watch.clone(),
+            seen: 0,
+        };
+        assert_eq!(first.next().now_or_never(), None, "nothing read yet");
+        watch.publish(Some(3));
+        assert_eq!(first.next().now_or_never(), Some(Some(3)));
+        assert_eq!(first.next().now_or_never(), None, "seen already");
+        // A late subscriber gets the current reading at once.
+        watch.subscribers.fetch_add(1, Ordering::AcqRel);
+        let mut late = Subscription {
+            watch: watch.clone(),
+            seen: 0,
+        };
+        assert_eq!(late.next().now_or_never(), Some(Some(3)));
+        // A waiting subscriber is woken by the next reading, failed or not.
+        let waiting = tokio::spawn(async move { first.next().await });
+        tokio::task::yield_now().await;
+        watch.publish(None);
+        assert_eq!(waiting.await.unwrap(), None);
+        // Leaving counts down and wakes the watcher.
+        drop(late);
+        assert_eq!(watch.subscribers.load(Ordering::Acquire), 0);
+        assert!(watch.poke.notified().now_or_never().is_some());
     }
 }

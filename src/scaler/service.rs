@@ -3,12 +3,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::WatchStream;
+use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::metadata::Trigger;
-use crate::lag::{LagCache, LagError, Watchers, cache::Reading, watch::Leave};
+use crate::lag::{LagCache, LagError, Watchers, cache::Reading, watch::Subscription};
 use crate::nats::Connections;
 use crate::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
@@ -169,14 +168,13 @@ impl LagScaler {
         {
             return Err(lag_status(&e));
         }
-        let subscription = self.watchers.subscribe(&trigger.key, trigger.activation_lag_threshold);
+        let readings = self.watchers.subscribe(&trigger.key, trigger.activation_lag_threshold);
         // The stream is built on the watch receiver itself: no task or
         // channel per open stream, which KEDA keeps open per ScaledObject.
         // Dropping it (KEDA closed the stream) drops the receiver, and the
         // watcher stops with its last subscriber.
         let state = PushState {
-            readings: WatchStream::new(subscription.readings),
-            _leave: subscription.leave,
+            readings,
             trigger,
             scaled_object: format!("{}/{}", so.namespace, so.name),
             sent: None,
@@ -188,10 +186,7 @@ impl LagScaler {
 
 /// One open StreamIsActive stream.
 struct PushState {
-    readings: WatchStream<Option<Reading>>,
-    /// Dropped after `readings` (fields drop in order): the watcher then
-    /// sees one receiver fewer.
-    _leave: Leave,
+    readings: Subscription,
     trigger: Trigger,
     scaled_object: String,
     sent: Option<bool>,
@@ -201,16 +196,13 @@ struct PushState {
 impl PushState {
     /// The next change of activity: the current one first, then each flip.
     async fn next(mut self) -> Option<(Result<IsActiveResponse, Status>, Self)> {
-        while let Some(reading) = self.readings.next().await {
+        loop {
             // Errors send nothing: KEDA keeps its last state and its IsActive
             // polls surface the error. Never push a guess.
-            let Some(active) = reading
-                .as_ref()
-                .and_then(|r| r.result.as_ref().ok())
-                .map(|s| self.trigger.is_active(s.lag()))
-            else {
+            let Some(lag) = self.readings.next().await else {
                 continue;
             };
+            let active = self.trigger.is_active(lag);
             if self.sent == Some(active) {
                 continue;
             }
@@ -221,7 +213,6 @@ impl PushState {
             self.sent = Some(active);
             return Some((Ok(IsActiveResponse { result: active }), self));
         }
-        None
     }
 }
 
