@@ -101,8 +101,13 @@ impl Trigger {
 
     /// `IsActive`: the lag is above the activation threshold.
     pub fn is_active(&self, lag: u64) -> bool {
-        lag as f64 > self.activation_lag_threshold
+        is_active(lag, self.activation_lag_threshold)
     }
+}
+
+/// KEDA's rule: active when the metric is above the activation threshold.
+pub fn is_active(lag: u64, activation_lag_threshold: f64) -> bool {
+    lag as f64 > activation_lag_threshold
 }
 
 /// `nats-lag-<stream>-<consumer>`, lowercased, every other character run

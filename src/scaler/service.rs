@@ -6,7 +6,7 @@ use std::time::Instant;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::metadata::Trigger;
+use super::metadata::{Trigger, is_active};
 use crate::lag::{LagCache, LagError, Watchers, cache::Reading, watch::Subscription};
 use crate::nats::Connections;
 use crate::proto::{
@@ -175,7 +175,7 @@ impl LagScaler {
         // watcher stops with its last subscriber.
         let state = PushState {
             readings,
-            trigger,
+            activation_lag_threshold: trigger.activation_lag_threshold,
             scaled_object: format!("{}/{}", so.namespace, so.name),
             sent: None,
             _open: OpenStream::new(),
@@ -187,7 +187,8 @@ impl LagScaler {
 /// One open StreamIsActive stream.
 struct PushState {
     readings: Subscription,
-    trigger: Trigger,
+    /// All a stream keeps of its trigger: KEDA holds one per ScaledObject.
+    activation_lag_threshold: f64,
     scaled_object: String,
     sent: Option<bool>,
     _open: OpenStream,
@@ -202,7 +203,7 @@ impl PushState {
             let Some(lag) = self.readings.next().await else {
                 continue;
             };
-            let active = self.trigger.is_active(lag);
+            let active = is_active(lag, self.activation_lag_threshold);
             if self.sent == Some(active) {
                 continue;
             }
