@@ -8,7 +8,7 @@ use eds::nats::NatsArgs;
 use eds::proto::ScaledObjectRef;
 use eds::scaler::Tuning;
 use futures::StreamExt;
-use support::js::{js, publish, pull_consumer, stream_with};
+use support::js::{js, publish, pull_consumer, stream_of_consumers, stream_with};
 use support::nats::NatsServer;
 use support::scaler::{RunningScaler, lag_of, scaled_object, wait_lag};
 use tonic::Code;
@@ -550,20 +550,8 @@ async fn watching_many_idle_consumers_keeps_nats_load_bounded() {
     const CONSUMERS: usize = 1000;
     let nats = NatsServer::start();
     let js = js(&nats.url()).await;
-    // nats-server allows 1,000 consumers per stream by default: leave room
-    // for the one shared notifier.
-    let s = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "MANY".into(),
-            subjects: vec!["many.>".into()],
-            max_consumers: CONSUMERS as i32 + 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    for i in 0..CONSUMERS {
-        pull_consumer(&s, &format!("c{i}"), &format!("many.{i}"), Duration::from_secs(30)).await;
-    }
+    // Room for the one shared notifier.
+    stream_of_consumers(&js, "MANY", "many", CONSUMERS, 1).await;
     let mut requests = count_info_requests(&nats.url(), "MANY", "*").await;
     let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
     let mut client = scaler.client().await;
@@ -631,19 +619,8 @@ async fn idle_consumers_share_one_notifier_per_stream() {
     const CONSUMERS: usize = 20;
     let nats = NatsServer::start();
     let js = js(&nats.url()).await;
-    // Room for the teams' durables, one notifier and one more durable.
-    let mut s = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "SHARED".into(),
-            subjects: vec!["shared.>".into()],
-            max_consumers: CONSUMERS as i32 + 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    for i in 0..CONSUMERS {
-        pull_consumer(&s, &format!("c{i}"), &format!("shared.{i}"), Duration::from_secs(30)).await;
-    }
+    // Room for one notifier and one more durable.
+    let mut s = stream_of_consumers(&js, "SHARED", "shared", CONSUMERS, 2).await;
     let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), notices_only(), None).await;
     let mut client = scaler.client().await;
     let mut streams = Vec::new();

@@ -19,6 +19,31 @@ pub async fn stream_with(js: &jetstream::Context, name: &str, subjects: &[&str])
     .unwrap()
 }
 
+/// A stream on `prefix.>` holding `n` durable pull consumers `c0`..,
+/// each filtered to its own subject `prefix.<i>`, with room for `spare`
+/// more consumers (nats-server allows 1,000 per stream unless told).
+pub async fn stream_of_consumers(
+    js: &jetstream::Context,
+    name: &str,
+    prefix: &str,
+    n: usize,
+    spare: usize,
+) -> stream::Stream {
+    let s = js
+        .create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{prefix}.>")],
+            max_consumers: i32::try_from(n + spare).expect("a test-sized count"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..n {
+        pull_consumer(&s, &format!("c{i}"), &format!("{prefix}.{i}"), Duration::from_secs(30)).await;
+    }
+    s
+}
+
 /// A durable pull consumer with explicit acks; `filter` "" reads everything.
 pub async fn pull_consumer(
     stream: &stream::Stream,
