@@ -171,9 +171,21 @@ impl Notifiers {
         true
     }
 
+    /// Removes the stream's entry, registered or not.
+    fn forget(&self, shared: &Arc<Shared>) {
+        let mut streams = self.streams.lock().expect("notifiers lock");
+        if streams.get(&shared.key).is_some_and(|s| Arc::ptr_eq(s, shared)) {
+            streams.remove(&shared.key);
+        }
+        metrics::gauge!("eds_push_notifiers").set(streams.len() as f64);
+    }
+
     /// One stream's notifier: keeps a push consumer that sees every
     /// registered consumer's messages, and routes its notices.
     async fn run(self: Arc<Self>, shared: Arc<Shared>, client: async_nats::Client, mut connects: watch::Receiver<u64>) {
+        // Only later (re)connects matter: the one that made the client ready
+        // may still be unseen by this copy of the receiver.
+        connects.borrow_and_update();
         let mut live: Option<Box<Live>> = None;
         let mut retry = Backoff::default();
         let mut routes = Routes::default();
@@ -234,7 +246,9 @@ impl Notifiers {
                     // A restarted server has lost the ephemeral consumer.
                     live = None;
                     if changed.is_err() {
+                        // The connection is closed for good (shutdown).
                         routes.rebuild(&[], None);
+                        self.forget(&shared);
                         return;
                     }
                 }
