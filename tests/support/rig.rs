@@ -222,10 +222,23 @@ impl Drop for PausedController<'_> {
     fn drop(&mut self) {
         let mut controller = self.0.controller();
         controller.restart();
-        // Panicking again while a failed test unwinds would abort the run.
+        let port = self.0.controller_http_port;
         if !std::thread::panicking() {
-            controller.wait_http_ok(self.0.controller_http_port, "/readyz", STARTUP);
+            controller.wait_http_ok(port, "/readyz", STARTUP);
+            return;
         }
+        // A failed test unwinds: panicking again would abort the run, but the
+        // next test still needs the controller back before it starts.
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && super::process::http_get(port, "/readyz").0 == 200;
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("the shared controller did not become ready again within {STARTUP:?}");
     }
 }
 
