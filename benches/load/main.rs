@@ -385,6 +385,13 @@ impl ScalerProcess {
 
 impl Drop for ScalerProcess {
     fn drop(&mut self) {
+        // A wrapper (a profiler) may not pass the signal on: stop the scaler
+        // under it first, so that it exits cleanly and nothing is left behind.
+        if std::env::var_os("EDS_BENCH_SCALER_WRAPPER").is_some_and(|w| !w.is_empty())
+            && let Some(pid) = self.peer.pid()
+        {
+            let _ = Command::new("pkill").args(["-TERM", "-P", &pid.to_string()]).status();
+        }
         self.peer.terminate(Duration::from_secs(5));
     }
 }
