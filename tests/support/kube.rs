@@ -270,13 +270,28 @@ fn boot() -> ControlPlane {
             .enable_all()
             .build()
             .expect("runtime");
-        runtime.block_on(boot_async())
+        // A port picked free can be taken by another process (a test's
+        // outgoing connection gets one from the same range) before our peer
+        // binds it: start again on new ports.
+        for _ in 1..PORT_ATTEMPTS {
+            match runtime.block_on(boot_async()) {
+                Ok(cp) => return cp,
+                Err(taken) => eprintln!("control plane: {taken}; starting again on other ports"),
+            }
+        }
+        runtime
+            .block_on(boot_async())
+            .unwrap_or_else(|taken| panic!("control plane: {taken}, {PORT_ATTEMPTS} times"))
     })
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-async fn boot_async() -> ControlPlane {
+/// Starts on fresh ports this many times at most.
+const PORT_ATTEMPTS: usize = 3;
+
+/// The control plane, or `Err` when a peer could not bind its port.
+async fn boot_async() -> Result<ControlPlane, String> {
     let started = std::time::Instant::now();
     // The directory outlives every test (a static is never dropped): it is
     // removed once the test process has exited.
@@ -317,7 +332,7 @@ async fn boot_async() -> ControlPlane {
         credentials,
     };
     let client = cp.client().await;
-    wait_ready(&cp, &client).await;
+    wait_ready(&cp, &client).await?;
     install_crds(&client).await;
     // After the CRDs: the garbage collector discovers resources at startup, so
     // it watches claims from the first test on.
@@ -329,10 +344,11 @@ async fn boot_async() -> ControlPlane {
     manager.wait_for_log("Proceeding to collect garbage", STARTUP);
     cp.peers.lock().unwrap().insert(0, manager);
     eprintln!("control plane at {} ready in {:?}", cp.url, started.elapsed());
-    cp
+    Ok(cp)
 }
 
-async fn wait_ready(cp: &ControlPlane, client: &Client) {
+/// Waits for `/readyz`; `Err` if a peer exited because its port was taken.
+async fn wait_ready(cp: &ControlPlane, client: &Client) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + STARTUP;
     // `Request::new("").get("readyz")` is the way kube builds `GET /readyz`.
     let readyz = kube::core::Request::new("")
@@ -341,7 +357,7 @@ async fn wait_ready(cp: &ControlPlane, client: &Client) {
     loop {
         let request = readyz.clone();
         match client.request_text(request).await {
-            Ok(body) if body == "ok" => return,
+            Ok(body) if body == "ok" => return Ok(()),
             result => {
                 if tokio::time::Instant::now() > deadline {
                     cp.print_logs();
@@ -350,6 +366,9 @@ async fn wait_ready(cp: &ControlPlane, client: &Client) {
                 let mut peers = cp.peers.lock().unwrap();
                 for peer in peers.iter_mut() {
                     if !peer.is_running() {
+                        if peer.log().contains("address already in use") {
+                            return Err(format!("{} found its port taken", peer.name));
+                        }
                         drop(peers);
                         cp.print_logs();
                         panic!("a control-plane peer exited during startup");
