@@ -24,7 +24,7 @@ mod probe;
 mod report;
 mod stats;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use driver::{Keda, ScaledObject};
 use stats::Summary;
 use support::nats::NatsServer;
-use support::process::{Peer, free_port, http_get};
+use support::process::{Peer, free_port};
 
 /// KEDA's defaults: the ScaledObject pollingInterval and the HPA sync period.
 const POLLING_INTERVAL: Duration = Duration::from_secs(30);
@@ -372,9 +372,7 @@ impl ScalerProcess {
             .args(["--grpc-addr", &grpc.to_string()])
             .args(["--http-addr", &format!("127.0.0.1:{http}")]);
         let mut peer = Peer::spawn("eds scaler", command, &nats.path(&format!("scaler-{label}.log")));
-        peer.wait_until("ready", Duration::from_secs(20), |_| {
-            TcpStream::connect(("127.0.0.1", http)).is_ok() && http_get(http, "/readyz").0 == 200
-        });
+        peer.wait_http_ok(http, "/readyz", Duration::from_secs(20));
         ScalerProcess { peer, grpc, http }
     }
 

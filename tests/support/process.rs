@@ -28,6 +28,11 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Whether something listens on loopback `port` and answers `GET path` with 200.
+pub fn http_ok(port: u16, path: &str) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get(port, path).0 == 200
+}
+
 /// GET `path` on a loopback HTTP server; returns (status code, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -110,9 +115,20 @@ impl Peer {
 
     /// Waits until `GET path` on loopback `port` answers 200.
     pub fn wait_http_ok(&mut self, port: u16, path: &str, timeout: Duration) {
-        self.wait_until(&format!("answering GET {path}"), timeout, |_| {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get(port, path).0 == 200
-        });
+        self.wait_until(&format!("answering GET {path}"), timeout, |_| http_ok(port, path));
+    }
+
+    /// As [`Self::wait_http_ok`], without panicking: whether it answered
+    /// within `timeout` (for use while a failed test unwinds).
+    pub fn try_wait_http_ok(&mut self, port: u16, path: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if http_ok(port, path) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
     }
 
     /// Waits until the log contains `needle`.

@@ -229,16 +229,9 @@ impl Drop for PausedController<'_> {
         }
         // A failed test unwinds: panicking again would abort the run, but the
         // next test still needs the controller back before it starts.
-        let deadline = Instant::now() + STARTUP;
-        while Instant::now() < deadline {
-            let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && super::process::http_get(port, "/readyz").0 == 200;
-            if ready {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !controller.try_wait_http_ok(port, "/readyz", STARTUP) {
+            eprintln!("the shared controller did not become ready again within {STARTUP:?}");
         }
-        eprintln!("the shared controller did not become ready again within {STARTUP:?}");
     }
 }
 
