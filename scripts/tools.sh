@@ -10,7 +10,7 @@ set -euo pipefail
 NATS_SERVER_VERSION=v2.15.2
 ETCD_VERSION=v3.6.16
 KUBERNETES_VERSION=v1.35.4
-KEDA_VERSION=v2.20.2
+KEDA_VERSION=v2.21.0
 HELM_VERSION=v3.19.0
 # Prometheus 3.x is published as Go module versions v0.3xx.
 PROMETHEUS_VERSION=v0.316.0
@@ -31,22 +31,31 @@ link() {
   log "$1 ready in $2"
 }
 
+# module_field MODULE@VERSION FIELD: one field (Dir, GoMod) of `go mod download -json`.
+module_field() {
+  go mod download -json "$1" | sed -n "s/^[[:space:]]*\"$2\": \"\(.*\)\",\{0,1\}\$/\1/p"
+}
+
 # Prints `go mod edit -replace` arguments that repeat MODULE@VERSION's own
 # replace lines. Local-path replaces (k8s.io/kubernetes points its staging
 # repositories at ./staging/src/...) become the published staging version.
 replace_args() {
   local gomod
-  gomod=$(go mod download -json "$1@$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
-  go mod edit -json "$gomod" | python3 -c '
-import json, sys
-staging = sys.argv[1]
-for r in json.load(sys.stdin).get("Replace") or []:
-    old, new = r["Old"], r["New"]
-    if new.get("Version"):
-        print("-replace=%s=%s@%s" % (old["Path"], new["Path"], new["Version"]))
-    elif new["Path"].startswith("./staging/"):
-        print("-replace=%s=%s@%s" % (old["Path"], old["Path"], staging))
-' "${3:-}"
+  gomod=$(module_field "$1@$2" GoMod)
+  # `go mod edit -print` writes every replace as `OLD [V] => NEW [V]`, in a
+  # block or on single lines.
+  go mod edit -print "$gomod" | awk -v staging="${3:-}" '
+    /^replace[[:space:]]*\($/ { block = 1; next }
+    block && /^\)/ { block = 0; next }
+    block || /^replace / {
+      line = $0; sub(/^replace[[:space:]]+/, "", line)
+      n = split(line, f, /[[:space:]]+/)
+      for (i = 1; i <= n; i++) if (f[i] == "=>") arrow = i
+      if (f[1] == "") { for (i = 1; i < n; i++) f[i] = f[i + 1]; n--; arrow-- }
+      old = f[1]; new = f[arrow + 1]; ver = (arrow + 2 <= n) ? f[arrow + 2] : ""
+      if (ver != "") printf "-replace=%s=%s@%s\n", old, new, ver
+      else if (new ~ /^\.\/staging\//) printf "-replace=%s=%s@%s\n", old, old, staging
+    }'
 }
 
 # build_module NAME VERSION MODULE STAGING LDFLAGS PACKAGE...: builds the
@@ -55,7 +64,10 @@ for r in json.load(sys.stdin).get("Replace") or []:
 build_module() {
   local name=$1 version=$2 module=$3 staging=$4 ldflags=$5
   shift 5
+  # Link-time flags are part of the key: a binary built with other flags is
+  # another binary.
   local dest="$cache/$name-$version"
+  [ -z "$ldflags" ] || dest="$dest-$(printf '%s' "$ldflags" | sha256sum | cut -c1-8)"
   if [ -f "$dest/.complete" ]; then link "$name" "$dest"; return; fi
   log "building $name $version from $module (this takes a while once)"
   local work
@@ -117,14 +129,26 @@ keda() {
     github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter
   # KEDA's own CRDs, from the same pinned module, for the API server.
   local src
-  src=$(go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  # Every CRD it ships (keda.sh and eventing.keda.sh): KEDA's manager waits
+  # for a cache of each kind it watches, and exits when one never syncs.
+  src=$(module_field "github.com/kedacore/keda/v2@$KEDA_VERSION" Dir)
+  rm -rf "$root/.tools/keda-crds"
   mkdir -p "$root/.tools/keda-crds"
-  cp "$src"/config/crd/bases/keda.sh_*.yaml "$root/.tools/keda-crds/"
+  cp "$src"/config/crd/bases/*keda.sh_*.yaml "$root/.tools/keda-crds/"
   chmod u+w "$root"/.tools/keda-crds/*.yaml
 }
 
 helm() {
-  build_module helm "$HELM_VERSION" helm.sh/helm/v3 "" "" helm.sh/helm/v3/cmd/helm
+  # As Helm's own release build does: its version, and the Kubernetes version
+  # it assumes without a cluster (`helm template`) taken from the client-go it
+  # is built with (v0.34.x -> 1.34), not the v1.20 fallback.
+  local gomod client_go k8s_minor pkg=helm.sh/helm/v3
+  gomod=$(module_field "helm.sh/helm/v3@$HELM_VERSION" GoMod)
+  client_go=$(go mod edit -print "$gomod" | awk '$1 == "k8s.io/client-go" { print $2; exit }')
+  k8s_minor=$(echo "$client_go" | cut -d. -f2)
+  build_module helm "$HELM_VERSION" helm.sh/helm/v3 "" \
+    "-X $pkg/internal/version.version=$HELM_VERSION -X $pkg/internal/version.gitTreeState=clean -X $pkg/pkg/lint/rules.k8sVersionMajor=1 -X $pkg/pkg/lint/rules.k8sVersionMinor=$k8s_minor -X $pkg/pkg/chartutil.k8sVersionMajor=1 -X $pkg/pkg/chartutil.k8sVersionMinor=$k8s_minor" \
+    helm.sh/helm/v3/cmd/helm
 }
 
 promtool() {
