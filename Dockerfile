@@ -2,7 +2,10 @@
 # The eds image: one binary, `eds`, on a distroless base with no shell and no
 # package manager, running as the distroless "nonroot" user (65532).
 #
-#   docker build -t ghcr.io/bizmatters/eds:0.1.0 .
+#   docker build -t registry.example.com/platform/eds:0.1.0 .
+#
+# This project publishes no image: docs/install.md ("The eds image") says how
+# to build, push and name yours in the chart.
 #
 # The build stage needs the network (crates.io); the image needs none at run
 # time beyond the NATS servers and, for the controller, the API server.

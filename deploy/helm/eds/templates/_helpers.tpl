@@ -1,22 +1,28 @@
-{{/* Names. The release name alone when it already says "eds". */}}
+{{/*
+Names. Every object is <fullname> or <fullname>-<suffix>. The longest suffix
+is "-controller-metrics" (19) on a Service, whose name is a DNS label of at
+most 63 characters: hence at most 44 for <fullname>. When the release name
+must be cut, it is cut before "-<name>", so the name always ends in it.
+*/}}
 {{- define "eds.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "eds.fullname" -}}
-{{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
-{{- else }}
-{{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 52 | trimSuffix "-" }}
-{{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
-{{- end }}
+{{- $max := 44 -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc $max | trimSuffix "-" }}
+{{- else if contains $name .Release.Name -}}
+{{- .Release.Name | trunc $max | trimSuffix "-" }}
+{{- else if lt (len $name) (sub $max 1 | int) -}}
+{{- $room := sub $max (add (len $name) 1) | int -}}
+{{- printf "%s-%s" (.Release.Name | trunc $room | trimSuffix "-") $name }}
+{{- else -}}
+{{- $name | trunc $max | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 
-{{/* 52 above leaves room for "-controller". */}}
 {{- define "eds.controller.name" -}}{{ include "eds.fullname" . }}-controller{{- end }}
 {{- define "eds.scaler.name" -}}{{ include "eds.fullname" . }}-scaler{{- end }}
 
@@ -43,12 +49,18 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- end }}
 {{- end }}
 
+{{/*
+No eds image is published: the user builds one from the Dockerfile and names
+it. Without one, installing fails here rather than pulling an image that
+does not exist.
+*/}}
 {{- define "eds.image" -}}
+{{- $repository := required "image.repository is required: this project publishes no image. Build it from the repository's Dockerfile (docker build -t <registry>/eds:<version> .), push it, and set image.repository (see docs/install.md, \"The eds image\")" .Values.image.repository -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag -}}
 {{- if .Values.image.digest -}}
-{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{ $repository }}@{{ .Values.image.digest }}
 {{- else -}}
-{{ .Values.image.repository }}:{{ $tag }}
+{{ $repository }}:{{ $tag }}
 {{- end -}}
 {{- end }}
 
