@@ -5,5 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/tools.sh nats
+if [ ! -e target/debug/eds ]; then
+  echo "[demo] building eds: the first build compiles every Rust dependency (up to 15 minutes on 2 cores); later runs start in seconds" >&2
+fi
 cargo build --quiet --bin eds
 exec target/debug/eds demo --nats-server .tools/bin/nats-server "$@"
