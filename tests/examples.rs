@@ -259,3 +259,19 @@ fn the_binary_prints_the_committed_crd() {
     assert!(ok);
     assert_eq!(stdout, eds::api::crd_yaml().unwrap());
 }
+
+#[test]
+fn the_binary_refuses_two_claims_run_together() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let minimal = std::fs::read_to_string(dir.join("minimal.yaml")).unwrap();
+    let full = std::fs::read_to_string(dir.join("full.yaml")).unwrap();
+    // `cat minimal.yaml full.yaml | eds render -`: no `---` between them.
+    let (ok, stdout, stderr) = eds(&["render", "-"], &format!("{minimal}{full}"));
+    assert!(!ok, "rendered:\n{stdout}");
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("duplicate entry with key"), "{stderr}");
+    assert!(stderr.contains("`---`"), "{stderr}");
+    let (ok, stdout, _) = eds(&["render", "-"], &format!("{minimal}---\n{full}"));
+    assert!(ok);
+    assert_eq!(documents(&stdout).len(), 8, "both claims' four children");
+}

@@ -183,8 +183,8 @@ pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
     let mut claims = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(document)
-            .map_err(|e| Error::InvalidClaim(format!("document {}: not YAML: {e}", index + 1)))?;
+        let value =
+            document_value(document).map_err(|e| Error::InvalidClaim(format!("document {}: {e}", index + 1)))?;
         if value.is_null() {
             continue;
         }
@@ -202,6 +202,25 @@ pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
     Ok(claims)
 }
 
+/// One YAML document as JSON. Through `serde_yaml::Value` rather than
+/// straight into JSON, because its mappings refuse a key given twice where
+/// JSON's keep the last: the API server refuses such a manifest, and two
+/// claims concatenated without `---` between them are exactly that.
+fn document_value(document: serde_yaml::Deserializer<'_>) -> std::result::Result<serde_json::Value, String> {
+    let yaml = serde_yaml::Value::deserialize(document).map_err(|e| {
+        let message = e.to_string();
+        let top_level = ["apiVersion", "kind"].map(|key| format!("duplicate entry with key \"{key}\""));
+        if top_level.iter().any(|d| message.starts_with(d.as_str())) {
+            format!("{message}: two manifests without a `---` line between them?")
+        } else if message.contains("duplicate entry") {
+            message
+        } else {
+            format!("not YAML: {message}")
+        }
+    })?;
+    serde_json::to_value(yaml).map_err(|e| format!("not a Kubernetes manifest: {e}"))
+}
+
 fn read_input(file: &str) -> Result<String> {
     if file == "-" {
         let mut text = String::new();
@@ -217,6 +236,32 @@ fn read_input(file: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CLAIM: &str = "apiVersion: platform.bizmatters.io/v1alpha1\nkind: EventDrivenService\nmetadata:\n  name: a\n  namespace: team-a\nspec:\n  image: ghcr.io/acme/a:1\n  nats:\n    stream: A\n    consumer: a\n";
+
+    #[test]
+    fn a_key_given_twice_is_refused_as_the_api_server_would() {
+        assert_eq!(parse_claims(CLAIM).unwrap().len(), 1);
+        let twice = CLAIM.replace("spec:\n", "spec:\n  image: ghcr.io/acme/b:1\n");
+        let message = parse_claims(&twice).unwrap_err().to_string();
+        assert!(
+            message.contains("spec: duplicate entry with key \"image\""),
+            "{message}"
+        );
+        assert!(!message.contains("not YAML"), "{message}");
+    }
+
+    #[test]
+    fn two_claims_without_a_separator_are_refused_not_merged() {
+        let second = CLAIM.replace("name: a", "name: b");
+        assert_eq!(parse_claims(&format!("{CLAIM}---\n{second}")).unwrap().len(), 2);
+        let message = parse_claims(&format!("{CLAIM}{second}")).unwrap_err().to_string();
+        assert!(
+            message.contains("document 1: duplicate entry with key \"apiVersion\""),
+            "{message}"
+        );
+        assert!(message.contains("`---`"), "{message}");
+    }
 
     fn children(eds: &EventDrivenService) -> Children {
         desired_children(eds, &Platform::default()).unwrap()
