@@ -584,6 +584,8 @@ async fn chart_grpc_tls(client: &Client, release: &str, secret: &str, client_aut
         ])
         .args(["--show-only", "templates/cluster-trigger-authentication.yaml"])
         .args(["--show-only", "templates/controller-deployment.yaml"])
+        // The chart requires an image; the rig runs the binary instead.
+        .args(["--set", "image.repository=registry.example.com/platform/eds"])
         .args(["--set", "scaler.grpcTLS.enabled=true"])
         // The scaler's own Secret: the rig's scaler reads files instead.
         .args(["--set", "scaler.grpcTLS.secretName=eds-scaler-grpc-tls"])

@@ -40,13 +40,28 @@ fn full_values() -> PathBuf {
     root().join("tests/fixtures/chart/full-values.yaml")
 }
 
-/// `helm template` of the chart: the manifests, or Helm's error output.
+/// The image every install must name (the chart has no default).
+fn image_values() -> PathBuf {
+    root().join("tests/fixtures/chart/image-values.yaml")
+}
+
+/// `helm template` of the chart as release `eds`, with an image and then
+/// `values`: the manifests, or Helm's error output.
 fn helm_template(namespace: &str, values: &[PathBuf]) -> Result<String, String> {
+    let mut all = vec![image_values()];
+    all.extend_from_slice(values);
+    helm_template_as("eds", namespace, &all, &[])
+}
+
+/// `helm template` of the chart exactly as given: release name, namespace,
+/// values files in order, and extra arguments.
+fn helm_template_as(release: &str, namespace: &str, values: &[PathBuf], extra: &[&str]) -> Result<String, String> {
     let mut command = Command::new(tool("helm"));
     command
-        .args(["template", "eds"])
+        .args(["template", release])
         .arg(chart())
-        .args(["--namespace", namespace, "--kube-version", KUBE_VERSION]);
+        .args(["--namespace", namespace, "--kube-version", KUBE_VERSION])
+        .args(extra);
     for file in values {
         command.arg("--values").arg(file);
     }
@@ -271,7 +286,7 @@ fn chart_renders_with_default_values() {
         let deployment = find(&docs, "Deployment", &format!("eds-{component}"));
         assert_eq!(deployment["spec"]["replicas"], 2);
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(container["image"], "ghcr.io/bizmatters/eds:0.1.0");
+        assert_eq!(container["image"], "registry.example.com/platform/eds:0.1.0");
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
         let pdb = find(&docs, "PodDisruptionBudget", &format!("eds-{component}"));
@@ -376,7 +391,7 @@ fn chart_renders_with_every_option_on() {
 
 #[test]
 fn chart_passes_helm_lint() {
-    for values in [vec![], vec![full_values()]] {
+    for values in [vec![image_values()], vec![full_values()]] {
         let mut command = Command::new(tool("helm"));
         command
             .args(["lint", "--strict", "--kube-version", KUBE_VERSION])
@@ -538,6 +553,424 @@ fn chart_controller_roles_are_the_tested_ones() {
             "the chart's {kind} must grant exactly what the controller's RBAC test proves enough (deploy/rbac/{file})"
         );
     }
+}
+
+#[test]
+fn chart_refuses_to_render_without_an_image() {
+    let message = helm_template_as("eds", "eds-system", &[], &[]).expect_err("no image, no manifests");
+    for needle in ["image.repository is required", "Dockerfile", "docs/install.md"] {
+        assert!(message.contains(needle), "the error should say {needle:?}:\n{message}");
+    }
+}
+
+/// A DNS-1035 label (Service names): at most 63 lowercase letters, digits
+/// and '-', starting with a letter, not ending with '-'.
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A DNS-1123 subdomain (most other names): dot-separated DNS labels, at most
+/// 253 characters.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// A label value: at most 63 characters of [-_.a-zA-Z0-9], alphanumeric at
+/// both ends (or empty).
+fn is_label_value(value: &str) -> bool {
+    value.is_empty()
+        || (value.len() <= 63
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+}
+
+/// The name problems of one rendered object, if any.
+fn name_problems(doc: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+    let valid = match doc["kind"].as_str() {
+        Some("Service") => is_dns_label(name),
+        _ => is_dns_subdomain(name),
+    };
+    if !valid {
+        problems.push(format!("{}: invalid name ({} characters)", id(doc), name.len()));
+    }
+    let label_sets = [
+        &doc["metadata"]["labels"],
+        &doc["spec"]["template"]["metadata"]["labels"],
+        &doc["spec"]["selector"]["matchLabels"],
+    ];
+    for labels in label_sets {
+        for (key, value) in labels.as_object().into_iter().flatten() {
+            let value = value.as_str().unwrap_or_default();
+            if !is_label_value(value) {
+                problems.push(format!("{}: label {key}={value:?} is not a valid label value", id(doc)));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn chart_names_fit_at_their_longest() {
+    // Helm allows release names up to 53 characters; the schema allows
+    // fullnameOverride up to 44 and nameOverride up to 63.
+    let long_release = "r".repeat(53);
+    let long_eds_release = format!("eds-{}", "r".repeat(49));
+    let fullname_override = format!("fullnameOverride: {}\n", "f".repeat(44));
+    let name_override = format!("nameOverride: {}\n", "n".repeat(63));
+    let near_name_override = format!("nameOverride: {}\n", "n".repeat(42));
+    // (release, values, what the fullname must end with)
+    let cases: [(&str, &str, &str); 6] = [
+        ("eds", "", "eds"),
+        ("eds", &fullname_override, ""),
+        (&long_release, "", "-eds"),
+        (&long_eds_release, "", ""),
+        ("x", &name_override, ""),
+        (&long_release, &near_name_override, &near_name_override[14..56]),
+    ];
+    let namespace = "n".repeat(63);
+    let dir = tempfile::tempdir().unwrap();
+    let mut problems = Vec::new();
+    let mut objects = 0;
+    for (i, (release, values, suffix)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("names-{i}.yaml"));
+        std::fs::write(&file, values).unwrap();
+        let files = [image_values(), full_values(), file];
+        let text = helm_template_as(release, &namespace, &files, &[])
+            .unwrap_or_else(|e| panic!("release {release}, values {values:?}: {e}"));
+        let docs = documents(&text);
+        objects += docs.len();
+        let config_map = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap")
+            .expect("the NATS ConfigMap");
+        let fullname = config_map["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .strip_suffix("-nats")
+            .unwrap();
+        assert!(
+            fullname.len() <= 44,
+            "release {release}: fullname {fullname} is longer than 44"
+        );
+        assert!(
+            fullname.ends_with(suffix),
+            "release {release}, values {values:?}: fullname {fullname} should end with {suffix:?}"
+        );
+        for doc in &docs {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            if !name.starts_with(fullname) {
+                problems.push(format!("release {release}: {} does not start with {fullname}", id(doc)));
+            }
+            problems.extend(
+                name_problems(doc)
+                    .into_iter()
+                    .map(|p| format!("release {release}: {p}")),
+            );
+        }
+    }
+    eprintln!("{objects} objects in {} renderings", cases.len());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The check can fail: the Service name the chart made before 44.
+    let too_long = json!({"kind": "Service", "metadata": {"name": format!("{}-controller-metrics", "f".repeat(52))}});
+    assert!(!name_problems(&too_long).is_empty());
+
+    // One character more than the schema allows is refused, naming the value.
+    let file = dir.path().join("too-long.yaml");
+    std::fs::write(&file, format!("fullnameOverride: {}\n", "f".repeat(45))).unwrap();
+    let message = helm_template("eds-system", &[file]).expect_err("a 45-character fullnameOverride");
+    assert!(message.contains("/fullnameOverride"), "{message}");
+}
+
+/// One object an Argo CD Application would sync: API group, kind, name, and
+/// namespace (None for cluster-scoped objects).
+#[derive(Debug)]
+struct Synced {
+    group: String,
+    kind: String,
+    name: String,
+    namespace: Option<String>,
+}
+
+impl std::fmt::Display for Synced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() { "core" } else { &self.group };
+        match &self.namespace {
+            Some(ns) => write!(f, "{group}/{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{group}/{} {} (cluster-scoped)", self.kind, self.name),
+        }
+    }
+}
+
+/// The cluster-scoped kinds the charts make. An object of any other kind
+/// without a namespace fails the test instead of being guessed at.
+const CLUSTER_SCOPED: [&str; 7] = [
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "APIService",
+    "ValidatingWebhookConfiguration",
+    "ClusterTriggerAuthentication",
+];
+
+/// An object of a manifest, as Argo CD places it: no namespace means the
+/// Application's destination namespace, unless the kind is cluster-scoped.
+fn synced(doc: &Value, destination: Option<&str>) -> Synced {
+    let api_version = doc["apiVersion"].as_str().expect("apiVersion");
+    let kind = doc["kind"].as_str().expect("kind").to_string();
+    let cluster = CLUSTER_SCOPED.contains(&kind.as_str());
+    let namespace = doc["metadata"]["namespace"].as_str().or(destination);
+    assert!(
+        !(cluster && doc["metadata"]["namespace"].is_string()),
+        "{}: a cluster-scoped kind with a namespace",
+        id(doc)
+    );
+    assert!(
+        cluster || namespace.is_some(),
+        "{}: no namespace and not a known cluster-scoped kind",
+        id(doc)
+    );
+    Synced {
+        group: api_version.rsplit_once('/').map_or("", |(group, _)| group).to_string(),
+        kind,
+        name: doc["metadata"]["name"].as_str().unwrap_or("?").to_string(),
+        namespace: if cluster { None } else { namespace.map(str::to_string) },
+    }
+}
+
+/// Argo CD's project patterns: `*` matches any run of characters.
+fn glob(pattern: &str, value: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == value,
+        Some((head, rest)) => value
+            .strip_prefix(head)
+            .is_some_and(|tail| (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob(rest, &tail[i..]))),
+    }
+}
+
+/// Why AppProject `project` would refuse `object`, in Argo CD's words, if it would.
+fn project_refuses(project: &Value, server: &str, object: &Synced) -> Option<String> {
+    let spec = &project["spec"];
+    let name = project["metadata"]["name"].as_str().unwrap();
+    let listed = |list: &Value| {
+        list.as_array().into_iter().flatten().any(|entry| {
+            glob(entry["group"].as_str().unwrap_or(""), &object.group)
+                && glob(entry["kind"].as_str().unwrap_or(""), &object.kind)
+        })
+    };
+    let refused = format!(
+        "resource {}:{} is not permitted in project {name}",
+        object.group, object.kind
+    );
+    let Some(namespace) = &object.namespace else {
+        let allowed = listed(&spec["clusterResourceWhitelist"]) && !listed(&spec["clusterResourceBlacklist"]);
+        return (!allowed).then_some(refused);
+    };
+    let destination = spec["destinations"].as_array().into_iter().flatten().any(|d| {
+        glob(d["server"].as_str().unwrap_or("*"), server) && glob(d["namespace"].as_str().unwrap_or(""), namespace)
+    });
+    if !destination {
+        return Some(format!("namespace {namespace} is not permitted in project {name}"));
+    }
+    let whitelist = &spec["namespaceResourceWhitelist"];
+    let whitelisted = whitelist.as_array().is_none_or(|w| w.is_empty()) || listed(whitelist);
+    (!whitelisted || listed(&spec["namespaceResourceBlacklist"])).then_some(refused)
+}
+
+/// The value at a dotted path of a YAML mapping, if set.
+fn value_at<'a>(values: &'a serde_yaml::Value, path: &str) -> Option<&'a serde_yaml::Value> {
+    path.split('.').try_fold(values, |v, key| v.get(key))
+}
+
+/// The objects an upstream chart source creates, from the hand-kept fixture,
+/// after checking that the fixture is for this chart version and values.
+fn upstream_objects(source: &Value, values_file: &Path, destination: &str) -> Vec<Synced> {
+    let fixture: serde_yaml::Value =
+        serde_yaml::from_str(&read(&root().join("tests/fixtures/argocd/upstream-charts.yaml"))).unwrap();
+    let chart_name = source["chart"].as_str().unwrap();
+    let chart = fixture
+        .get(chart_name)
+        .unwrap_or_else(|| panic!("tests/fixtures/argocd/upstream-charts.yaml has no chart {chart_name}"));
+    assert_eq!(
+        chart["version"].as_str(),
+        source["targetRevision"].as_str(),
+        "tests/fixtures/argocd/upstream-charts.yaml lists the objects of another {chart_name} version: read its templates again"
+    );
+    let values: serde_yaml::Value = serde_yaml::from_str(&read(values_file)).unwrap();
+    for assumption in chart["assumes"].as_sequence().unwrap() {
+        let path = assumption["path"].as_str().unwrap();
+        let actual = value_at(&values, path).unwrap_or(&assumption["chartDefault"]);
+        assert_eq!(
+            actual,
+            &assumption["is"],
+            "{}: {path} changes which objects the {chart_name} chart makes: update tests/fixtures/argocd/upstream-charts.yaml",
+            values_file.display()
+        );
+    }
+    chart["objects"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|o| Synced {
+            group: o["group"].as_str().unwrap().to_string(),
+            kind: o["kind"].as_str().unwrap().to_string(),
+            name: o["name"].as_str().unwrap().to_string(),
+            namespace: match o["cluster"].as_bool() {
+                Some(true) => None,
+                _ => Some(o["namespace"].as_str().unwrap_or(destination).to_string()),
+            },
+        })
+        .collect()
+}
+
+/// What Application `app` would sync, by source: the objects of each
+/// rendering (our chart is rendered twice: with the Application's values,
+/// and with every option on as well).
+fn application_objects(app: &Value, dir: &Path) -> Vec<(String, Vec<Synced>)> {
+    let spec = &app["spec"];
+    let destination = spec["destination"]["namespace"].as_str();
+    let sources: Vec<&Value> = match spec["sources"].as_array() {
+        Some(sources) => sources.iter().collect(),
+        None => vec![&spec["source"]],
+    };
+    let mut out = Vec::new();
+    let mut namespace = Vec::new();
+    if spec["syncPolicy"]["syncOptions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|o| o == "CreateNamespace=true")
+    {
+        let doc = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": destination}});
+        namespace.push(synced(&doc, None));
+    }
+    out.push(("CreateNamespace".to_string(), namespace));
+    for source in sources {
+        if source["chart"].is_string() {
+            let values = source["helm"]["valueFiles"][0].as_str().expect("a values file");
+            let values = root().join(values.strip_prefix("$values/").expect("from the values source"));
+            let objects = upstream_objects(source, &values, destination.unwrap());
+            out.push((format!("chart {}", source["chart"]), objects));
+        } else if source["path"] == "deploy/helm/eds" {
+            let namespace = destination.unwrap();
+            let release = source["helm"]["releaseName"].as_str().unwrap();
+            let values = dir.join(format!("{release}-values.yaml"));
+            std::fs::write(&values, serde_yaml::to_string(&source["helm"]["valuesObject"]).unwrap()).unwrap();
+            for (label, files) in [
+                ("its values", vec![values.clone()]),
+                ("every option on", vec![values.clone(), full_values()]),
+            ] {
+                let text = helm_template_as(release, namespace, &files, &["--include-crds"])
+                    .unwrap_or_else(|e| panic!("helm template for Application {}: {e}", app["metadata"]["name"]));
+                let objects = documents(&text).iter().map(|d| synced(d, Some(namespace))).collect();
+                out.push((format!("deploy/helm/eds with {label}"), objects));
+            }
+        } else if source["path"] == "claims" {
+            // The teams' repository: the examples stand in for its claims.
+            let mut objects = Vec::new();
+            for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+                let path = entry.unwrap().path();
+                objects.extend(documents(&read(&path)).iter().map(|d| synced(d, destination)));
+            }
+            out.push(("the claims (examples/)".to_string(), objects));
+        } else if source["ref"].is_null() {
+            panic!(
+                "Application {}: a source the test does not know: {source}",
+                app["metadata"]["name"]
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn argocd_projects_permit_what_their_applications_create() {
+    let apps_dir = root().join("deploy/argocd/apps");
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(&apps_dir).unwrap() {
+        docs.extend(documents(&read(&entry.unwrap().path())));
+    }
+    let projects: BTreeMap<&str, &Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "AppProject")
+        .map(|d| (d["metadata"]["name"].as_str().unwrap(), d))
+        .collect();
+    let apps: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Application").collect();
+    assert_eq!(apps.len(), 4, "nats, keda, eds and apis");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut refused = Vec::new();
+    let mut checked = 0;
+    for app in &apps {
+        let name = app["metadata"]["name"].as_str().unwrap();
+        let project_name = app["spec"]["project"].as_str().unwrap();
+        let project = projects
+            .get(project_name)
+            .unwrap_or_else(|| panic!("Application {name}: no AppProject {project_name}"));
+        let server = app["spec"]["destination"]["server"].as_str().unwrap();
+        let repos: Vec<&Value> = match app["spec"]["sources"].as_array() {
+            Some(sources) => sources.iter().collect(),
+            None => vec![&app["spec"]["source"]],
+        };
+        for source in repos {
+            let url = source["repoURL"].as_str().unwrap();
+            let permitted = project["spec"]["sourceRepos"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| glob(r.as_str().unwrap(), url));
+            if !permitted {
+                refused.push(format!(
+                    "{name}: repository {url} is not permitted in project {project_name}"
+                ));
+            }
+        }
+        for (label, objects) in application_objects(app, dir.path()) {
+            for object in objects {
+                checked += 1;
+                if let Some(why) = project_refuses(project, server, &object) {
+                    refused.push(format!("{name} ({label}): {object}: {why}"));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{checked} objects of {} Applications checked against their AppProjects",
+        apps.len()
+    );
+    assert!(refused.is_empty(), "Argo CD would refuse:\n{}", refused.join("\n"));
+
+    // The check can fail: the `apis` project refuses KEDA's kube-system binding.
+    let binding = Synced {
+        group: "rbac.authorization.k8s.io".into(),
+        kind: "RoleBinding".into(),
+        name: "keda-operator-auth-reader".into(),
+        namespace: Some("kube-system".into()),
+    };
+    let why = project_refuses(projects["apis"], "https://kubernetes.default.svc", &binding).expect("refused");
+    assert_eq!(
+        why,
+        "resource rbac.authorization.k8s.io:RoleBinding is not permitted in project apis"
+    );
+    assert!(glob("team-*", "team-orders") && !glob("team-*", "nats") && glob("*", ""));
 }
 
 #[test]
@@ -764,6 +1197,13 @@ async fn every_manifest_passes_server_side_dry_run() {
     for (label, values) in [
         ("chart (defaults)", vec![]),
         ("chart (full values)", vec![full_values()]),
+        (
+            "chart (longest names)",
+            vec![
+                full_values(),
+                root().join("tests/fixtures/chart/longest-names-values.yaml"),
+            ],
+        ),
     ] {
         manifests.extend(render(&ns, &values).into_iter().map(|d| (label.to_string(), d)));
     }
@@ -797,7 +1237,7 @@ async fn every_manifest_passes_server_side_dry_run() {
         }
     }
     eprintln!(
-        "dry-run: {} objects (two chart renderings and {} files) and {} pods",
+        "dry-run: {} objects (three chart renderings and {} files) and {} pods",
         manifests.len(),
         files.len(),
         pods.len()
