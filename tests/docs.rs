@@ -202,8 +202,8 @@ fn install_commands_wait_and_label_their_namespaces() {
 #[test]
 fn metric_name_examples_in_the_docs_are_what_the_scaler_computes() {
     let doc = read("docs/scaler.md");
-    let hashed = eds::scaler::metadata::metric_name("ORDERS", "orders-worker");
-    let plain = eds::scaler::metadata::metric_name("orders", "orders-worker");
+    let hashed = eds::trigger::metric_name("ORDERS", "orders-worker");
+    let plain = eds::trigger::metric_name("orders", "orders-worker");
     assert_eq!(plain, "nats-lag-orders-orders-worker");
     assert_ne!(hashed, plain, "an upper-case stream name gets a hash");
     for (stream, name) in [("ORDERS", &hashed), ("orders", &plain)] {
