@@ -42,9 +42,10 @@ struct Args {
     /// Target lag per replica (the claim's scaling.lagThreshold).
     #[arg(long, default_value_t = LagThreshold::DEFAULT, value_parser = LagThreshold::parse)]
     pub lag_threshold: LagThreshold,
-    /// Replica bounds the HPA would use.
+    /// Fewest replicas the HPA keeps (the claim's scaling.minReplicas; 0 scales to zero).
     #[arg(long, default_value_t = 0)]
     pub min_replicas: u32,
+    /// Most replicas the HPA asks for (the claim's scaling.maxReplicas).
     #[arg(long, default_value_t = 8)]
     pub max_replicas: u32,
     /// Time one worker spends on one message.
@@ -151,7 +152,7 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
         }
     });
 
-    println!("  time  pending  ack-pending   lag  active  HPA replicas  (what KEDA sees)");
+    println!("  time  pending  ack-pending   lag  active  HPA wants  (what KEDA sees; the pool follows at once)");
     let key = eds::lag::ConsumerKey::new(eds::nats::DEFAULT_CONNECTION, None, STREAM, CONSUMER);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while started.elapsed() < args.duration {
@@ -175,7 +176,7 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
                 let want = desired_replicas(lag, args.lag_threshold.get(), args.min_replicas, args.max_replicas);
                 replicas.store(want, Ordering::Relaxed);
                 println!(
-                    "{:>6.1}s  {:>7}  {:>11}  {:>4}  {:>6}  {:>12}  {}",
+                    "{:>6.1}s  {:>7}  {:>11}  {:>4}  {:>6}  {:>9}  {}",
                     started.elapsed().as_secs_f64(),
                     state.pending,
                     state.ack_pending,
@@ -185,18 +186,27 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
                     "#".repeat(want as usize)
                 );
             }
-            (m, a, b) => println!(
-                "{:>6.1}s  error: {:?} {:?} {:?}",
-                started.elapsed().as_secs_f64(),
-                m.err(),
-                a.err(),
-                b.err()
-            ),
+            (metrics, active, breakdown) => {
+                // One line, in words: the first of the errors, as KEDA would log it.
+                let why = match (metrics, active, breakdown) {
+                    (Err(status), _, _) | (_, Err(status), _) => status.message().to_string(),
+                    (_, _, Err(e)) => e.to_string(),
+                    _ => unreachable!("the first arm took every success"),
+                };
+                println!("{:>6.1}s  error: {why}", started.elapsed().as_secs_f64());
+            }
         }
     }
     publisher.abort();
     pool.abort();
-    println!("\ndone: lag = pending + ack-pending; HPA replicas = ceil(lag / lagThreshold) clamped to min..max");
+    // Close the scaler's connections before the server stops, so its end is not a disconnect.
+    scaler.connections.close().await;
+    println!(
+        "\ndone: lag = pending + ack-pending; HPA wants ceil(lag / lagThreshold), clamped to min..max.\n\
+         Real KEDA and the HPA scale down later than this pool does: to zero only after the\n\
+         ScaledObject's cooldownPeriod without activity, and to fewer replicas after the HPA's\n\
+         scale-down stabilization window (300 s each by default)."
+    );
     Ok(())
 }
 

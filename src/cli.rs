@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::controller::{ControllerConfig, LeaderConfig};
-use crate::lag::{ConsumerKey, JetStreamLag, LagError};
+use crate::lag::{ConsumerKey, JetStreamLag};
 use crate::nats::{ConnectionSettings, Connections, DEFAULT_CONNECTION, NatsConfig, TlsSettings};
 use crate::render::{DEFAULT_SCALER_ADDRESS, Platform};
 use crate::scaler::{GrpcTls, ScalerConfig, Tuning};
@@ -48,7 +48,13 @@ pub enum Command {
 /// Parses the command line, runs the subcommand and maps failure to exit 1.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init_logging(args.log_format, "info");
+    // The servers log what they do; a one-shot command prints its answer
+    // or one error, and logs only what RUST_LOG asks for.
+    let default_level = match args.command {
+        Command::Scaler(_) | Command::Controller(_) => "info",
+        Command::Render(_) | Command::Lag(_) | Command::Crd => "off",
+    };
+    telemetry::init_logging(args.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -356,18 +362,9 @@ pub struct LagArgs {
 
 /// `eds lag`: prints one consumer's lag breakdown.
 async fn lag(args: LagArgs) -> Result<()> {
-    let connections = Connections::connect(&args.nats.into(), "eds-lag").await?;
     let name = args.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
-    let conn = connections
-        .get(Some(name))
-        .ok_or_else(|| LagError::UnknownConnection(name.to_string()))?;
-    // The first request may race the initial connect; give it the same bound.
-    let deadline = tokio::time::Instant::now() + conn.request_timeout;
-    while conn.client.connection_state() != async_nats::connection::State::Connected
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Only the connection asked for: the request waits for its first connect.
+    let connections = Connections::connect_only(&args.nats.into(), "eds-lag", name).await?;
     let key = ConsumerKey::new(name, args.js_domain.as_deref(), &args.stream, &args.consumer);
     let state = JetStreamLag::new(connections).consumer_state(&key).await?;
     if args.json {

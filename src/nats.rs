@@ -142,6 +142,8 @@ pub struct Connection {
     /// Bumped on every (re)connect, so watchers can re-check at once.
     pub connects: watch::Receiver<u64>,
     pub request_timeout: Duration,
+    /// Set when we close it: the disconnect that follows is no news.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// All configured connections, by name.
@@ -163,6 +165,28 @@ impl Connections {
         Ok(Connections {
             by_name: Arc::new(by_name),
         })
+    }
+
+    /// Starts only the connection named `name` (a one-shot command needs no
+    /// other, and must not dial the default one it was not asked for).
+    pub async fn connect_only(config: &NatsConfig, client_name: &str, name: &str) -> Result<Self> {
+        let settings = config
+            .connection_settings()?
+            .remove(name)
+            .ok_or_else(|| crate::lag::LagError::UnknownConnection(name.to_string()))?;
+        let conn = connect_one(name, &settings, client_name, config.request_timeout).await?;
+        Ok(Connections {
+            by_name: Arc::new(BTreeMap::from([(name.to_string(), conn)])),
+        })
+    }
+
+    /// Drains and closes every connection: a process that stops its NATS
+    /// servers (the demo, tests) then sees no disconnect to warn about.
+    pub async fn close(&self) {
+        for conn in self.by_name.values() {
+            conn.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = conn.client.drain().await;
+        }
     }
 
     /// The connection trigger metadata named, or the default one.
@@ -202,6 +226,9 @@ async fn connect_one(
     };
     let (connects_tx, connects) = watch::channel(0u64);
     let label = name.to_string();
+    // Set once we drain: the disconnect that follows is our own doing.
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let closing_flag = closing.clone();
     let mut opts = ConnectOptions::new()
         .name(format!("{client_name}/{name}"))
         // Cluster members advertise other servers; we dial only our own list.
@@ -214,7 +241,9 @@ async fn connect_one(
         .event_callback(move |event| {
             let label = label.clone();
             let connects_tx = connects_tx.clone();
+            let closing = closing.clone();
             async move {
+                use std::sync::atomic::Ordering::Relaxed;
                 let gauge = metrics::gauge!(CONNECTED.name, "connection" => label.clone());
                 match event {
                     Event::Connected => {
@@ -222,9 +251,19 @@ async fn connect_one(
                         connects_tx.send_modify(|n| *n += 1);
                         tracing::info!(connection = %label, "NATS connected");
                     }
+                    Event::Disconnected if closing.load(Relaxed) => {
+                        gauge.set(0.0);
+                        tracing::debug!(connection = %label, "NATS disconnected (closing)");
+                    }
                     Event::Disconnected => {
                         gauge.set(0.0);
                         tracing::warn!(connection = %label, "NATS disconnected");
+                    }
+                    // Our own shutdown, not a problem to report.
+                    Event::Draining | Event::Closed => {
+                        closing.store(true, Relaxed);
+                        gauge.set(0.0);
+                        tracing::debug!(connection = %label, event = %event_name(&event), "NATS event");
                     }
                     other => tracing::warn!(connection = %label, event = %other, "NATS event"),
                 }
@@ -247,6 +286,17 @@ async fn connect_one(
         opts = opts.user_and_password(user.clone(), password);
     }
     if let Some(tls) = &settings.tls {
+        // The client reads these files only when it dials, and would retry a
+        // missing one for ever: check each now, so start-up fails naming it.
+        for (what, path) in [
+            ("CA file", &tls.ca_file),
+            ("client certificate", &tls.cert_file),
+            ("client key", &tls.key_file),
+        ] {
+            if let Some(path) = path {
+                check_pem(path).map_err(|e| err(format!("TLS {what} {}: {e}", path.display())))?;
+            }
+        }
         opts = opts.require_tls(true);
         if let Some(ca) = &tls.ca_file {
             opts = opts.add_root_certificates(ca.clone());
@@ -271,7 +321,25 @@ async fn connect_one(
         servers: settings.url.as_str().into(),
         connects,
         request_timeout,
+        closing: closing_flag,
     })
+}
+
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Draining => "draining",
+        _ => "closed",
+    }
+}
+
+/// Readable, and PEM: what the client will need when it dials.
+fn check_pem(path: &Path) -> std::result::Result<(), String> {
+    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    if text.windows(11).any(|w| w == b"-----BEGIN ") {
+        Ok(())
+    } else {
+        Err("not a PEM file (no -----BEGIN line)".into())
+    }
 }
 
 fn secret(inline: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {

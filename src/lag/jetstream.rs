@@ -66,8 +66,8 @@ pub fn api_prefix(domain: Option<&str>) -> String {
 }
 
 async fn request_info(conn: &Connection, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
-    use async_nats::connection::State;
-    if conn.client.connection_state() != State::Connected {
+    let deadline = tokio::time::Instant::now() + conn.request_timeout;
+    if !first_connected(conn, deadline).await {
         return Err(LagError::Disconnected {
             connection: conn.name.to_string(),
             servers: conn.servers.to_string(),
@@ -80,7 +80,7 @@ async fn request_info(conn: &Connection, key: &ConsumerKey) -> Result<ConsumerSt
         key.consumer
     );
     let request = conn.client.request(subject, Bytes::new());
-    let reply = match tokio::time::timeout(conn.request_timeout, request).await {
+    let reply = match tokio::time::timeout_at(deadline, request).await {
         Err(_) => return Err(timeout(conn)),
         Ok(Err(e)) => {
             use async_nats::RequestErrorKind;
@@ -99,6 +99,24 @@ async fn request_info(conn: &Connection, key: &ConsumerKey) -> Result<ConsumerSt
         Ok(Ok(reply)) => reply,
     };
     parse_consumer_info(&reply.payload, &conn.name, key)
+}
+
+/// Whether `conn` is connected. The connection is made in the background,
+/// so a call that comes before its first connection ever completed (a
+/// process that has just started, a client that called as soon as the gRPC
+/// port opened) waits for it until `deadline`. Once it has been up, a lost
+/// connection answers at once: the caller learns of it within no deadline.
+async fn first_connected(conn: &Connection, deadline: tokio::time::Instant) -> bool {
+    use async_nats::connection::State;
+    if conn.client.connection_state() == State::Connected {
+        return true;
+    }
+    let mut connects = conn.connects.clone();
+    if *connects.borrow() > 0 {
+        return false;
+    }
+    let first = tokio::time::timeout_at(deadline, connects.wait_for(|n| *n > 0)).await;
+    matches!(first, Ok(Ok(_))) && conn.client.connection_state() == State::Connected
 }
 
 fn timeout(conn: &Connection) -> LagError {
