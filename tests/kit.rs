@@ -574,13 +574,12 @@ fn is_dns_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// A DNS-1123 subdomain (most other names): dot-separated DNS labels, at most
-/// 253 characters.
+/// A DNS-1123 subdomain (most other names): dot-separated parts of
+/// lowercase letters, digits and '-', at most 253 characters in all.
 fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
-                && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
                 && label
@@ -888,6 +887,9 @@ fn application_objects(app: &Value, dir: &Path) -> Vec<(String, Vec<Synced>)> {
             let mut objects = Vec::new();
             for entry in std::fs::read_dir(root().join("examples")).unwrap() {
                 let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "yaml") {
+                    continue;
+                }
                 objects.extend(documents(&read(&path)).iter().map(|d| synced(d, destination)));
             }
             out.push(("the claims (examples/)".to_string(), objects));
