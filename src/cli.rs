@@ -427,6 +427,20 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_says_what_it_does() {
+        let command = Args::command();
+        let mut silent = Vec::new();
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| a.get_id() != "help") {
+                if arg.get_help().is_none() {
+                    silent.push(format!("eds {} --{}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(silent.is_empty(), "flags without help text: {silent:?}");
+    }
+
+    #[test]
     fn flags_become_plain_config() {
         let args = Args::parse_from([
             "eds",
