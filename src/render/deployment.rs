@@ -129,7 +129,9 @@ pub fn desired_deployment(eds: &EventDrivenService) -> Result<Deployment, Resour
 pub fn termination_grace_period_seconds(claimed: Option<i64>, ack_wait: Option<Duration>) -> i64 {
     claimed.unwrap_or_else(|| match ack_wait {
         Some(ack_wait) => {
-            let seconds = ack_wait.as_secs().saturating_add(u64::from(ack_wait.subsec_nanos() > 0));
+            let seconds = ack_wait
+                .as_secs()
+                .saturating_add(u64::from(ack_wait.subsec_nanos() > 0));
             i64::try_from(seconds)
                 .unwrap_or(i64::MAX)
                 .saturating_add(TERMINATION_GRACE_MARGIN_SECONDS)
