@@ -190,3 +190,37 @@ async fn a_stopping_worker_fetches_no_more_and_acks_what_it_finishes() {
         "the three it held are acked and it took no more"
     );
 }
+
+#[tokio::test]
+async fn what_arrives_on_an_open_pull_request_after_sigterm_is_handed_back() {
+    let server = NatsServer::start();
+    let consumer = work(&server, 0).await;
+    let js = js(&server.url()).await;
+
+    // An idle worker always has a pull request open, waiting for work.
+    let mut idle = Worker::start("idle worker", &server.url(), 5, 30.0, 20.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    idle.peer.signal("TERM");
+    // Work that arrives now may reach the request the worker still reads.
+    publish(&js, "work.x", 5).await;
+    // (A second SIGTERM changes nothing: the worker is already stopping.)
+    let exit = idle.terminate();
+    assert!(idle.settled("acked").is_empty(), "{}", idle.peer.log());
+
+    // Whatever it was sent, it handed back: the next replica gets all five
+    // at once, not after ack_wait.
+    let handed_back = Instant::now();
+    let mut next = Worker::start("next worker", &server.url(), 5, 0.05, 5.0);
+    wait_for(&consumer, "every message acknowledged", |i| {
+        i.num_pending == 0 && i.num_ack_pending == 0 && i.ack_floor.stream_sequence == 5
+    })
+    .await;
+    eprintln!(
+        "a stopping worker NAKed {} deliveries on its last pull request and exited {exit:?} after SIGTERM; \
+         the next replica had all 5 messages acked {:?} after it started",
+        idle.settled("nacked").len(),
+        handed_back.elapsed()
+    );
+    next.terminate();
+    assert_eq!(unique(&next.settled("acked")), (1..=5).collect());
+}

@@ -17,7 +17,7 @@
 //!     cargo run --example worker -- --help
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use axum::Router;
@@ -91,13 +91,17 @@ async fn main() -> Result<(), async_nats::Error> {
     info!(stream = %args.stream, consumer = %args.consumer, concurrency = args.concurrency, "working");
 
     let (give_up, given_up) = watch::channel(false);
-    let held = run(&consumer, &args, stop, &given_up).await;
+    let mut held = run(&consumer, &args, stop.clone(), &given_up).await;
 
-    // Stopping: no more fetching. Held messages get `drain` to finish.
+    // Stopping: no more fetching. Held messages have until `drain` after the
+    // signal to finish.
+    let signalled = stop.borrow().expect("run returns only once signalled");
     info!(held = held.len(), "stopping: fetching no more, finishing what is held");
-    let mut held = held;
     let finish = async { while held.join_next().await.is_some() {} };
-    if tokio::time::timeout(args.drain, finish).await.is_err() {
+    if tokio::time::timeout_at((signalled + args.drain).into(), finish)
+        .await
+        .is_err()
+    {
         let _ = give_up.send(true);
         while held.join_next().await.is_some() {}
     }
@@ -111,7 +115,7 @@ async fn main() -> Result<(), async_nats::Error> {
 async fn run(
     consumer: &PullConsumer,
     args: &Args,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<Instant>>,
     given_up: &watch::Receiver<bool>,
 ) -> JoinSet<()> {
     let slots = Arc::new(Semaphore::new(args.concurrency as usize));
@@ -123,7 +127,7 @@ async fn run(
         // for exactly as many messages as this worker may still hold.
         let first = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => return held,
+            _ = stop.wait_for(Option::is_some) => return held,
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
         let mut free = vec![first];
@@ -142,7 +146,7 @@ async fn run(
                 warn!(error = %e, "pull request failed; trying again");
                 drop(free);
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return held,
+                    _ = stop.wait_for(Option::is_some) => return held,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
@@ -156,13 +160,14 @@ async fn run(
                     break;
                 }
             };
-            if *stop.borrow() {
-                // Never started: hand it straight back.
-                settle(&message, AckKind::Nak(None), "nacked").await;
-                continue;
+            // Never started (stopping, or more than asked for): hand it straight back.
+            let slot = if stop.borrow().is_some() { None } else { free.pop() };
+            match slot {
+                Some(slot) => {
+                    held.spawn(work(message, args.work, given_up.clone(), slot));
+                }
+                None => settle(&message, AckKind::Nak(None), "nacked").await,
             }
-            let slot = free.pop().expect("the server sends at most the messages asked for");
-            held.spawn(work(message, args.work, given_up.clone(), slot));
         }
     }
 }
@@ -189,26 +194,26 @@ async fn settle(message: &jetstream::Message, kind: AckKind, done: &str) {
     }
 }
 
-/// A flag that turns true at the first SIGTERM or SIGINT.
-fn stop_on_signal() -> std::io::Result<watch::Receiver<bool>> {
+/// When the first SIGTERM or SIGINT came; `None` until then.
+fn stop_on_signal() -> std::io::Result<watch::Receiver<Option<Instant>>> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => info!("SIGTERM"),
             _ = interrupt.recv() => info!("SIGINT"),
         }
-        let _ = tx.send(true);
+        let _ = tx.send(Some(Instant::now()));
     });
     Ok(rx)
 }
 
 /// `/health` answers 200 while the process runs; `/ready` 503 once stopping,
 /// so no new traffic is routed to a replica on its way out.
-async fn serve_probes(port: u16, stop: watch::Receiver<bool>) -> std::io::Result<()> {
+async fn serve_probes(port: u16, stop: watch::Receiver<Option<Instant>>) -> std::io::Result<()> {
     let ready = move || {
-        let stopping = *stop.borrow();
+        let stopping = stop.borrow().is_some();
         async move {
             if stopping {
                 StatusCode::SERVICE_UNAVAILABLE
