@@ -121,15 +121,13 @@ impl Scaler {
     ) -> Result<()> {
         let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
         if let Some(tls) = tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| Error::Server(format!("gRPC TLS: {e}")))?;
+            builder = builder.tls_config(tls).map_err(Error::Tls)?;
         }
         builder
             .add_service(ExternalScalerServer::new(self.service()))
             .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await
-            .map_err(|e| Error::Server(format!("gRPC server: {e}")))
+            .map_err(Error::Grpc)
     }
 }
 
