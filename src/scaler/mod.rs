@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-pub use service::LagScaler;
+pub use service::{LagProvider, LagScaler, NatsLag, Readings};
 
 use crate::lag::{JetStreamLag, LagCache, Watchers, watch::WatchConfig};
 use crate::nats::{Connections, NatsConfig};
@@ -109,7 +109,11 @@ impl Scaler {
     }
 
     pub fn service(&self) -> LagScaler {
-        LagScaler::new(self.connections.clone(), self.cache.clone(), self.watchers.clone())
+        let source = NatsLag {
+            cache: self.cache.clone(),
+            watchers: self.watchers.clone(),
+        };
+        LagScaler::new(self.connections.clone(), source)
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves.
