@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(parse_claims(&format!("{CLAIM}---\n{second}")).unwrap().len(), 2);
         let message = parse_claims(&format!("{CLAIM}{second}")).unwrap_err().to_string();
         assert!(
-            message.contains("document 1: duplicate entry with key \"apiVersion\""),
+            message.contains("document 1: not YAML: duplicate entry with key \"apiVersion\""),
             "{message}"
         );
         assert!(message.contains("`---`"), "{message}");
