@@ -33,6 +33,11 @@ pub enum Command {
     Lag(crate::lag::Args),
     /// Print the EventDrivenService CustomResourceDefinition.
     Crd,
+    /// Serve a Crossplane composition function that composes
+    /// EventDrivenService composites into the same children.
+    Function(crate::function::Args),
+    /// Print the Crossplane CompositeResourceDefinition for EventDrivenService.
+    Xrd,
     /// Run the scaler against a local nats-server with a bursty workload.
     Demo(crate::demo::Args),
 }
@@ -41,10 +46,10 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     // The demo prints its own table; only problems should interrupt it.
-    let default_level = if matches!(args.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info"
+    let default_level = match &args.command {
+        Command::Demo(_) => "warn",
+        Command::Function(function) if function.debug => "debug",
+        _ => "info",
     };
     telemetry::init_logging(args.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -70,6 +75,8 @@ async fn run(command: Command) -> crate::Result<()> {
         Command::Render(args) => crate::render::run_cli(args),
         Command::Lag(args) => crate::lag::run_cli(args).await,
         Command::Crd => crate::api::print_crd(),
+        Command::Function(args) => crate::function::run(args).await,
+        Command::Xrd => crate::function::xrd::print_xrd(),
         Command::Demo(args) => crate::demo::run(args).await,
     }
 }

@@ -5,6 +5,8 @@
 //! - [`lag`]: reading, caching and watching JetStream consumer lag.
 //! - [`api`], [`render`], [`controller`]: the `EventDrivenService` resource,
 //!   the pure functions that render its children, and the kube-rs controller.
+//! - [`function`]: the same children composed by Crossplane, as a
+//!   composition function.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -13,6 +15,7 @@ pub mod cli;
 pub mod controller;
 pub mod demo;
 pub mod error;
+pub mod function;
 pub mod lag;
 pub mod nats;
 pub mod render;
