@@ -14,7 +14,7 @@ use base64::Engine as _;
 use eds::api::{CONDITION_SCALER_READY, EventDrivenService};
 use eds::proto::external_scaler_client::ExternalScalerClient;
 use eds::scaler::Tuning;
-use eds::scaler::metadata::metric_name;
+use eds::trigger::metric_name;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ValidationDirective};
 use kube::runtime::controller::Action;
@@ -17,12 +16,17 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::apply::{holds, stamp};
+use super::metrics::{
+    CHILD_APPLIES, RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_DESIRED_REPLICAS, SERVICE_LAG,
+    SERVICE_MAX_REPLICAS, SERVICE_REPLICAS,
+};
 use super::status::{Observed, desired_status, keda_conditions};
-use super::{Args, FIELD_MANAGER};
+use super::{ControllerConfig, FIELD_MANAGER};
 use crate::api::{EventDrivenService, EventDrivenServiceStatus};
 use crate::lag::{ConsumerKey, LagCache, desired_replicas};
 use crate::nats::DEFAULT_CONNECTION;
 use crate::render::{Children, Platform, ScaledObject, desired_children};
+use crate::trigger::LagThreshold;
 use crate::{Error, Result};
 
 /// One kind of child: how to reach it, and the watch-fed store of the live
@@ -60,7 +64,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, args: &Args, lag: Arc<LagCache>, identity: &str, kinds: Vec<ChildKind>) -> Self {
+    pub fn new(
+        client: Client,
+        config: &ControllerConfig,
+        lag: Arc<LagCache>,
+        identity: &str,
+        kinds: Vec<ChildKind>,
+    ) -> Self {
         Context {
             recorder: Recorder::new(
                 client.clone(),
@@ -70,9 +80,9 @@ impl Context {
                 },
             ),
             client,
-            platform: args.platform.clone(),
+            platform: config.platform.clone(),
             lag,
-            lag_interval: args.lag_interval,
+            lag_interval: config.lag_interval,
             kinds,
             failures: Mutex::default(),
         }
@@ -85,9 +95,9 @@ impl Context {
 pub async fn reconcile(claim: Arc<EventDrivenService>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let result = reconcile_claim(&claim, &ctx).await;
-    metrics::histogram!("eds_reconcile_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(RECONCILE_DURATION.name).record(started.elapsed().as_secs_f64());
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::counter!("eds_reconcile_total", "result" => outcome).increment(1);
+    metrics::counter!(RECONCILES.name, "result" => outcome).increment(1);
     match &result {
         Ok(_) => {
             ctx.failures
@@ -109,7 +119,7 @@ pub fn error_policy(claim: Arc<EventDrivenService>, error: &Error, ctx: Arc<Cont
         *count = count.saturating_add(1);
         *count
     };
-    metrics::counter!("eds_reconcile_errors_total", "error" => error.metric_label()).increment(1);
+    metrics::counter!(RECONCILE_ERRORS.name, "error" => error.metric_label()).increment(1);
     let retry = backoff(failures);
     tracing::warn!(
         namespace = claim.namespace(), name = %claim.name_any(), %error, failures, retry = ?retry,
@@ -242,7 +252,7 @@ async fn apply_child(
             what: format!("applying {} {namespace}/{name}", kind.resource.kind),
             source,
         })?;
-    metrics::counter!("eds_child_applies_total", "kind" => kind.resource.kind.clone()).increment(1);
+    metrics::counter!(CHILD_APPLIES.name, "kind" => kind.resource.kind.clone()).increment(1);
     tracing::info!(kind = %kind.resource.kind, %namespace, %name, "applied");
     serde_json::to_value(&applied).map_err(|e| Error::Serialize(e.to_string()))
 }
@@ -287,25 +297,17 @@ async fn read_lag(ctx: &Context, claim: &EventDrivenService) -> Option<u64> {
 fn record_gauges(claim: &EventDrivenService, namespace: &str, status: &EventDrivenServiceStatus) {
     let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
     let scaling = &claim.spec.scaling;
-    metrics::gauge!("eds_service_max_replicas", &labels).set(f64::from(scaling.max_replicas));
+    metrics::gauge!(SERVICE_MAX_REPLICAS.name, &labels).set(f64::from(scaling.max_replicas));
     if let Some(replicas) = status.replicas {
-        metrics::gauge!("eds_service_replicas", &labels).set(f64::from(replicas));
+        metrics::gauge!(SERVICE_REPLICAS.name, &labels).set(f64::from(replicas));
     }
     let Some(lag) = status.lag else { return };
-    metrics::gauge!("eds_service_lag", &labels).set(lag as f64);
-    if let Some(threshold) = threshold(&scaling.lag_threshold) {
+    metrics::gauge!(SERVICE_LAG.name, &labels).set(lag as f64);
+    if let Ok(threshold) = LagThreshold::from_claim(&scaling.lag_threshold) {
         let (min, max) = (scaling.min_replicas.max(0) as u32, scaling.max_replicas.max(0) as u32);
-        let desired = desired_replicas(lag.max(0) as u64, threshold, min, max);
-        metrics::gauge!("eds_service_desired_replicas", &labels).set(f64::from(desired));
+        let desired = desired_replicas(lag.max(0) as u64, threshold.get(), min, max);
+        metrics::gauge!(SERVICE_DESIRED_REPLICAS.name, &labels).set(f64::from(desired));
     }
-}
-
-fn threshold(value: &IntOrString) -> Option<f64> {
-    match value {
-        IntOrString::Int(n) => Some(f64::from(*n)),
-        IntOrString::String(s) => s.trim().parse().ok(),
-    }
-    .filter(|t: &f64| *t > 0.0)
 }
 
 /// Events carry at most 1 kB of note.
@@ -334,22 +336,29 @@ async fn publish_failure(recorder: &Recorder, claim: &EventDrivenService, error:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::LeaderConfig;
     use crate::lag::JetStreamLag;
     use crate::nats::Connections;
-    use clap::Parser;
+    use crate::nats::NatsConfig;
     use kube::runtime::reflector::store::Writer;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn context() -> Arc<Context> {
         let config = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
         let client = Client::try_from(config).unwrap();
-        let args = Cli::parse_from(["eds"]).args;
-        let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), args.lag_interval);
+        let config = ControllerConfig {
+            platform: Platform::default(),
+            nats: NatsConfig::for_url("nats://127.0.0.1:9"),
+            lag_interval: Duration::from_secs(15),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            watch_namespace: None,
+            leader: LeaderConfig {
+                lease_name: "eds-controller".into(),
+                lease_namespace: "eds-system".into(),
+                lease_duration: Duration::from_secs(15),
+                identity: "test".into(),
+            },
+        };
+        let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
         let kinds = child_resources()
             .into_iter()
             .map(|resource| ChildKind {
@@ -357,7 +366,7 @@ mod tests {
                 resource,
             })
             .collect();
-        Arc::new(Context::new(client, &args, lag, "test", kinds))
+        Arc::new(Context::new(client, &config, lag, "test", kinds))
     }
 
     #[test]
@@ -393,13 +402,6 @@ mod tests {
             text.contains(r#"eds_reconcile_errors_total{error="invalid_claim"} 4"#),
             "{text}"
         );
-    }
-
-    #[test]
-    fn thresholds_read_as_numbers() {
-        assert_eq!(threshold(&IntOrString::Int(5)), Some(5.0));
-        assert_eq!(threshold(&IntOrString::String("2.5".into())), Some(2.5));
-        assert_eq!(threshold(&IntOrString::String("0".into())), None);
     }
 
     #[test]

@@ -27,22 +27,12 @@ pub mod proto {
     tonic::include_proto!("apiextensions.r#fn.proto.v1");
 }
 
-/// `eds function` flags, named as Crossplane's function runtime passes them.
-#[derive(clap::Args, Clone, Debug)]
-pub struct Args {
-    /// Address to serve gRPC on; `:9443` is every interface.
-    #[arg(long, default_value = ":9443")]
-    pub address: String,
-    /// Serve plaintext gRPC, for `crossplane render` on a workstation.
-    #[arg(long)]
-    pub insecure: bool,
-    /// Directory with `tls.crt`, `tls.key` and `ca.crt`: serve mutual TLS and
-    /// accept only clients with a certificate that `ca.crt` signed.
-    #[arg(long, env = "TLS_SERVER_CERTS_DIR")]
+/// How `eds function` serves, from its flags (`cli::FunctionArgs`).
+#[derive(Clone, Debug)]
+pub struct FunctionConfig {
+    pub address: SocketAddr,
+    /// `None` serves plaintext (`--insecure`).
     pub tls_certs_dir: Option<PathBuf>,
-    /// Log at debug level.
-    #[arg(long, short = 'd')]
-    pub debug: bool,
 }
 
 /// The mutual TLS Crossplane's function runtime sets up: the function's
@@ -55,16 +45,6 @@ pub fn tls_config(dir: &Path) -> Result<ServerTlsConfig> {
     Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(read("tls.crt")?, read("tls.key")?))
         .client_ca_root(Certificate::from_pem(read("ca.crt")?)))
-}
-
-/// `:9443` (Go's way of saying every interface) or `host:port`.
-pub fn parse_address(address: &str) -> Result<SocketAddr> {
-    let full = match address.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => address.to_string(),
-    };
-    full.parse()
-        .map_err(|e| Error::Config(format!("--address {address:?}: {e}")))
 }
 
 /// Serves the function on `listener` until `shutdown` resolves.
@@ -84,25 +64,6 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
         .map_err(|e| Error::Server(format!("function gRPC server: {e}")))
-}
-
-/// `eds function`: serves until SIGINT or SIGTERM.
-pub async fn run(args: Args) -> Result<()> {
-    let tls = match (&args.tls_certs_dir, args.insecure) {
-        (_, true) => None,
-        (Some(dir), false) => Some(tls_config(dir)?),
-        (None, false) => {
-            return Err(Error::Config(
-                "eds function needs --tls-certs-dir (or TLS_SERVER_CERTS_DIR), or --insecure".into(),
-            ));
-        }
-    };
-    let address = parse_address(&args.address)?;
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|e| Error::Server(format!("binding the function on {address}: {e}")))?;
-    tracing::info!(%address, tls = tls.is_some(), "composition function serving");
-    serve(listener, tls, crate::scaler::shutdown_signal()).await
 }
 
 struct EdsFunction;
