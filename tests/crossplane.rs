@@ -82,6 +82,11 @@ impl Function {
     /// `crossplane composition render` of one composite: stdout, or stderr
     /// and stdout on failure.
     fn render(&self, composite: &Value, with_xrd: bool) -> Result<String, String> {
+        self.render_observing(composite, with_xrd, &[])
+    }
+
+    /// As [`Self::render`], with these composed resources observed.
+    fn render_observing(&self, composite: &Value, with_xrd: bool, observed: &[Value]) -> Result<String, String> {
         let xr = self.dir.path().join("xr.yaml");
         std::fs::write(&xr, serde_yaml::to_string(composite).unwrap()).unwrap();
         let mut command = Command::new(tool("crossplane"));
@@ -95,6 +100,15 @@ impl Function {
             .args(["--timeout", "60s"]);
         if with_xrd {
             command.arg("--xrd").arg(root().join(eds::function::xrd::XRD_FILE));
+        }
+        if !observed.is_empty() {
+            let file = self.dir.path().join("observed.yaml");
+            let text: String = observed
+                .iter()
+                .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+                .collect();
+            std::fs::write(&file, text).unwrap();
+            command.arg("--observed-resources").arg(&file);
         }
         let out = command.output().expect("running crossplane");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -282,4 +296,63 @@ async fn the_xrd_composition_and_function_pass_server_side_dry_run() {
         .await
         .expect_err("a Composition without compositeTypeRef");
     assert!(err.contains("compositeTypeRef"), "{err}");
+}
+
+/// Crossplane sets the composite's Ready from the readiness the function
+/// gives each composed resource; the function reports replicas and the
+/// scaler's state in the composite's status.
+#[test]
+fn observed_children_make_the_composite_ready_and_fill_its_status() {
+    let function = Function::start();
+    let claim = valid_claim();
+    let yaml = serde_yaml::to_string(&claim).unwrap();
+    let children = documents(&render_text(&yaml, &Platform::default()).unwrap());
+    let observe = |child: &Value, name: &str, status: Value| {
+        let mut observed = child.clone();
+        observed["metadata"]["annotations"] = json!({"crossplane.io/composition-resource-name": name});
+        observed["status"] = status;
+        observed
+    };
+    let condition = |status: &str, type_: &str| json!({"type": type_, "status": status, "message": "as observed"});
+    let ready_of = |out: &str| {
+        let composite = documents(out)
+            .into_iter()
+            .find(|d| d["kind"] == "EventDrivenService")
+            .expect("the composite");
+        let find = |type_: &str| {
+            composite["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == type_)
+                .map(|c| c["status"].as_str().unwrap().to_string())
+        };
+        (composite["status"].clone(), find("Ready"), find("ScalerReady"))
+    };
+
+    let not_yet = function.render(&claim, true).unwrap();
+    assert_eq!(ready_of(&not_yet).1.as_deref(), Some("False"), "{not_yet}");
+
+    let observed = [
+        observe(&children[0], "service-account", json!({})),
+        observe(
+            &children[1],
+            "deployment",
+            json!({"replicas": 2, "readyReplicas": 2, "conditions": [condition("True", "Available")]}),
+        ),
+        observe(&children[2], "service", json!({})),
+        observe(
+            &children[3],
+            "scaled-object",
+            json!({"conditions": [condition("True", "Ready"), condition("False", "Active")]}),
+        ),
+    ];
+    let out = function
+        .render_observing(&claim, true, &observed)
+        .unwrap_or_else(|e| panic!("crossplane render failed:\n{e}"));
+    let (status, ready, scaler_ready) = ready_of(&out);
+    assert_eq!(ready.as_deref(), Some("True"), "{out}");
+    assert_eq!(scaler_ready.as_deref(), Some("True"), "{out}");
+    assert_eq!(status["replicas"], 2, "{out}");
+    assert_eq!(status["readyReplicas"], 2, "{out}");
 }
