@@ -244,6 +244,7 @@ fn chart_renders_with_default_values() {
     let docs = render("eds-system", &[]);
     let objects: BTreeSet<String> = docs.iter().map(id).collect();
     let expected: BTreeSet<String> = [
+        "CustomResourceDefinition/eventdrivenservices.platform.bizmatters.io",
         "ServiceAccount/eds-controller",
         "ServiceAccount/eds-scaler",
         "ClusterRole/eds-controller",
