@@ -55,15 +55,13 @@ pub async fn serve(
 ) -> Result<()> {
     let mut builder = Server::builder();
     if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::Server(format!("function TLS: {e}")))?;
+        builder = builder.tls_config(tls).map_err(Error::Tls)?;
     }
     builder
         .add_service(FunctionRunnerServiceServer::new(EdsFunction))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
-        .map_err(|e| Error::Server(format!("function gRPC server: {e}")))
+        .map_err(Error::Grpc)
 }
 
 struct EdsFunction;

@@ -25,13 +25,13 @@ pub fn xrd() -> Result<Value> {
         .spec
         .versions
         .first()
-        .ok_or_else(|| Error::Serialize("the CRD has no version".into()))?;
+        .ok_or_else(|| Error::serialize("the XRD", "the CRD has no version"))?;
     let root = version
         .schema
         .as_ref()
         .and_then(|s| s.open_api_v3_schema.as_ref())
-        .ok_or_else(|| Error::Serialize("the CRD has no schema".into()))?;
-    let root = serde_json::to_value(root).map_err(|e| Error::Serialize(format!("the CRD schema: {e}")))?;
+        .ok_or_else(|| Error::serialize("the XRD", "the CRD has no schema"))?;
+    let root = serde_json::to_value(root).map_err(|e| Error::serialize("the CRD schema", e))?;
 
     let mut schema = Map::new();
     for key in ["description", "type", "x-kubernetes-validations"] {
@@ -55,8 +55,8 @@ pub fn xrd() -> Result<Value> {
         .filter(|c| !COLUMNS_NOT_ON_THIS_PATH.contains(&c.name.as_str()))
         .map(serde_json::to_value)
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::Serialize(format!("printer columns: {e}")))?;
-    let names = serde_json::to_value(&crd.spec.names).map_err(|e| Error::Serialize(format!("the CRD names: {e}")))?;
+        .map_err(|e| Error::serialize("the printer columns", e))?;
+    let names = serde_json::to_value(&crd.spec.names).map_err(|e| Error::serialize("the CRD names", e))?;
     Ok(json!({
         "apiVersion": "apiextensions.crossplane.io/v2",
         "kind": "CompositeResourceDefinition",
@@ -78,7 +78,7 @@ pub fn xrd() -> Result<Value> {
 
 /// The XRD as YAML, exactly as committed at [`XRD_FILE`].
 pub fn xrd_yaml() -> Result<String> {
-    let yaml = serde_yaml::to_string(&xrd()?).map_err(|e| Error::Serialize(format!("the XRD: {e}")))?;
+    let yaml = serde_yaml::to_string(&xrd()?).map_err(|e| Error::serialize("the XRD", e))?;
     Ok(format!(
         "# Generated from src/api by `eds xrd` (scripts/gen-crd.sh). Do not edit.\n{yaml}"
     ))

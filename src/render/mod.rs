@@ -18,13 +18,14 @@ use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
 pub use deployment::{
-    CONTAINER_NAME, ENV_NATS_CONSUMER, ENV_NATS_STREAM, ENV_NATS_URL, INIT_CONTAINER_NAME, PORT_NAME,
-    desired_deployment,
+    CONTAINER_NAME, DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, ENV_NATS_CONSUMER, ENV_NATS_STREAM, ENV_NATS_URL,
+    INIT_CONTAINER_NAME, NATS_DEFAULT_ACK_WAIT_SECONDS, PORT_NAME, TERMINATION_GRACE_MARGIN_SECONDS,
+    desired_deployment, termination_grace_period_seconds,
 };
 pub use resources::{ResourceError, size_resources};
 pub use scaled_object::{
-    ScaleTargetRef, ScaledObject, ScaledObjectCondition, ScaledObjectFallback, ScaledObjectSpec, ScaledObjectStatus,
-    ScaledObjectTrigger, desired_scaled_object,
+    AdvancedConfig, HorizontalPodAutoscalerConfig, ScaleTargetRef, ScaledObject, ScaledObjectCondition,
+    ScaledObjectFallback, ScaledObjectSpec, ScaledObjectStatus, ScaledObjectTrigger, desired_scaled_object,
 };
 pub use service::desired_service;
 pub use service_account::desired_service_account;
@@ -72,7 +73,10 @@ pub struct Children {
 pub fn desired_children(eds: &EventDrivenService, platform: &Platform) -> Result<Children> {
     Ok(Children {
         service_account: desired_service_account(eds),
-        deployment: desired_deployment(eds).map_err(|e| Error::InvalidClaim(format!("{}: {e}", claim_ref(eds))))?,
+        deployment: desired_deployment(eds).map_err(|source| Error::Unrenderable {
+            claim: claim_ref(eds),
+            source,
+        })?,
         service: desired_service(eds),
         scaled_object: desired_scaled_object(eds, platform),
     })
@@ -92,7 +96,7 @@ impl Children {
 }
 
 fn to_yaml(object: &impl serde::Serialize) -> Result<String> {
-    serde_yaml::to_string(object).map_err(|e| Error::Serialize(e.to_string()))
+    serde_yaml::to_string(object).map_err(|e| Error::serialize("a child as YAML", e))
 }
 
 /// Labels every child (and the pods) carries.
@@ -162,21 +166,23 @@ pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
     let mut claims = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(document)
-            .map_err(|e| Error::InvalidClaim(format!("document {}: not YAML: {e}", index + 1)))?;
+        let value = serde_json::Value::deserialize(document).map_err(|e| Error::NotYaml {
+            document: index + 1,
+            source: e.into(),
+        })?;
         if value.is_null() {
             continue;
         }
         match check_claim(&value) {
             Ok(claim) => claims.push(claim),
-            Err(invalid) => problems.push(invalid.to_string()),
+            Err(invalid) => problems.push(invalid),
         }
     }
     if !problems.is_empty() {
-        return Err(Error::InvalidClaim(problems.join("\n")));
+        return Err(Error::InvalidClaims(problems));
     }
     if claims.is_empty() {
-        return Err(Error::InvalidClaim("no EventDrivenService in the input".into()));
+        return Err(Error::NoClaim);
     }
     Ok(claims)
 }
