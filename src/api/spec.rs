@@ -217,6 +217,14 @@ pub struct Scaling {
     /// Replicas to hold while the scaler cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+
+    /// The most un-acknowledged messages one replica holds at once, its
+    /// client's prefetch included (1 when unset). With the consumer's
+    /// `max_ack_pending`, it caps the replicas worth running at
+    /// `ceil(max_ack_pending / concurrency)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000000").message("scaling.concurrency must be between 1 and 1000000"))]
+    pub concurrency: Option<i32>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -287,6 +295,7 @@ impl Default for Scaling {
             polling_interval: None,
             cooldown_period: None,
             fallback: None,
+            concurrency: None,
         }
     }
 }

@@ -7,13 +7,13 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::metrics::{PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
-use crate::lag::{LagCache, LagError, Watchers, cache::Reading, watch::Subscription};
+use crate::lag::{ConsumerState, LagCache, LagError, Watchers, cache::Reading, watch::Subscription};
 use crate::nats::Connections;
 use crate::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
     ScaledObjectRef, external_scaler_server::ExternalScaler,
 };
-use crate::trigger::{Trigger, is_active};
+use crate::trigger::{ScaleMetric, Trigger, is_active};
 
 /// Serves lag from the shared cache and push activation from the watchers.
 #[derive(Clone)]
@@ -40,9 +40,9 @@ impl LagScaler {
         Trigger::parse(&so.scaler_metadata, &self.connections).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
-    async fn lag(&self, trigger: &Trigger) -> Result<u64, Status> {
+    async fn consumer_state(&self, trigger: &Trigger) -> Result<ConsumerState, Status> {
         let Reading { result, .. } = self.cache.get(&trigger.key).await;
-        result.map(|s| s.lag()).map_err(|e| lag_status(&e))
+        result.map_err(|e| lag_status(&e))
     }
 }
 
@@ -56,6 +56,16 @@ pub fn lag_status(error: &LagError) -> Status {
         LagError::Timeout { .. } => Status::deadline_exceeded(message),
         LagError::Disconnected { .. } | LagError::Unavailable { .. } => Status::unavailable(message),
         LagError::Api { .. } | LagError::Internal(_) => Status::internal(message),
+    }
+}
+
+/// The integer form older KEDA reads: the exact lag, or the capped value
+/// rounded up (so `ceil(metric / target)` still reaches the cap).
+fn metric_integer(metric: &ScaleMetric) -> i64 {
+    if metric.is_capped() {
+        metric.value.ceil() as i64
+    } else {
+        i64::try_from(metric.lag).unwrap_or(i64::MAX)
     }
 }
 
@@ -78,9 +88,10 @@ impl ExternalScaler for LagScaler {
         let started = Instant::now();
         let result = async {
             let trigger = self.trigger(Some(request.get_ref()))?;
-            let lag = self.lag(&trigger).await?;
+            // Activity follows the true lag, never the capped metric.
+            let state = self.consumer_state(&trigger).await?;
             Ok(Response::new(IsActiveResponse {
-                result: trigger.is_active(lag),
+                result: trigger.is_active(state.lag()),
             }))
         }
         .await;
@@ -124,7 +135,7 @@ impl ExternalScaler for LagScaler {
         let result = async {
             let request = request.get_ref();
             let trigger = self.trigger(request.scaled_object_ref.as_ref())?;
-            let lag = self.lag(&trigger).await?;
+            let metric = trigger.scale_metric(&self.consumer_state(&trigger).await?);
             // KEDA asks by the name it got from GetMetricSpec; answer with it.
             let metric_name = if request.metric_name.is_empty() {
                 trigger.metric_name()
@@ -134,8 +145,8 @@ impl ExternalScaler for LagScaler {
             Ok(Response::new(GetMetricsResponse {
                 metric_values: vec![MetricValue {
                     metric_name,
-                    metric_value: i64::try_from(lag).unwrap_or(i64::MAX),
-                    metric_value_float: lag as f64,
+                    metric_value: metric_integer(&metric),
+                    metric_value_float: metric.value,
                 }],
             }))
         }
