@@ -2,8 +2,9 @@
 //! ServiceAccount, Deployment, Service and KEDA ScaledObject.
 //!
 //! Kubernetes I/O only. What the children look like comes from
-//! [`crate::render`]; whether one needs a write from [`apply`]; what the status
-//! says from [`status`]; who may write from [`leader`].
+//! [`crate::render`]; whether one needs a write from [`drift`]; the writes
+//! themselves are [`apply`]'s; what the status says comes from [`status`];
+//! who may write from [`leader`].
 //!
 //! - Children are server-side applied under one field manager with force, so
 //!   drift is undone and a deleted child comes back. Deleting a claim deletes
@@ -13,6 +14,8 @@
 //!   no writes from us at all.
 //! - The Deployment's `spec.replicas` is never applied: KEDA owns it.
 pub mod apply;
+pub mod children;
+pub mod drift;
 pub mod leader;
 pub mod metrics;
 mod reconcile;
@@ -23,13 +26,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 
-pub use reconcile::{ChildKind, Context, backoff, child_resources, error_policy, reconcile};
+pub use children::{ByKind, ChildKind};
+pub use reconcile::{Context, Stores, backoff, error_policy, reconcile};
 
 use crate::Result;
 use crate::api::EventDrivenService;
@@ -113,7 +117,10 @@ impl ClaimController {
 
     /// Waits for the Lease, then reconciles until `shutdown` resolves, and
     /// hands the Lease over on the way out.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    ///
+    /// On `shutdown` the reconciles under way finish before the Lease is
+    /// released; losing the Lease stops reconciling at once.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let ClaimController {
             client,
             config,
@@ -131,18 +138,17 @@ impl ClaimController {
         );
         let leader = ::metrics::gauge!(metrics::LEADER.name);
         leader.set(0.0);
-        tokio::pin!(shutdown);
+        let shutdown = shutdown.boxed().shared();
         tracing::info!(%identity, lease = %leader_config.lease_name, namespace = %leader_config.lease_namespace, "waiting for the leader lease");
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = shutdown.clone() => return Ok(()),
             () = lock.acquire() => {}
         }
         leader.set(1.0);
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
-            () = &mut shutdown => Ok(()),
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, identity) => Ok(()),
+            () = reconcile_claims(client, &config, lag, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -155,35 +161,46 @@ impl ClaimController {
 }
 
 /// Runs the kube-rs controller over the claims and their four kinds of
-/// children. Each child kind is watched once, through a label selector on
-/// our own label, into a store that reconcile reads the live children from;
-/// the same watch triggers the owning claim's reconcile.
-async fn reconcile_claims(client: Client, config: &ControllerConfig, lag: Arc<LagCache>, identity: &str) {
+/// children until `shutdown` resolves; then the reconciles under way finish
+/// (kube's graceful shutdown) and no new one starts. Each child kind is
+/// watched once, through a label selector on our own label, into a store
+/// that reconcile reads the live children from; the same watch triggers the
+/// owning claim's reconcile.
+async fn reconcile_claims(
+    client: Client,
+    config: &ControllerConfig,
+    lag: Arc<LagCache>,
+    identity: &str,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let namespace = config.watch_namespace.as_deref();
     let claims: Api<EventDrivenService> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let mut controller = Controller::new(claims, watcher::Config::default().any_semantic());
     let ours = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"))
         .any_semantic();
-    let mut kinds = Vec::new();
-    for resource in child_resources() {
-        let writer = reflector::store::Writer::new(resource.clone());
+    let (stores, events) = ByKind::from_fn(|kind| {
+        let writer = reflector::store::Writer::new(kind.resource());
         let store = writer.as_reader();
-        let children = watcher(scoped(&client, namespace, &resource), ours.clone())
+        let events = watcher(scoped(&client, namespace, &kind.resource()), ours.clone())
             .default_backoff()
             // Reconcile never reads managedFields; keeping them would double
             // the memory each child takes.
             .modify(|child: &mut DynamicObject| child.metadata.managed_fields = None)
             .reflect(writer)
             .touched_objects();
-        controller = controller.owns_stream_with(children, resource.clone());
-        kinds.push(ChildKind { resource, store });
+        (store, events)
+    })
+    .unzip();
+    let mut controller = Controller::new(claims, watcher::Config::default().any_semantic());
+    for (kind, events) in events.into_array() {
+        controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, identity, kinds);
+    let context = Context::new(client, config, lag, identity, stores);
     controller
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))
         .for_each(|result| async move {
             match result {

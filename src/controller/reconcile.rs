@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ValidationDirective};
+use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -15,41 +14,27 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::apply::{holds, stamp};
+use super::apply::{apply_child, patch_status};
+use super::children::{ByKind, ChildKind};
+use super::drift::{live_holds, stamp};
 use super::metrics::{
-    CHILD_APPLIES, RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_DESIRED_REPLICAS, SERVICE_LAG,
-    SERVICE_MAX_REPLICAS, SERVICE_REPLICAS,
+    RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_DESIRED_REPLICAS, SERVICE_LAG, SERVICE_MAX_REPLICAS,
+    SERVICE_REPLICAS,
 };
 use super::status::{Observed, desired_status, keda_conditions};
 use super::{ControllerConfig, FIELD_MANAGER};
-use crate::api::{EventDrivenService, EventDrivenServiceStatus};
+use crate::api::{EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim};
 use crate::lag::{ConsumerKey, LagCache, desired_replicas};
 use crate::nats::DEFAULT_CONNECTION;
-use crate::render::{Children, Platform, ScaledObject, desired_children};
+use crate::render::{Children, Platform, desired_children};
 use crate::trigger::LagThreshold;
 use crate::{Error, Result};
 
-/// One kind of child: how to reach it, and the watch-fed store of the live
-/// objects.
-pub struct ChildKind {
-    pub resource: ApiResource,
-    pub store: Store<DynamicObject>,
-}
+/// The watch-fed stores of the live children, one per kind.
+pub type Stores = ByKind<Store<DynamicObject>>;
 
-/// The child kinds in the order they are applied: the ServiceAccount before
-/// the Deployment that runs as it, the Deployment before the ScaledObject
-/// that scales it.
-pub fn child_resources() -> [ApiResource; 4] {
-    [
-        ApiResource::erase::<ServiceAccount>(&()),
-        ApiResource::erase::<Deployment>(&()),
-        ApiResource::erase::<Service>(&()),
-        ApiResource::erase::<ScaledObject>(&()),
-    ]
-}
-
-const DEPLOYMENT: usize = 1;
-const SCALED_OBJECT: usize = 3;
+/// A child as the watch cached it, or as an apply returned it.
+type Live = Option<Arc<DynamicObject>>;
 
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
@@ -58,19 +43,13 @@ pub struct Context {
     lag: Arc<LagCache>,
     lag_interval: Duration,
     recorder: Recorder,
-    kinds: Vec<ChildKind>,
+    stores: Stores,
     /// Failures in a row, per claim, for the back-off.
     failures: Mutex<HashMap<ObjectRef<EventDrivenService>, u32>>,
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        config: &ControllerConfig,
-        lag: Arc<LagCache>,
-        identity: &str,
-        kinds: Vec<ChildKind>,
-    ) -> Self {
+    pub fn new(client: Client, config: &ControllerConfig, lag: Arc<LagCache>, identity: &str, stores: Stores) -> Self {
         Context {
             recorder: Recorder::new(
                 client.clone(),
@@ -83,7 +62,7 @@ impl Context {
             platform: config.platform.clone(),
             lag,
             lag_interval: config.lag_interval,
-            kinds,
+            stores,
             failures: Mutex::default(),
         }
     }
@@ -140,38 +119,53 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     if claim.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let namespace = claim
-        .namespace()
-        .ok_or_else(|| Error::InvalidClaim(format!("EventDrivenService {} has no namespace", claim.name_any())))?;
+    let namespace = claim.namespace().ok_or_else(|| {
+        Error::InvalidClaim(InvalidClaim {
+            claim: claim.name_any(),
+            errors: vec![FieldError {
+                field: "metadata.namespace".into(),
+                detail: "Required value: an EventDrivenService is namespaced".into(),
+            }],
+        })
+    })?;
     let name = claim.name_any();
-    for kind in &ctx.kinds {
-        kind.store
+    for kind in ChildKind::APPLY_ORDER {
+        ctx.stores
+            .get(kind)
             .wait_until_ready()
             .await
-            .map_err(|e| Error::Server(format!("the {} watch stopped: {e}", kind.resource.kind)))?;
+            .map_err(|source| Error::WatchStopped {
+                kind: format!("{kind:?}"),
+                source,
+            })?;
     }
 
     let (live, failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
         Ok(desired) => apply_changed(ctx, &namespace, &name, desired).await,
         Err(e) => (
-            ctx.kinds.iter().map(|k| live_child(k, &namespace, &name)).collect(),
+            ByKind::from_fn(|kind| cached_child(ctx, kind, &namespace, &name)),
             Some(e),
         ),
     };
 
     let observed = Observed {
-        applied: failure.as_ref().map_or(Ok(()), |e| Err(e.to_string())),
-        deployment: live[DEPLOYMENT]
+        applied: failure.as_ref().map_or(Ok(()), Err),
+        deployment: live
+            .deployment
             .as_ref()
-            .and_then(|d| d.get("status"))
+            .and_then(|d| d.data.get("status"))
             .and_then(|s| DeploymentStatus::deserialize(s).ok()),
-        scaler: live[SCALED_OBJECT].as_ref().map(keda_conditions).unwrap_or_default(),
+        scaler: live
+            .scaled_object
+            .as_ref()
+            .map(|so| keda_conditions(&so.data))
+            .unwrap_or_default(),
         lag: read_lag(ctx, claim).await,
     };
     let status = desired_status(claim, &observed, Timestamp::now());
     record_gauges(claim, &namespace, &status);
     if claim.status.as_ref() != Some(&status) {
-        patch_status(ctx, claim, &namespace, &status).await?;
+        patch_status(&ctx.client, claim, &namespace, &status).await?;
     }
     match failure {
         Some(e) => Err(e),
@@ -179,104 +173,54 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     }
 }
 
-/// Applies each child whose live object no longer holds the desired one.
-/// Returns every child as it now is, and the first failure.
+/// Applies, in [`ChildKind::APPLY_ORDER`], each child whose live object no
+/// longer holds the desired one. Returns every child as it now is, and the
+/// first failure.
 async fn apply_changed(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    desired: [Value; 4],
-) -> (Vec<Option<Value>>, Option<Error>) {
-    let mut live = Vec::new();
+    mut desired: ByKind<Value>,
+) -> (ByKind<Live>, Option<Error>) {
+    let mut live = ByKind::default();
     let mut failure = None;
-    for (kind, mut object) in ctx.kinds.iter().zip(desired) {
-        stamp(&mut object);
-        let current = live_child(kind, namespace, name);
-        if current.as_ref().is_some_and(|c| holds(c, &object)) {
-            live.push(current);
+    for kind in ChildKind::APPLY_ORDER {
+        let object = desired.get_mut(kind);
+        stamp(object);
+        let current = cached_child(ctx, kind, namespace, name);
+        if current.as_ref().is_some_and(|c| live_holds(c, object)) {
+            *live.get_mut(kind) = current;
             continue;
         }
         // Force only over a child we already have: drift in our own fields is
         // undone, but an object of the same name that someone else made is
         // not taken over (the apply conflicts instead).
-        match apply_child(ctx, kind, namespace, name, &object, current.is_some()).await {
-            Ok(applied) => live.push(Some(applied)),
+        let force = current.is_some();
+        *live.get_mut(kind) = match apply_child(&ctx.client, &kind.resource(), namespace, name, object, force).await {
+            Ok(applied) => Some(Arc::new(applied)),
             Err(e) => {
                 failure.get_or_insert(e);
-                live.push(current);
+                current
             }
-        }
+        };
     }
     (live, failure)
 }
 
-/// The children as JSON, in [`child_resources`] order.
-fn desired_objects(children: &Children) -> Result<[Value; 4]> {
-    let json = |object: Result<Value, serde_json::Error>| object.map_err(|e| Error::Serialize(e.to_string()));
-    Ok([
-        json(serde_json::to_value(&children.service_account))?,
-        json(serde_json::to_value(&children.deployment))?,
-        json(serde_json::to_value(&children.service))?,
-        json(serde_json::to_value(&children.scaled_object))?,
-    ])
+/// The children as JSON, each under its kind.
+fn desired_objects(children: &Children) -> Result<ByKind<Value>> {
+    let json = |object: Result<Value, serde_json::Error>| object.map_err(|e| Error::serialize("a child as JSON", e));
+    Ok(ByKind {
+        service_account: json(serde_json::to_value(&children.service_account))?,
+        deployment: json(serde_json::to_value(&children.deployment))?,
+        service: json(serde_json::to_value(&children.service))?,
+        scaled_object: json(serde_json::to_value(&children.scaled_object))?,
+    })
 }
 
-fn live_child(kind: &ChildKind, namespace: &str, name: &str) -> Option<Value> {
-    let key = ObjectRef::new_with(name, kind.resource.clone()).within(namespace);
-    kind.store.get(&key).and_then(|o| serde_json::to_value(&*o).ok())
-}
-
-/// Server-side applies one child; with `force`, whatever another manager
-/// changed in our fields comes back. Strict validation makes the API server
-/// refuse a field its schema does not know (KEDA's, for the ScaledObject)
-/// instead of dropping it.
-async fn apply_child(
-    ctx: &Context,
-    kind: &ChildKind,
-    namespace: &str,
-    name: &str,
-    object: &Value,
-    force: bool,
-) -> Result<Value> {
-    let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), namespace, &kind.resource);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        force,
-        field_validation: Some(ValidationDirective::Strict),
-        ..PatchParams::default()
-    };
-    let applied = api
-        .patch(name, &params, &Patch::Apply(object))
-        .await
-        .map_err(|source| Error::KubeCall {
-            what: format!("applying {} {namespace}/{name}", kind.resource.kind),
-            source,
-        })?;
-    metrics::counter!(CHILD_APPLIES.name, "kind" => kind.resource.kind.clone()).increment(1);
-    tracing::info!(kind = %kind.resource.kind, %namespace, %name, "applied");
-    serde_json::to_value(&applied).map_err(|e| Error::Serialize(e.to_string()))
-}
-
-async fn patch_status(
-    ctx: &Context,
-    claim: &EventDrivenService,
-    namespace: &str,
-    status: &EventDrivenServiceStatus,
-) -> Result<()> {
-    let name = claim.name_any();
-    let body = serde_json::json!({
-        "apiVersion": EventDrivenService::api_version(&()),
-        "kind": EventDrivenService::kind(&()),
-        "status": status,
-    });
-    Api::<EventDrivenService>::namespaced(ctx.client.clone(), namespace)
-        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-        .await
-        .map_err(|source| Error::KubeCall {
-            what: format!("writing the status of EventDrivenService {namespace}/{name}"),
-            source,
-        })?;
-    Ok(())
+fn cached_child(ctx: &Context, kind: ChildKind, namespace: &str, name: &str) -> Live {
+    let key = ObjectRef::new_with(name, kind.resource()).within(namespace);
+    ctx.stores.get(kind).get(&key)
 }
 
 /// The consumer's lag through the shared cache: at most one NATS request per
@@ -359,14 +303,8 @@ mod tests {
             },
         };
         let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
-        let kinds = child_resources()
-            .into_iter()
-            .map(|resource| ChildKind {
-                store: Writer::new(resource.clone()).as_reader(),
-                resource,
-            })
-            .collect();
-        Arc::new(Context::new(client, &config, lag, "test", kinds))
+        let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
+        Arc::new(Context::new(client, &config, lag, "test", stores))
     }
 
     #[test]
@@ -382,7 +320,7 @@ mod tests {
         let handle = recorder.handle();
         let orders = Arc::new(EventDrivenService::test());
         let billing = Arc::new(EventDrivenService::test().with_name("billing"));
-        let error = || Error::InvalidClaim("bad".into());
+        let error = || Error::NoClaim;
 
         let actions = metrics::with_local_recorder(&recorder, || {
             [
@@ -405,14 +343,14 @@ mod tests {
     }
 
     #[test]
-    fn children_are_json_in_apply_order() {
+    fn children_are_json_each_under_its_kind() {
         let children = desired_children(&EventDrivenService::test(), &Platform::default()).unwrap();
         let objects = desired_objects(&children).unwrap();
-        let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
-        let expected: Vec<String> = child_resources().iter().map(|r| r.kind.clone()).collect();
-        assert_eq!(kinds, expected);
+        for kind in ChildKind::APPLY_ORDER {
+            assert_eq!(objects.get(kind)["kind"], kind.resource().kind, "{kind:?}");
+        }
         assert!(
-            objects[DEPLOYMENT]["spec"].get("replicas").is_none(),
+            objects.deployment["spec"].get("replicas").is_none(),
             "KEDA owns the replica count"
         );
     }
