@@ -462,10 +462,22 @@ mod tests {
                 "activationLagThreshold",
             ),
             (&[("stream", "S"), ("consumer", "C"), ("jsDomain", "a.b")], "jsDomain"),
-            (&[("stream", "S"), ("consumer", "C"), ("concurrency", "0")], "concurrency"),
-            (&[("stream", "S"), ("consumer", "C"), ("concurrency", "-2")], "concurrency"),
-            (&[("stream", "S"), ("consumer", "C"), ("concurrency", "1.5")], "concurrency"),
-            (&[("stream", "S"), ("consumer", "C"), ("concurrency", "many")], "concurrency"),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "0")],
+                "concurrency",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "-2")],
+                "concurrency",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "1.5")],
+                "concurrency",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "many")],
+                "concurrency",
+            ),
             (
                 &[("stream", "S"), ("consumer", "C"), ("concurrency", "1000001")],
                 "concurrency",

@@ -126,7 +126,9 @@ mod tests {
         let mut out = String::new();
         render(samples, &mut out);
         assert!(
-            out.contains("\neds_consumer_max_ack_pending{connection=\"default\",stream=\"ORDERS\",consumer=\"limited\"} 4\n"),
+            out.contains(
+                "\neds_consumer_max_ack_pending{connection=\"default\",stream=\"ORDERS\",consumer=\"limited\"} 4\n"
+            ),
             "{out}"
         );
         assert_eq!(out.matches("\neds_consumer_max_ack_pending{").count(), 1, "{out}");

@@ -178,7 +178,10 @@ pub fn parse_consumer_info(payload: &[u8], connection: &str, key: &ConsumerKey) 
     if let Some(config) = reply.config {
         filter_subjects.extend(config.filter_subject.filter(|s| !s.is_empty()));
         filter_subjects.extend(config.filter_subjects.unwrap_or_default());
-        max_ack_pending = config.max_ack_pending.and_then(|n| u64::try_from(n).ok()).filter(|n| *n > 0);
+        max_ack_pending = config
+            .max_ack_pending
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|n| *n > 0);
     }
     Ok(ConsumerState {
         pending: reply.num_pending,

@@ -82,7 +82,10 @@ impl<L: LagProvider> LagScaler<L> {
     }
 
     async fn consumer_state(&self, trigger: &Trigger) -> Result<ConsumerState, Status> {
-        self.source.consumer_state(&trigger.key).await.map_err(|e| lag_status(&e))
+        self.source
+            .consumer_state(&trigger.key)
+            .await
+            .map_err(|e| lag_status(&e))
     }
 }
 
@@ -407,7 +410,11 @@ mod tests {
                 ("concurrency", concurrency),
                 ("lagThreshold", lag_threshold),
             ]);
-            let reply = scaler.get_metrics(metrics(trigger.clone(), "m")).await.unwrap().into_inner();
+            let reply = scaler
+                .get_metrics(metrics(trigger.clone(), "m"))
+                .await
+                .unwrap()
+                .into_inner();
             let value = &reply.metric_values[0];
             assert_eq!(value.metric_value_float, metric, "concurrency {concurrency}");
             assert_eq!(value.metric_value, metric.ceil() as i64);
