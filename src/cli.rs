@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::controller::{ControllerConfig, LeaderConfig};
+use crate::function::FunctionConfig;
 use crate::lag::{ConsumerKey, JetStreamLag};
 use crate::nats::{ConnectionSettings, Connections, DEFAULT_CONNECTION, NatsConfig, TlsSettings};
 use crate::render::{DEFAULT_SCALER_ADDRESS, Platform};
@@ -43,6 +44,11 @@ pub enum Command {
     Lag(LagArgs),
     /// Print the EventDrivenService CustomResourceDefinition.
     Crd,
+    /// Serve a Crossplane composition function that composes
+    /// EventDrivenService composites into the same children.
+    Function(FunctionArgs),
+    /// Print the Crossplane CompositeResourceDefinition for EventDrivenService.
+    Xrd,
 }
 
 /// Parses the command line, runs the subcommand and maps failure to exit 1.
@@ -50,11 +56,12 @@ pub fn main() -> ExitCode {
     let args = Args::parse();
     // The servers log what they do; a one-shot command prints its answer
     // or one error, and logs only what RUST_LOG asks for.
-    let default_level = match args.command {
-        Command::Scaler(_) | Command::Controller(_) => "info",
-        Command::Render(_) | Command::Lag(_) | Command::Crd => "off",
+    let level = match &args.command {
+        Command::Function(function) if function.debug => "debug",
+        Command::Scaler(_) | Command::Controller(_) | Command::Function(_) => "info",
+        Command::Render(_) | Command::Lag(_) | Command::Crd | Command::Xrd => "off",
     };
-    telemetry::init_logging(args.log_format, default_level);
+    telemetry::init_logging(args.log_format, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -79,6 +86,11 @@ async fn run(command: Command) -> Result<()> {
         Command::Lag(args) => lag(args).await,
         Command::Crd => {
             print!("{}", crate::api::crd_yaml()?);
+            Ok(())
+        }
+        Command::Function(args) => crate::runtime::run_function(args.try_into()?).await,
+        Command::Xrd => {
+            print!("{}", crate::function::xrd::xrd_yaml()?);
             Ok(())
         }
     }
@@ -355,6 +367,14 @@ pub struct LagArgs {
     /// JetStream domain.
     #[arg(long)]
     pub js_domain: Option<String>,
+    /// Target lag per replica (the trigger's lagThreshold), to show the
+    /// metric KEDA gets.
+    #[arg(long, default_value = "5", value_parser = crate::trigger::LagThreshold::parse)]
+    pub lag_threshold: crate::trigger::LagThreshold,
+    /// Un-acknowledged messages one replica holds (the trigger's
+    /// concurrency), to show the replica cap.
+    #[arg(long, default_value = "1", value_parser = crate::trigger::parse_concurrency)]
+    pub concurrency: std::num::NonZeroU32,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -367,6 +387,7 @@ async fn lag(args: LagArgs) -> Result<()> {
     let connections = Connections::connect_only(&args.nats.into(), "eds-lag", name).await?;
     let key = ConsumerKey::new(name, args.js_domain.as_deref(), &args.stream, &args.consumer);
     let state = JetStreamLag::new(connections).consumer_state(&key).await?;
+    let metric = crate::trigger::scale_metric(&state, args.lag_threshold.get(), args.concurrency);
     if args.json {
         println!(
             "{}",
@@ -375,6 +396,8 @@ async fn lag(args: LagArgs) -> Result<()> {
                 "pending": state.pending, "ackPending": state.ack_pending,
                 "redelivered": state.redelivered, "waiting": state.waiting,
                 "lag": state.lag(), "filterSubjects": state.filter_subjects,
+                "maxAckPending": state.max_ack_pending, "concurrency": args.concurrency.get(),
+                "replicaCap": metric.replica_cap, "metric": metric.value,
             })
         );
     } else {
@@ -385,6 +408,26 @@ async fn lag(args: LagArgs) -> Result<()> {
         println!("redelivered  {}", state.redelivered);
         println!("waiting      {}", state.waiting);
         println!("lag          {}  (pending + ack-pending)", state.lag());
+        match (state.max_ack_pending, metric.replica_cap) {
+            (Some(limit), Some(cap)) => {
+                println!("max-ack-pending {limit}");
+                println!(
+                    "replica cap  {cap}  (ceil(max-ack-pending {limit} / concurrency {}))",
+                    args.concurrency
+                );
+            }
+            _ => println!("max-ack-pending unlimited: no replica cap"),
+        }
+        if metric.is_capped() {
+            println!(
+                "metric       {}  (capped: {} replicas x lagThreshold {}; the true lag is above)",
+                metric.value,
+                metric.replica_cap.unwrap_or_default(),
+                args.lag_threshold
+            );
+        } else {
+            println!("metric       {}  (the lag)", metric.value);
+        }
     }
     Ok(())
 }
@@ -401,6 +444,57 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         .parse()
         .map_err(|e| format!("{text:?} is not a duration such as 1500ms, 2s or 1m: {e}"))?;
     Duration::try_from(duration).map_err(|_| format!("{text:?}: a duration must not be negative"))
+}
+
+/// `eds function` flags, named as Crossplane's function runtime passes them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FunctionArgs {
+    /// Address to serve gRPC on; `:9443` is every interface.
+    #[arg(long, default_value = ":9443")]
+    pub address: String,
+    /// Serve plaintext gRPC, for `crossplane render` on a workstation.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Directory with `tls.crt`, `tls.key` and `ca.crt`: serve mutual TLS and
+    /// accept only clients with a certificate that `ca.crt` signed.
+    #[arg(long, env = "TLS_SERVER_CERTS_DIR")]
+    pub tls_certs_dir: Option<PathBuf>,
+    /// Log at debug level.
+    #[arg(long, short = 'd')]
+    pub debug: bool,
+}
+
+impl TryFrom<FunctionArgs> for FunctionConfig {
+    type Error = Error;
+
+    fn try_from(args: FunctionArgs) -> Result<Self> {
+        // Crossplane's runtime always sets TLS_SERVER_CERTS_DIR; --insecure
+        // (a workstation) wins over it.
+        let tls_certs_dir = match (args.tls_certs_dir, args.insecure) {
+            (_, true) => None,
+            (Some(dir), false) => Some(dir),
+            (None, false) => {
+                return Err(Error::Config(
+                    "eds function needs --tls-certs-dir (or TLS_SERVER_CERTS_DIR), or --insecure".into(),
+                ));
+            }
+        };
+        Ok(FunctionConfig {
+            address: parse_go_address(&args.address)?,
+            tls_certs_dir,
+        })
+    }
+}
+
+/// `:9443` (Go's way of saying every interface, as Crossplane's functions
+/// take it) or `host:port`.
+fn parse_go_address(address: &str) -> Result<SocketAddr> {
+    let full = match address.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => address.to_string(),
+    };
+    full.parse()
+        .map_err(|e| Error::Config(format!("--address {address:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -487,5 +581,28 @@ mod tests {
         assert_eq!(config.leader.lease_duration, Duration::from_secs(30));
         assert_eq!(config.platform, Platform::default());
         assert!(!config.leader.identity.is_empty());
+    }
+
+    #[test]
+    fn function_flags_are_the_ones_crossplane_passes() {
+        let config = |argv: &[&str]| {
+            let Command::Function(args) = Args::parse_from(argv).command else {
+                panic!("not the function")
+            };
+            FunctionConfig::try_from(args)
+        };
+        let served = config(&["eds", "function", "--tls-certs-dir", "/tls/server"]).unwrap();
+        assert_eq!(served.address, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(
+            served.tls_certs_dir.as_deref(),
+            Some(std::path::Path::new("/tls/server"))
+        );
+
+        let local = config(&["eds", "function", "--insecure", "--address", "127.0.0.1:7443"]).unwrap();
+        assert_eq!(local.address, "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(local.tls_certs_dir, None);
+
+        let err = config(&["eds", "function", "--insecure", "--address", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("--address \"nowhere\""), "{err}");
     }
 }

@@ -259,6 +259,7 @@ fn chart_renders_with_default_values() {
     let docs = render("eds-system", &[]);
     let objects: BTreeSet<String> = docs.iter().map(id).collect();
     let expected: BTreeSet<String> = [
+        "CustomResourceDefinition/eventdrivenservices.platform.bizmatters.io",
         "ServiceAccount/eds-controller",
         "ServiceAccount/eds-scaler",
         "ClusterRole/eds-controller",
@@ -493,7 +494,7 @@ fn values_schema_refuses_bad_values() {
 fn chart_crd_is_the_generated_one() {
     let name = "eventdrivenservices.platform.bizmatters.io.yaml";
     let generated = root().join("apis").join(name);
-    let copy = chart().join("crds").join(name);
+    let copy = chart().join("files").join(name);
     assert!(
         read(&generated) == read(&copy),
         "{} differs from {}: run scripts/gen-crd.sh",
@@ -1117,7 +1118,6 @@ fn manifest_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     walk(&root().join("deploy"), &mut files);
     files.retain(|f| !f.starts_with(chart()) && !f.starts_with(root().join("deploy/values")));
-    walk(&chart().join("crds"), &mut files);
     walk(&root().join("examples"), &mut files);
     files.sort();
     files
@@ -1412,4 +1412,45 @@ async fn scaler_needs_only_the_documented_nats_permissions() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Where Crossplane serves the API (`eds function`), the chart installs the
+/// scaler alone: no controller, none of its RBAC, and no CRD (the XRD defines
+/// the same API). By default the CRD is in, and kept when the release goes.
+#[test]
+fn scaler_only_mode_leaves_out_the_controller_and_the_crd() {
+    let ids = |docs: &[Value]| docs.iter().map(id).collect::<BTreeSet<String>>();
+    let default = render("eds-system", &[]);
+    let crd = default
+        .iter()
+        .find(|d| d["kind"] == "CustomResourceDefinition")
+        .expect("the CRD by default");
+    assert_eq!(crd["metadata"]["name"], "eventdrivenservices.platform.bizmatters.io");
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    let generated = documents(&read(&root().join(eds::api::CRD_FILE))).remove(0);
+    assert_eq!(crd["spec"], generated["spec"], "the chart's CRD is the generated one");
+
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("scaler-only.yaml");
+    std::fs::write(&values, "crd:\n  install: false\ncontroller:\n  enabled: false\n").unwrap();
+    let scaler_only = render("eds-system", &[values]);
+    let left_out: Vec<String> = ids(&default).difference(&ids(&scaler_only)).cloned().collect();
+    assert!(
+        scaler_only.iter().all(|d| {
+            d["kind"] != "CustomResourceDefinition"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] != "controller"
+        }),
+        "scaler-only still has {:?}",
+        ids(&scaler_only)
+    );
+    assert!(
+        left_out.iter().any(|i| i.starts_with("ClusterRole/")) && left_out.iter().any(|i| i.starts_with("Deployment/")),
+        "{left_out:?}"
+    );
+    let scaler = scaler_only
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the scaler Deployment");
+    assert_eq!(scaler["metadata"]["labels"]["app.kubernetes.io/component"], "scaler");
+    assert!(ids(&scaler_only).iter().any(|i| i.starts_with("Service/")));
 }

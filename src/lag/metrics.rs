@@ -52,6 +52,23 @@ pub const CONSUMER_GAUGES: [Metric; 5] = [
     consumer_gauge("eds_consumer_waiting", "Pull requests waiting on the consumer."),
 ];
 
+/// Written only for consumers that set a limit: an unlimited consumer has no
+/// series (there is no number to report).
+pub const CONSUMER_MAX_ACK_PENDING: Metric = consumer_gauge(
+    "eds_consumer_max_ack_pending",
+    "The consumer's max_ack_pending, where it sets a limit: with a trigger's concurrency it caps the replicas that can hold work.",
+);
+
+/// Every gauge written at scrape time from the cache.
+pub const SCRAPE_TIME: [Metric; 6] = [
+    CONSUMER_GAUGES[0],
+    CONSUMER_GAUGES[1],
+    CONSUMER_GAUGES[2],
+    CONSUMER_GAUGES[3],
+    CONSUMER_GAUGES[4],
+    CONSUMER_MAX_ACK_PENDING,
+];
+
 const fn consumer_gauge(name: &'static str, help: &'static str) -> Metric {
     Metric {
         name,
