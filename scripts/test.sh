@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh machine: builds the pinned peers (cached
 # under ~/.cache/eds-tools), then runs
 #   1. the fast tier: unit tests and the NATS tests (`cargo test`);
-#   2. the slow tier: control plane and KEDA (`--features control-plane`).
+#   2. the slow tier: control plane, KEDA and Crossplane (`--features control-plane`).
 # EDS_TEST_TIER=fast or slow runs one tier only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +14,10 @@ if [ "$tier" != slow ]; then
   cargo test --locked
 fi
 if [ "$tier" != fast ]; then
-  scripts/tools.sh etcd kube keda helm promtool
+  scripts/tools.sh etcd kube keda helm promtool crossplane
   echo "== slow tier: control plane and KEDA"
   # Only the slow targets: the fast ones already ran above.
-  cargo test --locked --features control-plane --test controller --test kit --test e2e
+  cargo test --locked --features control-plane --test controller --test kit --test e2e --test crossplane
   # scripts/rig.sh's program: it shares the e2e harness, so it must keep building.
   cargo build --locked --features control-plane --example rig
 fi

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use eds::nats::NatsConfig;
 use eds::scaler::Tuning;
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use serde::Deserialize as _;
@@ -244,6 +244,7 @@ fn chart_renders_with_default_values() {
     let docs = render("eds-system", &[]);
     let objects: BTreeSet<String> = docs.iter().map(id).collect();
     let expected: BTreeSet<String> = [
+        "CustomResourceDefinition/eventdrivenservices.platform.bizmatters.io",
         "ServiceAccount/eds-controller",
         "ServiceAccount/eds-scaler",
         "ClusterRole/eds-controller",
@@ -478,7 +479,7 @@ fn values_schema_refuses_bad_values() {
 fn chart_crd_is_the_generated_one() {
     let name = "eventdrivenservices.platform.bizmatters.io.yaml";
     let generated = root().join("apis").join(name);
-    let copy = chart().join("crds").join(name);
+    let copy = chart().join("files").join(name);
     assert!(
         read(&generated) == read(&copy),
         "{} differs from {}: run scripts/gen-crd.sh",
@@ -682,7 +683,6 @@ fn manifest_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     walk(&root().join("deploy"), &mut files);
     files.retain(|f| !f.starts_with(chart()) && !f.starts_with(root().join("deploy/values")));
-    walk(&chart().join("crds"), &mut files);
     walk(&root().join("examples"), &mut files);
     files.sort();
     files
@@ -706,7 +706,9 @@ async fn dry_run(client: &Client, doc: &Value, namespace: &str) -> Result<(), St
             Api::namespaced_with(client.clone(), ns, &resource)
         }
     };
-    let params = PatchParams::apply("eds-kit").force().dry_run();
+    // Strict: a field the schema does not know is an error, not silently pruned.
+    let mut params = PatchParams::apply("eds-kit").force().dry_run();
+    params.field_validation = Some(ValidationDirective::Strict);
     api.patch(&name, &params, &Patch::Apply(&object))
         .await
         .map(|_| ())
@@ -772,6 +774,22 @@ async fn every_manifest_passes_server_side_dry_run() {
         let label = file.strip_prefix(root()).unwrap().display().to_string();
         manifests.extend(documents(&read(file)).into_iter().map(|d| (label.clone(), d)));
     }
+    // What each example claim renders to, as the controller applies it.
+    let examples = root().join("examples");
+    for file in files.iter().filter(|f| f.starts_with(&examples)) {
+        let label = format!("eds render {}", file.strip_prefix(root()).unwrap().display());
+        let rendered = eds::render::render_text(&read(file), &eds::render::Platform::default())
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        manifests.extend(documents(&rendered).into_iter().map(|d| (label.clone(), d)));
+    }
+    let rendered = manifests
+        .iter()
+        .filter(|(label, _)| label.starts_with("eds render"))
+        .count();
+    assert!(
+        rendered >= 20,
+        "five example files render four children per claim: {rendered}"
+    );
     let pods: Vec<(String, Value)> = manifests
         .iter()
         .filter_map(|(label, doc)| pod_of(doc).map(|pod| (format!("{label} {}", id(doc)), pod)))
@@ -797,7 +815,7 @@ async fn every_manifest_passes_server_side_dry_run() {
         }
     }
     eprintln!(
-        "dry-run: {} objects (two chart renderings and {} files) and {} pods",
+        "dry-run: {} objects (two chart renderings, {} files, and the {rendered} children the example claims render to) and {} pods",
         manifests.len(),
         files.len(),
         pods.len()
@@ -952,4 +970,45 @@ async fn scaler_needs_only_the_documented_nats_permissions() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Where Crossplane serves the API (`eds function`), the chart installs the
+/// scaler alone: no controller, none of its RBAC, and no CRD (the XRD defines
+/// the same API). By default the CRD is in, and kept when the release goes.
+#[test]
+fn scaler_only_mode_leaves_out_the_controller_and_the_crd() {
+    let ids = |docs: &[Value]| docs.iter().map(id).collect::<BTreeSet<String>>();
+    let default = render("eds-system", &[]);
+    let crd = default
+        .iter()
+        .find(|d| d["kind"] == "CustomResourceDefinition")
+        .expect("the CRD by default");
+    assert_eq!(crd["metadata"]["name"], "eventdrivenservices.platform.bizmatters.io");
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    let generated = documents(&read(&root().join(eds::api::CRD_FILE))).remove(0);
+    assert_eq!(crd["spec"], generated["spec"], "the chart's CRD is the generated one");
+
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("scaler-only.yaml");
+    std::fs::write(&values, "crd:\n  install: false\ncontroller:\n  enabled: false\n").unwrap();
+    let scaler_only = render("eds-system", &[values]);
+    let left_out: Vec<String> = ids(&default).difference(&ids(&scaler_only)).cloned().collect();
+    assert!(
+        scaler_only.iter().all(|d| {
+            d["kind"] != "CustomResourceDefinition"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] != "controller"
+        }),
+        "scaler-only still has {:?}",
+        ids(&scaler_only)
+    );
+    assert!(
+        left_out.iter().any(|i| i.starts_with("ClusterRole/")) && left_out.iter().any(|i| i.starts_with("Deployment/")),
+        "{left_out:?}"
+    );
+    let scaler = scaler_only
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the scaler Deployment");
+    assert_eq!(scaler["metadata"]["labels"]["app.kubernetes.io/component"], "scaler");
+    assert!(ids(&scaler_only).iter().any(|i| i.starts_with("Service/")));
 }

@@ -29,6 +29,7 @@ impl EventDrivenService {
             init_container: None,
             port: DEFAULT_PORT,
             probes: Probes::default(),
+            termination_grace_period_seconds: None,
         };
         EventDrivenService {
             metadata: ObjectMeta {
