@@ -6,20 +6,27 @@
 #
 #   scripts/tools.sh [nats|etcd|kube|keda|helm|promtool|crossplane|all|keda-bench ...]
 #
-# Cold build minutes on this 2-core machine, shared and loaded while measured
-# (empty peer cache, wall clock; from the build logs;
-# CI's whole cold run must stay under 60 minutes):
+# Cold build minutes (empty peer cache, 2 cores, wall clock). CI's whole cold
+# run (these peers + the Rust build + both test tiers) must stay under 60 of
+# its 90 minutes: check this table whenever a peer is added or moved.
 #
-#   peer                       minutes  notes
-#   nats-server                   -
-#   etcd                         1.7
-#   kube-apiserver + kcm        12.6
-#   keda                        37.4
-#   helm                          -
-#   promtool                      -
-#   crossplane CLI v2.5.0        7.7   user+sys 10.1 min for both crossplane
-#   crossplane core v2.4.0       4.0   rows; core reuses the CLI's built deps;
-#                                      measured with the machine loaded ~9
+#   peer                      quiet    loaded   notes
+#   nats-server v2.15.2         0.6      0.6
+#   etcd v3.6.16                  -      1.7
+#   kube v1.35.4 (apiserver,     ~16     12.6   "quiet" for these five together,
+#     controller-manager)                       measured with KEDA v2.20.2
+#   keda v2.21.0                  -     37.4
+#   helm v3.19.0                  -      7.1
+#   promtool v0.316.0            ~6       8.3   was ~15 quiet / 19.6 loaded
+#     (remove_all_sd)                           with the service-discovery
+#                                               plugins; ~6 scales that down
+#   crossplane CLI v2.5.0         -      7.7   user+sys 10.1 min for both rows:
+#   crossplane core v2.4.0        -      4.0   ~6 min on a quiet machine
+#
+# "loaded": measured 2026-12-02 while five Rust builds ran beside them (load
+# average 9-14 on 2 cores), so 2-4x a quiet machine. Quiet estimate of the
+# whole cold peer build: about 16 + 6 + 6 = 28 minutes; the Rust build and
+# both test tiers add about 25.
 set -euo pipefail
 
 NATS_SERVER_VERSION=v2.15.2
