@@ -3,7 +3,7 @@
 //! and the API server's default admission plugins.
 //!
 //! ```ignore
-//! use support::kube as cluster;
+//! use testkit::control_plane as cluster;
 //! let cp = cluster::shared();                    // one per test binary
 //! let client = cp.client().await;                // admin (system:masters)
 //! let ns = cp.namespace(&client, "drift").await; // a fresh namespace per test
@@ -15,7 +15,8 @@
 //!   CRDs (`.tools/keda-crds/`, from `scripts/tools.sh keda`) installed and
 //!   Established. Its processes die with the test binary and its directory is
 //!   removed after it. The guard it returns prints the peers' logs when the
-//!   test holding it fails.
+//!   test holding it fails; a peer that exited by itself fails the next test
+//!   that asks for the control plane, with its log.
 //! - [`ControlPlane::client`], [`ControlPlane::client_for`]: clients for admin
 //!   and for a ServiceAccount (a TokenRequest token, so RBAC sees exactly what a
 //!   pod would).
@@ -35,9 +36,6 @@
 //! hardened clusters do: setting `blockOwnerDeletion` needs a permission), and
 //! has the aggregation layer set up, so an extension API server (KEDA's
 //! metrics adapter) can be registered.
-//!
-//! The module shares its name with the `kube` crate, hence `as cluster`.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,8 +55,9 @@ use kube::{Client, Config};
 use rcgen::KeyPair;
 use serde::Deserialize as _;
 
-use super::certs::{Leaf, Pki};
-use super::process::{Peer, free_port, remove_at_exit, tool};
+use crate::certs::{Leaf, Pki};
+use crate::process::{Peer, free_port, remove_at_exit, tool};
+use crate::repo;
 
 /// The field manager the harness applies YAML with.
 const MANAGER: &str = "eds-test";
@@ -67,7 +66,9 @@ const STARTUP: Duration = Duration::from_secs(60);
 /// The control plane shared by every test of this binary. See the module docs.
 pub fn shared() -> Shared {
     static SHARED: OnceLock<ControlPlane> = OnceLock::new();
-    Shared(SHARED.get_or_init(boot))
+    let cp = SHARED.get_or_init(boot);
+    cp.assert_running();
+    Shared(cp)
 }
 
 /// The shared control plane, for one test: prints the peers' logs if the test
@@ -169,15 +170,26 @@ impl ControlPlane {
 
     /// Prints the tail of every peer's log.
     pub fn print_logs(&self) {
-        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        for peer in peers.iter() {
-            let log = peer.log();
-            let tail: Vec<&str> = log.lines().rev().take(100).collect();
-            eprintln!("----- {} log (last {} lines) -----", peer.name, tail.len());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+        for peer in self.peers().iter_mut() {
+            peer.print_log();
         }
+    }
+
+    /// Fails the test, with its log, if a peer exited by itself.
+    pub fn assert_running(&self) {
+        for peer in self.peers().iter_mut() {
+            peer.assert_running();
+        }
+    }
+
+    /// Each peer's name and state (see [`Peer::state`]), with the tail of
+    /// its log when it exited by itself.
+    pub fn report(&self) -> Vec<String> {
+        self.peers().iter_mut().map(Peer::report).collect()
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, Vec<Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Audit events (JSON, one per request) of every ServiceAccount in
@@ -342,7 +354,7 @@ async fn boot_async() -> Result<ControlPlane, String> {
         &dir.join("kube-controller-manager.log"),
     );
     manager.wait_for_log("Proceeding to collect garbage", STARTUP);
-    cp.peers.lock().unwrap().insert(0, manager);
+    cp.peers().insert(0, manager);
     eprintln!("control plane at {} ready in {:?}", cp.url, started.elapsed());
     Ok(cp)
 }
@@ -363,7 +375,7 @@ async fn wait_ready(cp: &ControlPlane, client: &Client) -> Result<(), String> {
                     cp.print_logs();
                     panic!("kube-apiserver not ready after {STARTUP:?}: {result:?}");
                 }
-                let mut peers = cp.peers.lock().unwrap();
+                let mut peers = cp.peers();
                 for peer in peers.iter_mut() {
                     if !peer.is_running() {
                         if peer.log().contains("address already in use") {
@@ -381,18 +393,28 @@ async fn wait_ready(cp: &ControlPlane, client: &Client) -> Result<(), String> {
 }
 
 async fn install_crds(client: &Client) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let keda = root.join(".tools/keda-crds");
-    assert!(
-        keda.is_dir(),
-        "{} is missing: run `scripts/tools.sh keda`",
-        keda.display()
-    );
+    let keda = repo::path(".tools/keda-crds");
     let mut files = yaml_files(&keda);
-    files.extend(yaml_files(&root.join("apis")));
+    // Every CRD the pinned KEDA ships: its manager waits for a cache of each
+    // kind it watches and exits when one never syncs (after 2 minutes).
+    for group in KEDA_CRD_GROUPS {
+        assert!(
+            files.iter().any(|f| file_name(f).starts_with(&format!("{group}_"))),
+            "no {group} CRDs in {}: run `scripts/tools.sh keda`",
+            keda.display()
+        );
+    }
+    files.extend(yaml_files(&repo::path("apis")));
     for file in files {
         apply_file(client, &file, None).await;
     }
+}
+
+/// The API groups of KEDA's CRDs (`<group>_<plural>.yaml` in its module).
+const KEDA_CRD_GROUPS: [&str; 2] = ["keda.sh", "eventing.keda.sh"];
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap_or_default().to_string_lossy().into_owned()
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -451,7 +473,7 @@ fn apiserver_command(dir: &Path, credentials: &Credentials, port: u16, etcd_port
         // metrics adapter. No `--enable-aggregator-routing`: its endpoint
         // resolver refuses ExternalName Services, and an ExternalName Service
         // for `localhost` is how an APIService reaches a loopback process
-        // (Endpoints refuse loopback addresses). See `super::keda`.
+        // (Endpoints refuse loopback addresses). See `crate::keda`.
         .arg("--requestheader-client-ca-file")
         .arg(&credentials.front_proxy_ca)
         .args(["--requestheader-allowed-names", "front-proxy-client"])

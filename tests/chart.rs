@@ -1,0 +1,464 @@
+//! The Helm chart, rendered by the pinned Helm (fast tier: no cluster): its
+//! objects for the default values and with every option on, wired the way
+//! `eds` reads its flags and files; `helm lint`; the values schema refusing
+//! bad values with the field named; and its CRD and controller roles the same
+//! as the tested ones.
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::{Value, json};
+use testkit::process::tool;
+use testkit::repo::{self, read};
+use testkit::{chart, promql};
+
+fn env_of(container: &Value) -> BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The environment variables `eds <subcommand>` reads, from its `--help`.
+fn flag_envs(subcommand: &str) -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_eds"))
+        .args([subcommand, "--help"])
+        .output()
+        .expect("running eds");
+    assert!(out.status.success(), "eds {subcommand} --help failed");
+    let help = String::from_utf8_lossy(&out.stdout);
+    help.split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap().to_string())
+        .collect()
+}
+
+/// Follows `path` from a container's mounts to the object that provides it:
+/// a ConfigMap key (returned) or a Secret key (mounted with an explicit item).
+fn resolve_file(docs: &[Value], pod: &Value, container: &Value, path: &str) -> Result<Option<String>, String> {
+    let mount = container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| path.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .ok_or_else(|| format!("{path}: no volume is mounted there"))?;
+    let relative = &path[mount["mountPath"].as_str().unwrap().len() + 1..];
+    let volume = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+        .ok_or_else(|| format!("{path}: volume {} is not defined", mount["name"]))?;
+    let has_item = |items: &Value| items.as_array().into_iter().flatten().any(|i| i["path"] == relative);
+    if let Some(name) = volume["configMap"]["name"].as_str() {
+        let data = &chart::find(docs, "ConfigMap", name)["data"][relative];
+        return data
+            .as_str()
+            .map(|s| Some(s.to_string()))
+            .ok_or_else(|| format!("{path}: ConfigMap {name} has no key {relative}"));
+    }
+    let provided = has_item(&volume["secret"]["items"])
+        || volume["projected"]["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| has_item(&s["secret"]["items"]));
+    if provided {
+        Ok(None)
+    } else {
+        Err(format!("{path}: volume {} provides no such file", mount["name"]))
+    }
+}
+
+/// Checks that the chart wires each eds container the way eds reads it: only
+/// env vars eds has flags for, a connections file eds parses, and every file
+/// either of them names mounted from the object that holds it.
+fn check_wiring(docs: &[Value]) {
+    for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let subcommand = container["args"][0].as_str().expect("the eds subcommand");
+        let env = env_of(container);
+        let known = flag_envs(subcommand);
+        for name in env.keys().filter(|n| n.starts_with("EDS_")) {
+            assert!(
+                known.contains(name),
+                "{}: eds {subcommand} has no flag for {name}",
+                chart::id(deployment)
+            );
+        }
+        let config_path = &env["EDS_NATS_CONFIG"];
+        let config = resolve_file(docs, pod, container, config_path)
+            .unwrap()
+            .expect("the connections file comes from a ConfigMap");
+        let connections = eds::nats::parse_config(&config)
+            .unwrap_or_else(|e| panic!("{}: eds refuses {config_path}: {e}\n{config}", chart::id(deployment)));
+        assert!(connections.contains_key("default"), "{config}");
+        let mut files: Vec<String> = Vec::new();
+        for settings in connections.values() {
+            let tls = settings.tls.clone().unwrap_or_default();
+            for path in [
+                &settings.creds_file,
+                &settings.nkey_seed_file,
+                &settings.token_file,
+                &settings.password_file,
+                &tls.ca_file,
+                &tls.cert_file,
+                &tls.key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                files.push(path.display().to_string());
+            }
+        }
+        files.extend(
+            env.iter()
+                .filter(|(name, _)| name.starts_with("EDS_GRPC_TLS_"))
+                .map(|(_, path)| path.clone()),
+        );
+        for file in files {
+            resolve_file(docs, pod, container, &file).unwrap_or_else(|e| panic!("{}: {e}", chart::id(deployment)));
+        }
+        let account = pod["serviceAccountName"].as_str().expect("serviceAccountName");
+        chart::find(docs, "ServiceAccount", account);
+    }
+    for service in docs.iter().filter(|d| d["kind"] == "Service") {
+        let selector = service["spec"]["selector"].as_object().unwrap();
+        let backends: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "Deployment")
+            .filter(|d| {
+                let labels = &d["spec"]["template"]["metadata"]["labels"];
+                selector.iter().all(|(k, v)| &labels[k] == v)
+            })
+            .collect();
+        assert_eq!(
+            backends.len(),
+            1,
+            "{} selects {} Deployments",
+            chart::id(service),
+            backends.len()
+        );
+        let ports = &backends[0]["spec"]["template"]["spec"]["containers"][0]["ports"];
+        for port in service["spec"]["ports"].as_array().unwrap() {
+            assert!(
+                ports
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == port["targetPort"]),
+                "{}: no container port named {}",
+                chart::id(service),
+                port["targetPort"]
+            );
+        }
+    }
+}
+
+#[test]
+fn chart_renders_with_default_values() {
+    let docs = chart::render("eds-system", &[]);
+    let objects: BTreeSet<String> = docs.iter().map(chart::id).collect();
+    let expected: BTreeSet<String> = [
+        "ServiceAccount/eds-controller",
+        "ServiceAccount/eds-scaler",
+        "ClusterRole/eds-controller",
+        "ClusterRoleBinding/eds-controller",
+        "Role/eds-controller-leader-election",
+        "RoleBinding/eds-controller-leader-election",
+        "ConfigMap/eds-nats",
+        "Deployment/eds-controller",
+        "Deployment/eds-scaler",
+        "Service/eds-scaler",
+        "Service/eds-controller-metrics",
+        "PodDisruptionBudget/eds-controller",
+        "PodDisruptionBudget/eds-scaler",
+        "NetworkPolicy/eds-scaler",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(
+        objects, expected,
+        "no ServiceMonitor or PrometheusRule unless asked for"
+    );
+    check_wiring(&docs);
+
+    for component in ["controller", "scaler"] {
+        let deployment = chart::find(&docs, "Deployment", &format!("eds-{component}"));
+        assert_eq!(deployment["spec"]["replicas"], 2);
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["image"], "ghcr.io/bizmatters/eds:0.1.0");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        let pdb = chart::find(&docs, "PodDisruptionBudget", &format!("eds-{component}"));
+        let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        for (key, value) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+            assert_eq!(&labels[key], value, "the PDB selects the {component} pods");
+        }
+    }
+    let scaler = chart::find(&docs, "Deployment", "eds-scaler");
+    assert_eq!(
+        scaler["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    assert_eq!(
+        chart::find(&docs, "ServiceAccount", "eds-scaler")["automountServiceAccountToken"],
+        false
+    );
+    let controller_env =
+        env_of(&chart::find(&docs, "Deployment", "eds-controller")["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(controller_env["EDS_SCALER_ADDRESS"], "eds-scaler.eds-system.svc:9090");
+
+    let policy = chart::find(&docs, "NetworkPolicy", "eds-scaler");
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}],
+            "ports": [{"port": "grpc", "protocol": "TCP"}]
+        }]),
+        "only KEDA's namespace reaches the scaler, and only its gRPC port"
+    );
+    let service = chart::find(&docs, "Service", "eds-scaler");
+    assert_eq!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["port"].as_u64().unwrap()))
+            .collect::<Vec<_>>(),
+        [("grpc", 9090), ("http", 8080)]
+    );
+    let config = chart::find(&docs, "ConfigMap", "eds-nats")["data"]["connections.yaml"]
+        .as_str()
+        .unwrap();
+    let connections = eds::nats::parse_config(config).unwrap();
+    assert_eq!(connections.keys().collect::<Vec<_>>(), ["default"]);
+    assert_eq!(connections["default"].url, "nats://nats.nats.svc.cluster.local:4222");
+}
+
+#[test]
+fn chart_renders_with_every_option_on() {
+    let docs = chart::render("eds-system", &[chart::full_values()]);
+    check_wiring(&docs);
+    let scaler = chart::find(&docs, "Deployment", "eds-scaler");
+    let container = &scaler["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com/platform/eds@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    );
+    let env = env_of(container);
+    assert_eq!(env["EDS_GRPC_TLS_CLIENT_CA"], "/etc/eds/grpc-tls/ca.crt", "mTLS on");
+    let controller_env =
+        env_of(&chart::find(&docs, "Deployment", "eds-controller")["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(controller_env["EDS_SCALER_ADDRESS"], "eds-scaler.eds-system.svc:9443");
+
+    let config = chart::find(&docs, "ConfigMap", "eds-nats")["data"]["connections.yaml"]
+        .as_str()
+        .unwrap();
+    let connections = eds::nats::parse_config(config).unwrap();
+    assert_eq!(
+        connections.keys().collect::<Vec<_>>(),
+        ["billing", "default", "legacy", "orders"]
+    );
+    assert!(connections["default"].creds_file.is_some());
+    assert!(connections["default"].tls.as_ref().unwrap().key_file.is_some());
+    assert!(connections["orders"].nkey_seed_file.is_some());
+    assert!(connections["billing"].token_file.is_some());
+    assert_eq!(connections["legacy"].user.as_deref(), Some("eds"));
+    assert!(connections["legacy"].password_file.is_some());
+    assert!(
+        !config.contains("password:") && !config.contains("token:"),
+        "no secret inline:\n{config}"
+    );
+
+    let policy = chart::find(&docs, "NetworkPolicy", "eds-scaler");
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(
+        rules[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "platform-keda"
+    );
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert_eq!(rules[1]["ports"][0]["port"], "http");
+
+    let monitor = chart::find(&docs, "ServiceMonitor", "eds");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    let rule = chart::find(&docs, "PrometheusRule", "eds");
+    let file: Value = serde_yaml::from_str(&read(&promql::rules_path())).unwrap();
+    assert_eq!(rule["spec"], file, "the rules reach Prometheus untouched by templating");
+}
+
+#[test]
+fn chart_passes_helm_lint() {
+    for values in [vec![], vec![chart::full_values()]] {
+        let mut command = Command::new(tool("helm"));
+        command
+            .args(["lint", "--strict", "--kube-version", chart::KUBE_VERSION])
+            .arg(chart::dir());
+        for file in &values {
+            command.arg("--values").arg(file);
+        }
+        let out = command.output().expect("running helm");
+        assert!(
+            out.status.success(),
+            "helm lint {values:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn third_party_values_files_are_mappings() {
+    for name in ["nats.yaml", "keda.yaml"] {
+        let path = repo::path("deploy/values").join(name);
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(values.as_mapping().is_some_and(|m| !m.is_empty()), "{}", path.display());
+    }
+}
+
+#[test]
+fn values_schema_refuses_bad_values() {
+    // (values, what the error must name)
+    let cases = [
+        ("scaler:\n  replicas: 0\n", "/scaler/replicas"),
+        ("controller:\n  replicas: \"2\"\n", "/controller/replicas"),
+        ("logFormat: xml\n", "/logFormat"),
+        ("replicas: 2\n", "'replicas' not allowed"),
+        ("image:\n  pullPolicy: Sometimes\n", "/image/pullPolicy"),
+        ("image:\n  digest: latest\n", "/image/digest"),
+        ("nats:\n  default:\n    url: http://nats:4222\n", "/nats/default/url"),
+        ("nats:\n  requestTimeout: 2h\n", "/nats/requestTimeout"),
+        (
+            "nats:\n  default:\n    url: nats://n:4222\n    credsSecret: {name: eds}\n",
+            "/nats/default/credsSecret",
+        ),
+        (
+            "nats:\n  default:\n    url: nats://n:4222\n    server: nats://m:4222\n",
+            "'server' not allowed",
+        ),
+        (
+            "nats:\n  connections:\n    Orders:\n      url: nats://n:4222\n",
+            "'Orders'",
+        ),
+        (
+            "nats:\n  connections:\n    default:\n      url: nats://n:4222\n",
+            "'default'",
+        ),
+        ("nats:\n  connections:\n    orders: {}\n", "/nats/connections/orders"),
+        ("scaler:\n  grpcTLS:\n    enabled: true\n", "/scaler/grpcTLS/secretName"),
+        (
+            "scaler:\n  grpcTLS:\n    enabled: true\n    secretName: t\n",
+            "/scaler/grpcTLS/kedaClientSecretName",
+        ),
+        (
+            "scaler:\n  grpcTLS:\n    clientAuth: true\n    secretName: t\n",
+            "/scaler/grpcTLS/enabled",
+        ),
+        ("scaler:\n  cacheTTL: soon\n", "/scaler/cacheTTL"),
+        ("scaler:\n  service:\n    grpcPort: 70000\n", "/scaler/service/grpcPort"),
+        ("keda:\n  namespace: KEDA\n", "/keda/namespace"),
+        (
+            "podDisruptionBudget:\n  maxUnavailable: 0\n",
+            "/podDisruptionBudget/maxUnavailable",
+        ),
+        ("serviceMonitor:\n  enabled: \"yes\"\n", "/serviceMonitor/enabled"),
+        // Rules across keys, checked by the templates with the same care.
+        (
+            "nats:\n  default:\n    url: nats://n:4222\n    user: eds\n",
+            "nats.default.passwordSecret: required with nats.default.user",
+        ),
+        (
+            "nats:\n  default:\n    url: nats://n:4222\n    tokenSecret: {name: t, key: token}\n    credsSecret: {name: c, key: eds.creds}\n",
+            "nats.default: set one auth method, not credsSecret and tokenSecret",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (values, needle)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad-{i}.yaml"));
+        std::fs::write(&file, values).unwrap();
+        match chart::template("eds", "eds-system", &[format!("--values={}", file.display())]) {
+            Ok(_) => panic!("helm accepted bad values:\n{values}"),
+            Err(message) => assert!(
+                message.contains(needle),
+                "the error for\n{values}should name {needle:?}, got:\n{message}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn chart_crd_is_the_generated_one() {
+    let name = "eventdrivenservices.platform.bizmatters.io.yaml";
+    let generated = repo::path("apis").join(name);
+    let copy = chart::dir().join("crds").join(name);
+    assert!(
+        read(&generated) == read(&copy),
+        "{} differs from {}: run scripts/gen-crd.sh",
+        copy.display(),
+        generated.display()
+    );
+}
+
+/// Rules as (apiGroup, resource, resourceName, verb) tuples, so layout does
+/// not matter.
+fn permissions(rules: &Value) -> BTreeSet<(String, String, String, String)> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for rule in rules.as_array().expect("rules") {
+        let names = match strings(&rule["resourceNames"]) {
+            names if names.is_empty() => vec!["*".to_string()],
+            names => names,
+        };
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for name in &names {
+                    for verb in strings(&rule["verbs"]) {
+                        out.insert((group.clone(), resource.clone(), name.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn chart_controller_roles_are_the_tested_ones() {
+    let docs = chart::render("eds-system", &[]);
+    for (file, kind, name) in [
+        ("controller-clusterrole.yaml", "ClusterRole", "eds-controller"),
+        (
+            "controller-leader-election-role.yaml",
+            "Role",
+            "eds-controller-leader-election",
+        ),
+    ] {
+        let shipped = chart::documents(&read(&repo::path("deploy/rbac").join(file)));
+        let shipped = shipped
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("a {kind} in deploy/rbac/{file}"));
+        assert_eq!(
+            permissions(&chart::find(&docs, kind, name)["rules"]),
+            permissions(&shipped["rules"]),
+            "the chart's {kind} must grant exactly what the controller's RBAC test proves enough (deploy/rbac/{file})"
+        );
+    }
+}
