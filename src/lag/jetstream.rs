@@ -41,7 +41,8 @@ impl JetStreamLag {
             Ok(_) => "ok",
             Err(e) => e.label(),
         };
-        metrics::counter!("eds_nats_requests_total", "connection" => conn.name.clone(), "result" => label).increment(1);
+        metrics::counter!("eds_nats_requests_total", "connection" => conn.name.clone(), "result" => label)
+            .increment(1);
         metrics::histogram!("eds_nats_request_duration_seconds", "connection" => conn.name.clone())
             .record(started.elapsed().as_secs_f64());
         result
