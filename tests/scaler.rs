@@ -314,14 +314,17 @@ async fn callers_share_reads_and_fresh_values_skip_nats() {
     };
     let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
 
-    // 300 concurrent KEDA calls on a cold cache: one NATS request.
-    let mut calls = Vec::new();
+    // 300 concurrent KEDA calls on a cold cache: one NATS request. The
+    // clients connect first, so the calls land within one cache TTL even on
+    // a busy machine.
+    let mut clients = Vec::new();
     for _ in 0..300 {
-        let mut client = scaler.client().await;
-        calls.push(tokio::spawn(async move {
-            lag_of(&mut client, &so("HOT", "c")).await.unwrap()
-        }));
+        clients.push(scaler.client().await);
     }
+    let calls: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| tokio::spawn(async move { lag_of(&mut client, &so("HOT", "c")).await.unwrap() }))
+        .collect();
     for call in calls {
         assert_eq!(call.await.unwrap(), 42);
     }
