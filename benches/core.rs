@@ -9,12 +9,13 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use eds::nats::NatsArgs;
+use eds::nats::NatsConfig;
 use eds::proto::external_scaler_server::ExternalScaler;
 use eds::proto::{GetMetricsRequest, ScaledObjectRef};
 use eds::render::{Platform, desired_children, parse_claims, render_text};
-use eds::scaler::metadata::metric_name;
-use eds::scaler::{Trigger, Tuning};
+use eds::scaler::Tuning;
+use eds::trigger::Trigger;
+use eds::trigger::metric_name;
 use testkit::nats::NatsServer;
 use testkit::scaler::RunningScaler;
 use tokio::runtime::Runtime;
@@ -66,7 +67,7 @@ fn render(c: &mut Criterion) {
 fn get_metrics(c: &mut Criterion) {
     let runtime = Runtime::new().expect("runtime");
     // The production recorder, so the RPC's own metrics cost what they cost.
-    eds::telemetry::prometheus();
+    eds::runtime::prometheus();
     let nats = NatsServer::start();
     runtime.block_on(async {
         let js = testkit::js::js(&nats.url()).await;
@@ -98,7 +99,7 @@ fn get_metrics(c: &mut Criterion) {
         cache_ttl: Duration::from_secs(3600),
         ..Tuning::default()
     };
-    let scaler = runtime.block_on(RunningScaler::start_with(NatsArgs::for_url(nats.url()), warm, None));
+    let scaler = runtime.block_on(RunningScaler::start_with(NatsConfig::for_url(nats.url()), warm, None));
     let service = scaler.scaler.service();
     runtime
         .block_on(service.get_metrics(Request::new(request.clone())))
@@ -126,7 +127,11 @@ fn get_metrics(c: &mut Criterion) {
         cache_ttl: Duration::ZERO,
         ..Tuning::default()
     };
-    let cold_scaler = runtime.block_on(RunningScaler::start_with(NatsArgs::for_url(nats.url()), no_cache, None));
+    let cold_scaler = runtime.block_on(RunningScaler::start_with(
+        NatsConfig::for_url(nats.url()),
+        no_cache,
+        None,
+    ));
     let cold = cold_scaler.scaler.service();
     c.bench_function("get_metrics/miss (NATS round trip), in process", |b| {
         b.iter_batched(

@@ -1,10 +1,20 @@
-//! Command-line entry points. Each subcommand's flags live beside the code
-//! that uses them; this file only parses and dispatches.
+//! The command line: every flag of every subcommand, turned into the plain
+//! config structs the components take, and the dispatch.
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::controller::{ControllerConfig, LeaderConfig};
+use crate::lag::{ConsumerKey, JetStreamLag, LagError};
+use crate::nats::{ConnectionSettings, Connections, DEFAULT_CONNECTION, NatsConfig, TlsSettings};
+use crate::render::{DEFAULT_SCALER_ADDRESS, Platform};
+use crate::scaler::{GrpcTls, ScalerConfig, Tuning};
 use crate::telemetry::{self, LogFormat};
+use crate::{Error, Result};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,29 +34,21 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve KEDA's external scaler gRPC API from JetStream consumer lag.
-    Scaler(crate::scaler::Args),
+    Scaler(ScalerArgs),
     /// Reconcile EventDrivenService resources into their children.
-    Controller(crate::controller::Args),
+    Controller(ControllerArgs),
     /// Print the children a claim renders to, as multi-document YAML.
-    Render(crate::render::Args),
+    Render(RenderArgs),
     /// Print a consumer's current lag breakdown.
-    Lag(crate::lag::Args),
+    Lag(LagArgs),
     /// Print the EventDrivenService CustomResourceDefinition.
     Crd,
-    /// Run the scaler against a local nats-server with a bursty workload.
-    Demo(crate::demo::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps failure to exit 1.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    // The demo prints its own table; only problems should interrupt it.
-    let default_level = if matches!(args.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info"
-    };
-    telemetry::init_logging(args.log_format, default_level);
+    telemetry::init_logging(args.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,13 +65,415 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> crate::Result<()> {
+async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Scaler(args) => crate::scaler::run(args).await,
-        Command::Controller(args) => crate::controller::run(args).await,
-        Command::Render(args) => crate::render::run_cli(args),
-        Command::Lag(args) => crate::lag::run_cli(args).await,
-        Command::Crd => crate::api::print_crd(),
-        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Scaler(args) => crate::runtime::run_scaler(args.into()).await,
+        Command::Controller(args) => crate::runtime::run_controller(args.into()).await,
+        Command::Render(args) => render(args),
+        Command::Lag(args) => lag(args).await,
+        Command::Crd => {
+            print!("{}", crate::api::crd_yaml()?);
+            Ok(())
+        }
+    }
+}
+
+/// The `--nats-*` flags shared by every subcommand that talks to NATS.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL(s) of the default connection, comma separated.
+    #[arg(long, env = "EDS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Credentials file (JWT + nkey seed) for the default connection.
+    #[arg(long, env = "EDS_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding an nkey seed (`SU...`) for the default connection.
+    #[arg(long, env = "EDS_NATS_NKEY_SEED_FILE")]
+    pub nats_nkey_seed_file: Option<PathBuf>,
+    /// Token for the default connection.
+    #[arg(long, env = "EDS_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// User name for the default connection (with --nats-password).
+    #[arg(long, env = "EDS_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// Password for the default connection.
+    #[arg(long, env = "EDS_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// CA bundle (PEM) that signs the NATS servers' certificates.
+    #[arg(long, env = "EDS_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS mutual TLS.
+    #[arg(long, env = "EDS_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for NATS mutual TLS.
+    #[arg(long, env = "EDS_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// YAML file of named connections (see docs/scaler.md). A connection named
+    /// `default` there replaces the one built from the flags above.
+    #[arg(long, env = "EDS_NATS_CONFIG")]
+    pub nats_config: Option<PathBuf>,
+    /// How long one NATS request may take before it counts as failed.
+    #[arg(long, env = "EDS_NATS_REQUEST_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub nats_request_timeout: Duration,
+}
+
+impl From<NatsArgs> for NatsConfig {
+    fn from(args: NatsArgs) -> Self {
+        let tls = (args.nats_tls_ca.is_some() || args.nats_tls_cert.is_some()).then(|| TlsSettings {
+            ca_file: args.nats_tls_ca,
+            cert_file: args.nats_tls_cert,
+            key_file: args.nats_tls_key,
+        });
+        NatsConfig {
+            default: ConnectionSettings {
+                url: args.nats_url,
+                creds_file: args.nats_creds,
+                nkey_seed_file: args.nats_nkey_seed_file,
+                token: args.nats_token,
+                user: args.nats_user,
+                password: args.nats_password,
+                tls,
+                ..Default::default()
+            },
+            config_file: args.nats_config,
+            request_timeout: args.nats_request_timeout,
+        }
+    }
+}
+
+/// `eds scaler` flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ScalerArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Address of the gRPC server KEDA calls.
+    #[arg(long, env = "EDS_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "EDS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub tls: GrpcTlsArgs,
+}
+
+impl From<ScalerArgs> for ScalerConfig {
+    fn from(args: ScalerArgs) -> Self {
+        ScalerConfig {
+            nats: args.nats.into(),
+            grpc_addr: args.grpc_addr,
+            http_addr: args.http_addr,
+            tuning: Tuning {
+                cache_ttl: args.tuning.cache_ttl,
+                push_active_poll: args.tuning.push_active_poll,
+                push_idle_recheck: args.tuning.push_idle_recheck,
+            },
+            tls: GrpcTls {
+                cert: args.tls.grpc_tls_cert,
+                key: args.tls.grpc_tls_key,
+                client_ca: args.tls.grpc_tls_client_ca,
+            },
+        }
+    }
+}
+
+/// How fresh lag must be and how push watchers pace themselves.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct TuningArgs {
+    /// Longest a lag value is served from cache. NATS sees at most one
+    /// request per consumer per TTL, however often KEDA calls.
+    #[arg(long, env = "EDS_CACHE_TTL", default_value = "1s", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+    /// Re-read interval for an active consumer with an open push stream.
+    #[arg(long, env = "EDS_PUSH_ACTIVE_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub push_active_poll: Duration,
+    /// Safety re-read interval for an idle consumer with an open push stream.
+    #[arg(long, env = "EDS_PUSH_IDLE_RECHECK", default_value = "15s", value_parser = parse_duration)]
+    pub push_idle_recheck: Duration,
+}
+
+/// TLS for the gRPC server. With a client CA, clients must present a
+/// certificate it signed (mutual TLS).
+#[derive(clap::Args, Clone, Debug)]
+pub struct GrpcTlsArgs {
+    /// Server certificate (PEM).
+    #[arg(long, env = "EDS_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// Server key (PEM).
+    #[arg(long, env = "EDS_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for client certificates; enables mutual TLS.
+    #[arg(long, env = "EDS_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+}
+
+/// `eds controller` flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// NATS connections for reading each claim's lag into its status. Only
+    /// these servers are dialled; a claim can pick a connection by name.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// How often each claim's lag is read (at most one NATS request per
+    /// consumer per interval) and each claim is re-checked for drift.
+    #[arg(long, env = "EDS_LAG_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub lag_interval: Duration,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "EDS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Reconcile only this namespace's claims (default: every namespace).
+    #[arg(long, env = "EDS_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+}
+
+impl From<ControllerArgs> for ControllerConfig {
+    fn from(args: ControllerArgs) -> Self {
+        ControllerConfig {
+            platform: args.platform.into(),
+            nats: args.nats.into(),
+            lag_interval: args.lag_interval,
+            http_addr: args.http_addr,
+            watch_namespace: args.watch_namespace,
+            leader: args.leader.into(),
+        }
+    }
+}
+
+/// Leader election: only the replica holding the Lease reconciles.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LeaderArgs {
+    /// Name of the Lease.
+    #[arg(long, env = "EDS_LEASE_NAME", default_value = "eds-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the controller's own).
+    #[arg(long, env = "EDS_LEASE_NAMESPACE", default_value = "eds-system")]
+    pub lease_namespace: String,
+    /// How long a Lease holds without renewal; a standby takes over this long
+    /// after the leader stops renewing.
+    #[arg(long, env = "EDS_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease and in Events (set it to the pod
+    /// name). Default: the host name and process id.
+    #[arg(long, env = "EDS_POD_NAME")]
+    pub identity: Option<String>,
+}
+
+impl From<LeaderArgs> for LeaderConfig {
+    fn from(args: LeaderArgs) -> Self {
+        let identity = args.identity.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "eds-controller".into());
+            format!("{host}-{}", std::process::id())
+        });
+        LeaderConfig {
+            lease_name: args.lease_name,
+            lease_namespace: args.lease_namespace,
+            lease_duration: args.lease_duration,
+            identity,
+        }
+    }
+}
+
+/// What the children need to know about the platform rather than the claim.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PlatformArgs {
+    /// host:port of the eds scaler's gRPC Service, written into every
+    /// ScaledObject as KEDA's `scalerAddress`.
+    #[arg(long, env = "EDS_SCALER_ADDRESS", default_value = DEFAULT_SCALER_ADDRESS)]
+    pub scaler_address: String,
+    /// A KEDA ClusterTriggerAuthentication holding `caCert` (and, for mutual
+    /// TLS, `tlsClientCert` and `tlsClientKey`): set it when the scaler serves
+    /// TLS, and every trigger connects with TLS through it.
+    #[arg(long, env = "EDS_SCALER_TRIGGER_AUTHENTICATION")]
+    pub scaler_trigger_authentication: Option<String>,
+}
+
+impl From<PlatformArgs> for Platform {
+    fn from(args: PlatformArgs) -> Self {
+        Platform {
+            scaler_address: args.scaler_address,
+            scaler_trigger_authentication: args.scaler_trigger_authentication,
+        }
+    }
+}
+
+/// `eds render` flags.
+#[derive(clap::Args, Debug)]
+pub struct RenderArgs {
+    /// Claim file (one or more YAML documents), or `-` for stdin.
+    pub file: String,
+
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+}
+
+/// `eds render`: check every claim in the file as the API server would, then
+/// print all their children; print every problem and fail if any claim is
+/// invalid.
+fn render(args: RenderArgs) -> Result<()> {
+    let text = read_input(&args.file)?;
+    print!("{}", crate::render::render_text(&text, &args.platform.into())?);
+    Ok(())
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io("stdin", e))?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Error::io(file, e))
+    }
+}
+
+/// `eds lag` flags.
+#[derive(clap::Args, Debug)]
+pub struct LagArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Stream name.
+    #[arg(long)]
+    pub stream: String,
+    /// Durable consumer name.
+    #[arg(long)]
+    pub consumer: String,
+    /// Named connection from --nats-config.
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// JetStream domain.
+    #[arg(long)]
+    pub js_domain: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `eds lag`: prints one consumer's lag breakdown.
+async fn lag(args: LagArgs) -> Result<()> {
+    let connections = Connections::connect(&args.nats.into(), "eds-lag").await?;
+    let name = args.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
+    let conn = connections
+        .get(Some(name))
+        .ok_or_else(|| LagError::UnknownConnection(name.to_string()))?;
+    // The first request may race the initial connect; give it the same bound.
+    let deadline = tokio::time::Instant::now() + conn.request_timeout;
+    while conn.client.connection_state() != async_nats::connection::State::Connected
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let key = ConsumerKey::new(name, args.js_domain.as_deref(), &args.stream, &args.consumer);
+    let state = JetStreamLag::new(connections).consumer_state(&key).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "stream": args.stream, "consumer": args.consumer,
+                "pending": state.pending, "ackPending": state.ack_pending,
+                "redelivered": state.redelivered, "waiting": state.waiting,
+                "lag": state.lag(), "filterSubjects": state.filter_subjects,
+            })
+        );
+    } else {
+        println!("stream       {}", args.stream);
+        println!("consumer     {}", args.consumer);
+        println!("pending      {}", state.pending);
+        println!("ack-pending  {}", state.ack_pending);
+        println!("redelivered  {}", state.redelivered);
+        println!("waiting      {}", state.waiting);
+        println!("lag          {}  (pending + ack-pending)", state.lag());
+    }
+    Ok(())
+}
+
+/// Parses `1500ms`, `2s`, `1m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_plain_config() {
+        let args = Args::parse_from([
+            "eds",
+            "scaler",
+            "--nats-url",
+            "nats://a:4222",
+            "--nats-token",
+            "t",
+            "--nats-tls-ca",
+            "/ca.pem",
+            "--cache-ttl",
+            "250ms",
+            "--grpc-tls-cert",
+            "/c.pem",
+            "--grpc-tls-key",
+            "/k.pem",
+        ]);
+        let Command::Scaler(scaler) = args.command else {
+            panic!("not the scaler")
+        };
+        let config = ScalerConfig::from(scaler);
+        assert_eq!(config.nats.default.url, "nats://a:4222");
+        assert_eq!(config.nats.default.token.as_deref(), Some("t"));
+        assert_eq!(
+            config.nats.default.tls,
+            Some(TlsSettings {
+                ca_file: Some("/ca.pem".into()),
+                ..Default::default()
+            })
+        );
+        assert_eq!(config.nats.request_timeout, crate::nats::DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(config.tuning.cache_ttl, Duration::from_millis(250));
+        assert_eq!(config.tuning.push_idle_recheck, Tuning::default().push_idle_recheck);
+        assert_eq!(config.tls.cert.as_deref(), Some(std::path::Path::new("/c.pem")));
+        assert_eq!(config.tls.client_ca, None);
+
+        let Command::Controller(controller) =
+            Args::parse_from(["eds", "controller", "--lease-duration", "30s"]).command
+        else {
+            panic!("not the controller")
+        };
+        let config = ControllerConfig::from(controller);
+        assert_eq!(config.leader.lease_duration, Duration::from_secs(30));
+        assert_eq!(config.platform, Platform::default());
+        assert!(!config.leader.identity.is_empty());
     }
 }

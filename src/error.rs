@@ -34,6 +34,9 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("{what}: no answer within {after:?}")]
+    Timeout { what: String, after: std::time::Duration },
+
     #[error("leader election: {0}")]
     Leader(String),
 
@@ -54,6 +57,7 @@ impl Error {
             Error::Lag(_) => "lag",
             Error::InvalidClaim(_) => "invalid_claim",
             Error::Kube(_) | Error::KubeCall { .. } => "kube",
+            Error::Timeout { .. } => "timeout",
             Error::Leader(_) => "leader",
             Error::Serialize(_) => "serialize",
             Error::Server(_) => "server",

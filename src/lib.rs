@@ -1,8 +1,13 @@
 //! EventDrivenService: NATS JetStream workers on Kubernetes, autoscaled by KEDA
 //! on their real backlog.
 //!
+//! Dependencies point one way: [`cli`] -> [`runtime`] -> {[`controller`],
+//! [`scaler`]} -> {[`render`], [`trigger`], [`lag`]} -> {[`api`], [`nats`]},
+//! with [`telemetry`] and [`error`] as leaves.
+//!
 //! - [`scaler`]: KEDA external scaler (gRPC) serving consumer lag.
 //! - [`lag`]: reading, caching and watching JetStream consumer lag.
+//! - [`trigger`]: the KEDA trigger metadata render writes and the scaler reads.
 //! - [`api`], [`render`], [`controller`]: the `EventDrivenService` resource,
 //!   the pure functions that render its children, and the kube-rs controller.
 #![deny(warnings, rust_2018_idioms)]
@@ -11,13 +16,14 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
-pub mod demo;
 pub mod error;
 pub mod lag;
 pub mod nats;
 pub mod render;
+pub mod runtime;
 pub mod scaler;
 pub mod telemetry;
+pub mod trigger;
 
 pub use error::{Error, Result};
 

@@ -12,49 +12,35 @@ use async_nats::{Client, ConnectOptions, Event};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::telemetry::{Kind, Metric};
 use crate::{Error, Result};
 
 /// The name of the connection built from the `--nats-*` flags.
 pub const DEFAULT_CONNECTION: &str = "default";
 
-/// The `--nats-*` flags shared by every subcommand that talks to NATS.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct NatsArgs {
-    /// NATS server URL(s) of the default connection, comma separated.
-    #[arg(long, env = "EDS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// Credentials file (JWT + nkey seed) for the default connection.
-    #[arg(long, env = "EDS_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// File holding an nkey seed (`SU...`) for the default connection.
-    #[arg(long, env = "EDS_NATS_NKEY_SEED_FILE")]
-    pub nats_nkey_seed_file: Option<PathBuf>,
-    /// Token for the default connection.
-    #[arg(long, env = "EDS_NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-    /// User name for the default connection (with --nats-password).
-    #[arg(long, env = "EDS_NATS_USER")]
-    pub nats_user: Option<String>,
-    /// Password for the default connection.
-    #[arg(long, env = "EDS_NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
-    /// CA bundle (PEM) that signs the NATS servers' certificates.
-    #[arg(long, env = "EDS_NATS_TLS_CA")]
-    pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for NATS mutual TLS.
-    #[arg(long, env = "EDS_NATS_TLS_CERT", requires = "nats_tls_key")]
-    pub nats_tls_cert: Option<PathBuf>,
-    /// Client key (PEM) for NATS mutual TLS.
-    #[arg(long, env = "EDS_NATS_TLS_KEY", requires = "nats_tls_cert")]
-    pub nats_tls_key: Option<PathBuf>,
+/// How long one NATS request may take unless configured otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Every NATS connection a process may use: the default one (from the
+/// `--nats-*` flags) and the named ones of a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// The connection named [`DEFAULT_CONNECTION`].
+    pub default: ConnectionSettings,
     /// YAML file of named connections (see docs/scaler.md). A connection named
-    /// `default` there replaces the one built from the flags above.
-    #[arg(long, env = "EDS_NATS_CONFIG")]
-    pub nats_config: Option<PathBuf>,
+    /// `default` there replaces the one above.
+    pub config_file: Option<PathBuf>,
     /// How long one NATS request may take before it counts as failed.
-    #[arg(long, env = "EDS_NATS_REQUEST_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
-    pub nats_request_timeout: Duration,
+    pub request_timeout: Duration,
 }
+
+/// `1 while the named NATS connection is up`, written on connection events.
+pub const CONNECTED: Metric = Metric {
+    name: "eds_nats_connected",
+    kind: Kind::Gauge,
+    labels: &["connection"],
+    help: "1 while the named NATS connection is up.",
+};
 
 /// One connection's settings, as written in the config file (camelCase).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -87,38 +73,24 @@ struct ConfigFile {
     connections: BTreeMap<String, ConnectionSettings>,
 }
 
-impl NatsArgs {
-    /// Flags for the default connection at `url` and nothing else (tests, demo).
+impl NatsConfig {
+    /// The default connection at `url` and nothing else (tests, demo).
     pub fn for_url(url: impl Into<String>) -> Self {
-        NatsArgs {
-            nats_url: url.into(),
-            nats_request_timeout: Duration::from_millis(1500),
-            ..Default::default()
+        NatsConfig {
+            default: ConnectionSettings {
+                url: url.into(),
+                ..Default::default()
+            },
+            config_file: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
     /// Every configured connection by name: the flags' one as `default`, then
     /// the config file's.
     pub fn connection_settings(&self) -> Result<BTreeMap<String, ConnectionSettings>> {
-        let mut all = BTreeMap::new();
-        all.insert(
-            DEFAULT_CONNECTION.to_string(),
-            ConnectionSettings {
-                url: self.nats_url.clone(),
-                creds_file: self.nats_creds.clone(),
-                nkey_seed_file: self.nats_nkey_seed_file.clone(),
-                token: self.nats_token.clone(),
-                user: self.nats_user.clone(),
-                password: self.nats_password.clone(),
-                tls: (self.nats_tls_ca.is_some() || self.nats_tls_cert.is_some()).then(|| TlsSettings {
-                    ca_file: self.nats_tls_ca.clone(),
-                    cert_file: self.nats_tls_cert.clone(),
-                    key_file: self.nats_tls_key.clone(),
-                }),
-                ..Default::default()
-            },
-        );
-        if let Some(path) = &self.nats_config {
+        let mut all = BTreeMap::from([(DEFAULT_CONNECTION.to_string(), self.default.clone())]);
+        if let Some(path) = &self.config_file {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), e))?;
             all.extend(parse_config(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?);
         }
@@ -182,10 +154,10 @@ impl Connections {
     /// Starts every configured connection. Connecting goes on in the
     /// background: a server that is down now is retried for ever, and requests
     /// on it fail fast until it is back.
-    pub async fn connect(args: &NatsArgs, client_name: &str) -> Result<Self> {
+    pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Self> {
         let mut by_name = BTreeMap::new();
-        for (name, settings) in args.connection_settings()? {
-            let conn = connect_one(&name, &settings, client_name, args.nats_request_timeout).await?;
+        for (name, settings) in config.connection_settings()? {
+            let conn = connect_one(&name, &settings, client_name, config.request_timeout).await?;
             by_name.insert(name, conn);
         }
         Ok(Connections {
@@ -243,7 +215,7 @@ async fn connect_one(
             let label = label.clone();
             let connects_tx = connects_tx.clone();
             async move {
-                let gauge = metrics::gauge!("eds_nats_connected", "connection" => label.clone());
+                let gauge = metrics::gauge!(CONNECTED.name, "connection" => label.clone());
                 match event {
                     Event::Connected => {
                         gauge.set(1.0);
@@ -316,22 +288,6 @@ fn read_secret(path: &Path) -> Result<String> {
         .map_err(|e| Error::io(path.display().to_string(), e))
 }
 
-/// Parses `1500ms`, `2s`, `1m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,15 +329,5 @@ mod tests {
                 .unwrap_err()
                 .contains("not both")
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("fast").is_err());
     }
 }

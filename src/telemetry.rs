@@ -1,13 +1,9 @@
-//! Logs, Prometheus metrics, and the small HTTP server that serves them with
-//! the health endpoints.
-use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+//! Logs and the Prometheus recorder. A leaf: components define their own
+//! metrics (each in its `metrics.rs`, as [`Metric`] tables) and `runtime.rs`
+//! describes them all.
+use std::sync::OnceLock;
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-
-use crate::{Error, Result};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -38,66 +34,47 @@ const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the global Prometheus recorder once and returns its handle.
-pub fn prometheus() -> PrometheusHandle {
+pub fn install_recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
+            PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .expect("static buckets are not empty")
                 .install_recorder()
-                .expect("the Prometheus recorder is installed once");
-            crate::lag::describe_metrics();
-            crate::scaler::describe_metrics();
-            crate::controller::describe_metrics();
-            handle
+                .expect("the Prometheus recorder is installed once")
         })
         .clone()
 }
 
-/// Tells `/readyz` whether the process can do its job.
-pub type Readiness = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
-
-/// Appends metrics written at scrape time from a component's own state
-/// (Prometheus text format) after the recorder's.
-pub type Collector = Arc<dyn Fn(&mut String) + Send + Sync>;
-
-/// The collector of the `eds_consumer_*` gauges of `cache`.
-pub fn consumer_gauges(cache: Arc<crate::lag::LagCache>) -> Collector {
-    Arc::new(move |out: &mut String| crate::lag::exposition::render(cache.samples(), out))
+/// What kind of series a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
-pub async fn serve_http(addr: SocketAddr, ready: Readiness, collectors: Vec<Collector>) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Server(format!("binding the HTTP listener on {addr}: {e}")))?;
-    serve_http_on(listener, ready, collectors).await
+/// One metric family: its name, labels and help text, defined once and used
+/// by the code that records it, by `/metrics` and by the tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
 }
 
-/// As [`serve_http`], on a listener that is already bound (tests bind port 0).
-pub async fn serve_http_on(listener: TcpListener, ready: Readiness, collectors: Vec<Collector>) -> Result<()> {
-    let handle = prometheus();
-    let metrics = move || {
-        let mut body = handle.render();
-        for collect in &collectors {
-            collect(&mut body);
+impl Metric {
+    /// Registers the help text (and, for `*_seconds`, the unit) with the
+    /// installed recorder.
+    pub fn describe(&self) {
+        let unit = self.name.ends_with("_seconds").then_some(metrics::Unit::Seconds);
+        match (self.kind, unit) {
+            (Kind::Counter, _) => metrics::describe_counter!(self.name, self.help),
+            (Kind::Gauge, _) => metrics::describe_gauge!(self.name, self.help),
+            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(self.name, unit, self.help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(self.name, self.help),
         }
-        std::future::ready(body)
-    };
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| std::future::ready("ok")))
-        .route("/readyz", get(readyz))
-        .with_state(ready);
-    axum::serve(listener, app)
-        .await
-        .map_err(|e| Error::Server(format!("HTTP server: {e}")))
-}
-
-async fn readyz(State(ready): State<Readiness>) -> (StatusCode, String) {
-    match ready() {
-        Ok(()) => (StatusCode::OK, "ready".into()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use eds::api::{EventDrivenService, fixtures};
-use eds::controller::apply::holds;
+use eds::controller::drift::holds;
 use eds::render::{Platform, ScaledObject, desired_children};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
-use eds::nats::NatsArgs;
+use eds::nats::NatsConfig;
 use eds::scaler::Tuning;
 use serde_json::{Value, json};
 use testkit::nats::{NatsCluster, NatsServer};
@@ -113,9 +113,9 @@ async fn scaler_needs_only_the_documented_nats_permissions() {
         js.publish("work.busy", "job".into()).await.unwrap().await.unwrap();
     }
 
-    let mut args = NatsArgs::for_url(nats.url());
-    args.nats_user = Some("eds".into());
-    args.nats_password = Some("eds-pass".into());
+    let mut args = NatsConfig::for_url(nats.url());
+    args.default.user = Some("eds".into());
+    args.default.password = Some("eds-pass".into());
     let tuning = Tuning {
         cache_ttl: Duration::from_millis(200),
         ..Tuning::default()

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{AckKind, consumer};
-use eds::nats::NatsArgs;
+use eds::nats::NatsConfig;
 use eds::proto::ScaledObjectRef;
 use eds::scaler::Tuning;
 use futures::StreamExt;
@@ -44,7 +44,7 @@ async fn filtered_consumer_counts_only_its_subjects() {
     publish(&js, "orders.eu.new", 5).await;
     publish(&js, "orders.us.new", 7).await;
 
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), fast(), None).await;
     let mut client = scaler.client().await;
     assert_eq!(lag_of(&mut client, &so("ORDERS", "eu-workers")).await.unwrap(), 5);
     assert_eq!(lag_of(&mut client, &so("ORDERS", "all-workers")).await.unwrap(), 12);
@@ -58,7 +58,7 @@ async fn in_flight_and_redelivered_work_counts_as_lag() {
     let workers = pull_consumer(&jobs, "workers", "", Duration::from_secs(1)).await;
     publish(&js, "jobs.a", 10).await;
 
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), fast(), None).await;
     let mut client = scaler.client().await;
     let so = so("JOBS", "workers");
     assert_eq!(lag_of(&mut client, &so).await.unwrap(), 10);
@@ -117,7 +117,7 @@ async fn push_consumers_have_lag_too() {
         .await
         .unwrap();
     publish(&js, "events.x", 3).await;
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), fast(), None).await;
     let mut client = scaler.client().await;
     // Nobody listens on the deliver subject: all three are still pending
     // or awaiting an ack.
@@ -131,7 +131,7 @@ async fn messages_larger_than_the_codec_buffer_pass_both_ways() {
     let nats = NatsServer::start();
     let js = js(&nats.url()).await;
     testkit::js::work_with_lag(&js, 4).await;
-    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let scaler = RunningScaler::start(NatsConfig::for_url(nats.url())).await;
     let mut client = scaler.client().await;
     let note = "x".repeat(64 * 1024);
     let so = scaled_object(&[("stream", "WORK"), ("consumer", "c"), ("note", &note)]);
@@ -153,7 +153,7 @@ async fn missing_stream_or_consumer_is_not_found_never_a_number() {
     let nats = NatsServer::start();
     let js = js(&nats.url()).await;
     stream_with(&js, "REAL", &["real.>"]).await;
-    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let scaler = RunningScaler::start(NatsConfig::for_url(nats.url())).await;
     let mut client = scaler.client().await;
     for (so, what) in [
         (so("NOPE", "c"), "stream \"NOPE\""),
@@ -172,7 +172,7 @@ async fn missing_stream_or_consumer_is_not_found_never_a_number() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_metadata_is_invalid_argument_naming_the_key() {
     let nats = NatsServer::start();
-    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let scaler = RunningScaler::start(NatsConfig::for_url(nats.url())).await;
     let mut client = scaler.client().await;
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("consumer", "c")], "stream"),
@@ -225,7 +225,7 @@ async fn metric_spec_and_activity() {
     let js = js(&nats.url()).await;
     let s = stream_with(&js, "MY_SERVICE_STREAM", &["svc.>"]).await;
     pull_consumer(&s, "my-service-workers", "", Duration::from_secs(30)).await;
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), fast(), None).await;
     let mut client = scaler.client().await;
     let so = scaled_object(&[
         ("stream", "MY_SERVICE_STREAM"),
@@ -312,7 +312,7 @@ async fn callers_share_reads_and_fresh_values_skip_nats() {
         cache_ttl: Duration::from_secs(1),
         ..Tuning::default()
     };
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), tuning, None).await;
 
     // 300 concurrent KEDA calls on a cold cache: one NATS request. The
     // clients connect first, so the calls land within one cache TTL even on
@@ -354,7 +354,7 @@ async fn nats_down_is_an_error_within_the_bound_and_recovery_is_automatic() {
     // File storage (the default) survives the restart below.
     pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
     publish(&js, "dur.x", 6).await;
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), fast(), None).await;
     let mut client = scaler.client().await;
     let so = so("DUR", "c");
     assert_eq!(lag_of(&mut client, &so).await.unwrap(), 6);
@@ -389,7 +389,7 @@ async fn frozen_nats_times_out_within_the_bound() {
     let js = js(&nats.url()).await;
     let s = stream_with(&js, "FROZEN", &["frozen.>"]).await;
     pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), fast(), None).await;
     let mut client = scaler.client().await;
     let so = so("FROZEN", "c");
     assert_eq!(lag_of(&mut client, &so).await.unwrap(), 0);
@@ -437,7 +437,7 @@ async fn push_activation_is_fast() {
     let s = stream_with(&js, "WAKE", &["wake.>"]).await;
     let workers = pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
     let tuning = push_only();
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), tuning, None).await;
     let mut client = scaler.client().await;
     let mut pushed = client.stream_is_active(so("WAKE", "c")).await.unwrap().into_inner();
     wait_push(&mut pushed, false, Duration::from_secs(2)).await;
@@ -472,7 +472,7 @@ async fn push_stream_survives_a_nats_restart() {
     let s = stream_with(&js_client, "SURVIVE", &["survive.>"]).await;
     pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
     let tuning = push_only();
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), tuning, None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), tuning, None).await;
     let mut client = scaler.client().await;
     let mut pushed = client.stream_is_active(so("SURVIVE", "c")).await.unwrap().into_inner();
     wait_push(&mut pushed, false, Duration::from_secs(2)).await;
@@ -502,7 +502,7 @@ async fn closed_push_streams_are_cleaned_up() {
     let s = stream_with(&js, "GONE", &["gone.>"]).await;
     pull_consumer(&s, "a", "", Duration::from_secs(30)).await;
     pull_consumer(&s, "b", "", Duration::from_secs(30)).await;
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), fast(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), fast(), None).await;
     let mut client = scaler.client().await;
     let mut a1 = client.stream_is_active(so("GONE", "a")).await.unwrap().into_inner();
     let mut a2 = client.stream_is_active(so("GONE", "a")).await.unwrap().into_inner();
@@ -544,7 +544,7 @@ async fn watching_many_idle_consumers_keeps_nats_load_bounded() {
     // Room for the one shared notifier.
     stream_of_consumers(&js, "MANY", "many", CONSUMERS, 1).await;
     let mut requests = count_info_requests(&nats.url(), "MANY", "*").await;
-    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let scaler = RunningScaler::start(NatsConfig::for_url(nats.url())).await;
     let mut client = scaler.client().await;
     let mut streams = Vec::new();
     for i in 0..CONSUMERS {
@@ -606,7 +606,7 @@ async fn idle_consumers_share_one_notifier_per_stream() {
     let js = js(&nats.url()).await;
     // Room for one notifier and one more durable.
     let mut s = stream_of_consumers(&js, "SHARED", "shared", CONSUMERS, 2).await;
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), notices_only(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), notices_only(), None).await;
     let mut client = scaler.client().await;
     let mut streams = Vec::new();
     for i in 0..CONSUMERS {
@@ -659,7 +659,7 @@ async fn overlapping_filters_share_a_whole_stream_notifier() {
     for (name, filter) in consumers {
         pull_consumer(&s, name, filter, Duration::from_secs(30)).await;
     }
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(nats.url()), notices_only(), None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), notices_only(), None).await;
     let mut client = scaler.client().await;
     let mut pushed = Vec::new();
     for (name, _) in consumers {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use eds::nats::NatsArgs;
+use eds::nats::{NatsConfig, TlsSettings};
 use eds::scaler::{GrpcTls, Tuning};
 use testkit::certs::Pki;
 use testkit::js::work_with_lag;
@@ -15,7 +15,7 @@ fn work() -> eds::proto::ScaledObjectRef {
     scaled_object(&[("stream", "WORK"), ("consumer", "c")])
 }
 
-async fn lag_through(args: NatsArgs) -> i64 {
+async fn lag_through(args: NatsConfig) -> i64 {
     let scaler = RunningScaler::start(args).await;
     let mut client = scaler.client().await;
     lag_of(&mut client, &work()).await.unwrap()
@@ -29,8 +29,8 @@ async fn token_auth() {
         .await
         .unwrap();
     work_with_lag(&jetstream::new(setup), 4).await;
-    let mut args = NatsArgs::for_url(nats.url());
-    args.nats_token = Some("s3cr3t-t0ken".into());
+    let mut args = NatsConfig::for_url(nats.url());
+    args.default.token = Some("s3cr3t-t0ken".into());
     assert_eq!(lag_through(args).await, 4);
 }
 
@@ -42,9 +42,9 @@ async fn user_password_auth() {
         .await
         .unwrap();
     work_with_lag(&jetstream::new(setup), 2).await;
-    let mut args = NatsArgs::for_url(nats.url());
-    args.nats_user = Some("scaler".into());
-    args.nats_password = Some("pa55".into());
+    let mut args = NatsConfig::for_url(nats.url());
+    args.default.user = Some("scaler".into());
+    args.default.password = Some("pa55".into());
     assert_eq!(lag_through(args).await, 2);
 }
 
@@ -63,8 +63,8 @@ async fn nkey_auth() {
     work_with_lag(&jetstream::new(setup), 3).await;
     let seed_file = nats.path("scaler.nk");
     std::fs::write(&seed_file, format!("{seed}\n")).unwrap();
-    let mut args = NatsArgs::for_url(nats.url());
-    args.nats_nkey_seed_file = Some(seed_file);
+    let mut args = NatsConfig::for_url(nats.url());
+    args.default.nkey_seed_file = Some(seed_file);
     assert_eq!(lag_through(args).await, 3);
 }
 
@@ -142,8 +142,8 @@ async fn creds_file_auth_in_operator_mode() {
         .await
         .unwrap();
     work_with_lag(&jetstream::new(setup), 5).await;
-    let mut args = NatsArgs::for_url(nats.url());
-    args.nats_creds = Some(creds);
+    let mut args = NatsConfig::for_url(nats.url());
+    args.default.creds_file = Some(creds);
     assert_eq!(lag_through(args).await, 5);
 }
 
@@ -166,16 +166,21 @@ async fn nats_over_mutual_tls() {
         .await
         .unwrap();
     work_with_lag(&jetstream::new(setup), 6).await;
-    let mut args = NatsArgs::for_url(&url);
-    args.nats_tls_ca = Some(pki.ca_pem.clone());
-    args.nats_tls_cert = Some(client.cert.clone());
-    args.nats_tls_key = Some(client.key.clone());
+    let mut args = NatsConfig::for_url(&url);
+    args.default.tls = Some(TlsSettings {
+        ca_file: Some(pki.ca_pem.clone()),
+        cert_file: Some(client.cert.clone()),
+        key_file: Some(client.key.clone()),
+    });
     assert_eq!(lag_through(args).await, 6);
 
     // Without a client certificate the server refuses the connection, and the
     // scaler says so instead of answering.
-    let mut no_cert = NatsArgs::for_url(&url);
-    no_cert.nats_tls_ca = Some(pki.ca_pem.clone());
+    let mut no_cert = NatsConfig::for_url(&url);
+    no_cert.default.tls = Some(TlsSettings {
+        ca_file: Some(pki.ca_pem.clone()),
+        ..Default::default()
+    });
     let scaler = eds::scaler::Scaler::connect(&no_cert, Tuning::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(scaler.connections.all_connected().is_err());
@@ -212,10 +217,10 @@ async fn named_connections_pick_accounts() {
     )
     .unwrap();
     std::fs::write(nats.path("orders.pass"), "o\n").unwrap();
-    let mut args = NatsArgs::for_url(nats.url());
-    args.nats_user = Some("billing".into());
-    args.nats_password = Some("b".into());
-    args.nats_config = Some(config);
+    let mut args = NatsConfig::for_url(nats.url());
+    args.default.user = Some("billing".into());
+    args.default.password = Some("b".into());
+    args.config_file = Some(config);
     let scaler = RunningScaler::start(args).await;
     let mut client = scaler.client().await;
     assert_eq!(lag_of(&mut client, &work()).await.unwrap(), 2, "default: BILLING");
@@ -228,7 +233,7 @@ async fn jetstream_domain() {
     let nats = NatsServer::start_with("domain: hub");
     let setup = async_nats::connect(nats.url()).await.unwrap();
     work_with_lag(&jetstream::with_domain(setup.clone(), "hub"), 8).await;
-    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let scaler = RunningScaler::start(NatsConfig::for_url(nats.url())).await;
     let mut client = scaler.client().await;
     let hub = scaled_object(&[("stream", "WORK"), ("consumer", "c"), ("jsDomain", "hub")]);
     assert_eq!(lag_of(&mut client, &hub).await.unwrap(), 8);
@@ -257,12 +262,12 @@ async fn grpc_over_tls_and_mutual_tls() {
 
     for mutual in [false, true] {
         let tls = GrpcTls {
-            grpc_tls_cert: Some(server.cert.clone()),
-            grpc_tls_key: Some(server.key.clone()),
-            grpc_tls_client_ca: mutual.then(|| pki.ca_pem.clone()),
+            cert: Some(server.cert.clone()),
+            key: Some(server.key.clone()),
+            client_ca: mutual.then(|| pki.ca_pem.clone()),
         };
         let scaler = RunningScaler::start_with(
-            NatsArgs::for_url(nats.url()),
+            NatsConfig::for_url(nats.url()),
             Tuning::default(),
             tls.server_config().unwrap(),
         )

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use eds::nats::NatsArgs;
+use eds::nats::NatsConfig;
 use eds::scaler::Tuning;
 use testkit::eventually;
 use testkit::nats::NatsCluster;
@@ -66,7 +66,7 @@ async fn lag_stays_right_while_the_consumer_leader_moves() {
         cache_ttl: Duration::from_millis(100),
         ..Tuning::default()
     };
-    let scaler = RunningScaler::start_with(NatsArgs::for_url(cluster.urls()), tuning, None).await;
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(cluster.urls()), tuning, None).await;
     let mut grpc = scaler.client().await;
     let so = scaled_object(&[("stream", "REPL"), ("consumer", "workers")]);
     assert_eq!(lag_of(&mut grpc, &so).await.unwrap(), 25);

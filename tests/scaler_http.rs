@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eds::nats::NatsArgs;
+use eds::nats::NatsConfig;
 use testkit::eventually;
 use testkit::http::get_async;
 use testkit::nats::NatsServer;
@@ -12,21 +12,21 @@ use testkit::scaler::{RunningScaler, lag_of, scaled_object};
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_readiness() {
     // The recorder must exist before the scaler creates its counters.
-    eds::telemetry::prometheus();
+    eds::runtime::prometheus();
     let mut nats = NatsServer::start();
     let js = testkit::js::js(&nats.url()).await;
     let s = testkit::js::stream_with(&js, "OBS", &["obs.>"]).await;
     testkit::js::pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
     testkit::js::publish(&js, "obs.x", 1).await;
 
-    let scaler = RunningScaler::start(NatsArgs::for_url(nats.url())).await;
+    let scaler = RunningScaler::start(NatsConfig::for_url(nats.url())).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = scaler.scaler.connections.clone();
-    tokio::spawn(eds::telemetry::serve_http_on(
+    tokio::spawn(eds::runtime::serve_http_on(
         listener,
         Arc::new(move || connections.all_connected()),
-        vec![eds::telemetry::consumer_gauges(scaler.scaler.cache.clone())],
+        vec![eds::runtime::consumer_gauges(scaler.scaler.cache.clone())],
     ));
 
     let mut client = scaler.client().await;

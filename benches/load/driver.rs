@@ -36,7 +36,7 @@ impl ScaledObject {
                 namespace: "bench".into(),
                 scaler_metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             },
-            metric_name: format!("s0-{}", eds::scaler::metadata::metric_name(stream, consumer)),
+            metric_name: format!("s0-{}", eds::trigger::metric_name(stream, consumer)),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The `EventDrivenService` API (platform.bizmatters.io/v1alpha1): the types,
 //! their defaults, the generated CRD and the offline check of a claim.
-#[cfg(any(test, feature = "control-plane"))]
+#[cfg(any(test, feature = "test-fixtures"))]
+#[doc(hidden)]
 pub mod fixtures;
 mod schema;
 mod spec;
@@ -62,10 +63,4 @@ pub fn crd_yaml() -> Result<String> {
     Ok(format!(
         "# Generated from src/api by `eds crd` (scripts/gen-crd.sh). Do not edit.\n{yaml}"
     ))
-}
-
-/// Prints the CRD as YAML.
-pub fn print_crd() -> Result<()> {
-    print!("{}", crd_yaml()?);
-    Ok(())
 }

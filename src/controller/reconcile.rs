@@ -4,11 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ValidationDirective};
+use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -16,36 +14,27 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::apply::{holds, stamp};
+use super::apply::{apply_child, patch_status};
+use super::children::{ByKind, ChildKind};
+use super::drift::{live_holds, stamp};
+use super::metrics::{
+    RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_DESIRED_REPLICAS, SERVICE_LAG, SERVICE_MAX_REPLICAS,
+    SERVICE_REPLICAS,
+};
 use super::status::{Observed, desired_status, keda_conditions};
-use super::{Args, FIELD_MANAGER};
+use super::{ControllerConfig, FIELD_MANAGER};
 use crate::api::{EventDrivenService, EventDrivenServiceStatus};
 use crate::lag::{ConsumerKey, LagCache, desired_replicas};
 use crate::nats::DEFAULT_CONNECTION;
-use crate::render::{Children, Platform, ScaledObject, desired_children};
+use crate::render::{Children, Platform, desired_children};
+use crate::trigger::LagThreshold;
 use crate::{Error, Result};
 
-/// One kind of child: how to reach it, and the watch-fed store of the live
-/// objects.
-pub struct ChildKind {
-    pub resource: ApiResource,
-    pub store: Store<DynamicObject>,
-}
+/// The watch-fed stores of the live children, one per kind.
+pub type Stores = ByKind<Store<DynamicObject>>;
 
-/// The child kinds in the order they are applied: the ServiceAccount before
-/// the Deployment that runs as it, the Deployment before the ScaledObject
-/// that scales it.
-pub fn child_resources() -> [ApiResource; 4] {
-    [
-        ApiResource::erase::<ServiceAccount>(&()),
-        ApiResource::erase::<Deployment>(&()),
-        ApiResource::erase::<Service>(&()),
-        ApiResource::erase::<ScaledObject>(&()),
-    ]
-}
-
-const DEPLOYMENT: usize = 1;
-const SCALED_OBJECT: usize = 3;
+/// A child as the watch cached it, or as an apply returned it.
+type Live = Option<Arc<DynamicObject>>;
 
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
@@ -54,13 +43,13 @@ pub struct Context {
     lag: Arc<LagCache>,
     lag_interval: Duration,
     recorder: Recorder,
-    kinds: Vec<ChildKind>,
+    stores: Stores,
     /// Failures in a row, per claim, for the back-off.
     failures: Mutex<HashMap<ObjectRef<EventDrivenService>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, args: &Args, lag: Arc<LagCache>, identity: &str, kinds: Vec<ChildKind>) -> Self {
+    pub fn new(client: Client, config: &ControllerConfig, lag: Arc<LagCache>, identity: &str, stores: Stores) -> Self {
         Context {
             recorder: Recorder::new(
                 client.clone(),
@@ -70,10 +59,10 @@ impl Context {
                 },
             ),
             client,
-            platform: args.platform.clone(),
+            platform: config.platform.clone(),
             lag,
-            lag_interval: args.lag_interval,
-            kinds,
+            lag_interval: config.lag_interval,
+            stores,
             failures: Mutex::default(),
         }
     }
@@ -85,9 +74,9 @@ impl Context {
 pub async fn reconcile(claim: Arc<EventDrivenService>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let result = reconcile_claim(&claim, &ctx).await;
-    metrics::histogram!("eds_reconcile_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(RECONCILE_DURATION.name).record(started.elapsed().as_secs_f64());
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::counter!("eds_reconcile_total", "result" => outcome).increment(1);
+    metrics::counter!(RECONCILES.name, "result" => outcome).increment(1);
     match &result {
         Ok(_) => {
             ctx.failures
@@ -109,7 +98,7 @@ pub fn error_policy(claim: Arc<EventDrivenService>, error: &Error, ctx: Arc<Cont
         *count = count.saturating_add(1);
         *count
     };
-    metrics::counter!("eds_reconcile_errors_total", "error" => error.metric_label()).increment(1);
+    metrics::counter!(RECONCILE_ERRORS.name, "error" => error.metric_label()).increment(1);
     let retry = backoff(failures);
     tracing::warn!(
         namespace = claim.namespace(), name = %claim.name_any(), %error, failures, retry = ?retry,
@@ -134,34 +123,40 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         .namespace()
         .ok_or_else(|| Error::InvalidClaim(format!("EventDrivenService {} has no namespace", claim.name_any())))?;
     let name = claim.name_any();
-    for kind in &ctx.kinds {
-        kind.store
+    for kind in ChildKind::APPLY_ORDER {
+        ctx.stores
+            .get(kind)
             .wait_until_ready()
             .await
-            .map_err(|e| Error::Server(format!("the {} watch stopped: {e}", kind.resource.kind)))?;
+            .map_err(|e| Error::Server(format!("the {kind:?} watch stopped: {e}")))?;
     }
 
     let (live, failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
         Ok(desired) => apply_changed(ctx, &namespace, &name, desired).await,
         Err(e) => (
-            ctx.kinds.iter().map(|k| live_child(k, &namespace, &name)).collect(),
+            ByKind::from_fn(|kind| cached_child(ctx, kind, &namespace, &name)),
             Some(e),
         ),
     };
 
     let observed = Observed {
         applied: failure.as_ref().map_or(Ok(()), |e| Err(e.to_string())),
-        deployment: live[DEPLOYMENT]
+        deployment: live
+            .deployment
             .as_ref()
-            .and_then(|d| d.get("status"))
+            .and_then(|d| d.data.get("status"))
             .and_then(|s| DeploymentStatus::deserialize(s).ok()),
-        scaler: live[SCALED_OBJECT].as_ref().map(keda_conditions).unwrap_or_default(),
+        scaler: live
+            .scaled_object
+            .as_ref()
+            .map(|so| keda_conditions(&so.data))
+            .unwrap_or_default(),
         lag: read_lag(ctx, claim).await,
     };
     let status = desired_status(claim, &observed, Timestamp::now());
     record_gauges(claim, &namespace, &status);
     if claim.status.as_ref() != Some(&status) {
-        patch_status(ctx, claim, &namespace, &status).await?;
+        patch_status(&ctx.client, claim, &namespace, &status).await?;
     }
     match failure {
         Some(e) => Err(e),
@@ -169,104 +164,54 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     }
 }
 
-/// Applies each child whose live object no longer holds the desired one.
-/// Returns every child as it now is, and the first failure.
+/// Applies, in [`ChildKind::APPLY_ORDER`], each child whose live object no
+/// longer holds the desired one. Returns every child as it now is, and the
+/// first failure.
 async fn apply_changed(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    desired: [Value; 4],
-) -> (Vec<Option<Value>>, Option<Error>) {
-    let mut live = Vec::new();
+    mut desired: ByKind<Value>,
+) -> (ByKind<Live>, Option<Error>) {
+    let mut live = ByKind::default();
     let mut failure = None;
-    for (kind, mut object) in ctx.kinds.iter().zip(desired) {
-        stamp(&mut object);
-        let current = live_child(kind, namespace, name);
-        if current.as_ref().is_some_and(|c| holds(c, &object)) {
-            live.push(current);
+    for kind in ChildKind::APPLY_ORDER {
+        let object = desired.get_mut(kind);
+        stamp(object);
+        let current = cached_child(ctx, kind, namespace, name);
+        if current.as_ref().is_some_and(|c| live_holds(c, object)) {
+            *live.get_mut(kind) = current;
             continue;
         }
         // Force only over a child we already have: drift in our own fields is
         // undone, but an object of the same name that someone else made is
         // not taken over (the apply conflicts instead).
-        match apply_child(ctx, kind, namespace, name, &object, current.is_some()).await {
-            Ok(applied) => live.push(Some(applied)),
+        let force = current.is_some();
+        *live.get_mut(kind) = match apply_child(&ctx.client, &kind.resource(), namespace, name, object, force).await {
+            Ok(applied) => Some(Arc::new(applied)),
             Err(e) => {
                 failure.get_or_insert(e);
-                live.push(current);
+                current
             }
-        }
+        };
     }
     (live, failure)
 }
 
-/// The children as JSON, in [`child_resources`] order.
-fn desired_objects(children: &Children) -> Result<[Value; 4]> {
+/// The children as JSON, each under its kind.
+fn desired_objects(children: &Children) -> Result<ByKind<Value>> {
     let json = |object: Result<Value, serde_json::Error>| object.map_err(|e| Error::Serialize(e.to_string()));
-    Ok([
-        json(serde_json::to_value(&children.service_account))?,
-        json(serde_json::to_value(&children.deployment))?,
-        json(serde_json::to_value(&children.service))?,
-        json(serde_json::to_value(&children.scaled_object))?,
-    ])
+    Ok(ByKind {
+        service_account: json(serde_json::to_value(&children.service_account))?,
+        deployment: json(serde_json::to_value(&children.deployment))?,
+        service: json(serde_json::to_value(&children.service))?,
+        scaled_object: json(serde_json::to_value(&children.scaled_object))?,
+    })
 }
 
-fn live_child(kind: &ChildKind, namespace: &str, name: &str) -> Option<Value> {
-    let key = ObjectRef::new_with(name, kind.resource.clone()).within(namespace);
-    kind.store.get(&key).and_then(|o| serde_json::to_value(&*o).ok())
-}
-
-/// Server-side applies one child; with `force`, whatever another manager
-/// changed in our fields comes back. Strict validation makes the API server
-/// refuse a field its schema does not know (KEDA's, for the ScaledObject)
-/// instead of dropping it.
-async fn apply_child(
-    ctx: &Context,
-    kind: &ChildKind,
-    namespace: &str,
-    name: &str,
-    object: &Value,
-    force: bool,
-) -> Result<Value> {
-    let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), namespace, &kind.resource);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        force,
-        field_validation: Some(ValidationDirective::Strict),
-        ..PatchParams::default()
-    };
-    let applied = api
-        .patch(name, &params, &Patch::Apply(object))
-        .await
-        .map_err(|source| Error::KubeCall {
-            what: format!("applying {} {namespace}/{name}", kind.resource.kind),
-            source,
-        })?;
-    metrics::counter!("eds_child_applies_total", "kind" => kind.resource.kind.clone()).increment(1);
-    tracing::info!(kind = %kind.resource.kind, %namespace, %name, "applied");
-    serde_json::to_value(&applied).map_err(|e| Error::Serialize(e.to_string()))
-}
-
-async fn patch_status(
-    ctx: &Context,
-    claim: &EventDrivenService,
-    namespace: &str,
-    status: &EventDrivenServiceStatus,
-) -> Result<()> {
-    let name = claim.name_any();
-    let body = serde_json::json!({
-        "apiVersion": EventDrivenService::api_version(&()),
-        "kind": EventDrivenService::kind(&()),
-        "status": status,
-    });
-    Api::<EventDrivenService>::namespaced(ctx.client.clone(), namespace)
-        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-        .await
-        .map_err(|source| Error::KubeCall {
-            what: format!("writing the status of EventDrivenService {namespace}/{name}"),
-            source,
-        })?;
-    Ok(())
+fn cached_child(ctx: &Context, kind: ChildKind, namespace: &str, name: &str) -> Live {
+    let key = ObjectRef::new_with(name, kind.resource()).within(namespace);
+    ctx.stores.get(kind).get(&key)
 }
 
 /// The consumer's lag through the shared cache: at most one NATS request per
@@ -287,25 +232,17 @@ async fn read_lag(ctx: &Context, claim: &EventDrivenService) -> Option<u64> {
 fn record_gauges(claim: &EventDrivenService, namespace: &str, status: &EventDrivenServiceStatus) {
     let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
     let scaling = &claim.spec.scaling;
-    metrics::gauge!("eds_service_max_replicas", &labels).set(f64::from(scaling.max_replicas));
+    metrics::gauge!(SERVICE_MAX_REPLICAS.name, &labels).set(f64::from(scaling.max_replicas));
     if let Some(replicas) = status.replicas {
-        metrics::gauge!("eds_service_replicas", &labels).set(f64::from(replicas));
+        metrics::gauge!(SERVICE_REPLICAS.name, &labels).set(f64::from(replicas));
     }
     let Some(lag) = status.lag else { return };
-    metrics::gauge!("eds_service_lag", &labels).set(lag as f64);
-    if let Some(threshold) = threshold(&scaling.lag_threshold) {
+    metrics::gauge!(SERVICE_LAG.name, &labels).set(lag as f64);
+    if let Ok(threshold) = LagThreshold::from_claim(&scaling.lag_threshold) {
         let (min, max) = (scaling.min_replicas.max(0) as u32, scaling.max_replicas.max(0) as u32);
-        let desired = desired_replicas(lag.max(0) as u64, threshold, min, max);
-        metrics::gauge!("eds_service_desired_replicas", &labels).set(f64::from(desired));
+        let desired = desired_replicas(lag.max(0) as u64, threshold.get(), min, max);
+        metrics::gauge!(SERVICE_DESIRED_REPLICAS.name, &labels).set(f64::from(desired));
     }
-}
-
-fn threshold(value: &IntOrString) -> Option<f64> {
-    match value {
-        IntOrString::Int(n) => Some(f64::from(*n)),
-        IntOrString::String(s) => s.trim().parse().ok(),
-    }
-    .filter(|t: &f64| *t > 0.0)
 }
 
 /// Events carry at most 1 kB of note.
@@ -334,30 +271,31 @@ async fn publish_failure(recorder: &Recorder, claim: &EventDrivenService, error:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::LeaderConfig;
     use crate::lag::JetStreamLag;
     use crate::nats::Connections;
-    use clap::Parser;
+    use crate::nats::NatsConfig;
     use kube::runtime::reflector::store::Writer;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn context() -> Arc<Context> {
         let config = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
         let client = Client::try_from(config).unwrap();
-        let args = Cli::parse_from(["eds"]).args;
-        let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), args.lag_interval);
-        let kinds = child_resources()
-            .into_iter()
-            .map(|resource| ChildKind {
-                store: Writer::new(resource.clone()).as_reader(),
-                resource,
-            })
-            .collect();
-        Arc::new(Context::new(client, &args, lag, "test", kinds))
+        let config = ControllerConfig {
+            platform: Platform::default(),
+            nats: NatsConfig::for_url("nats://127.0.0.1:9"),
+            lag_interval: Duration::from_secs(15),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            watch_namespace: None,
+            leader: LeaderConfig {
+                lease_name: "eds-controller".into(),
+                lease_namespace: "eds-system".into(),
+                lease_duration: Duration::from_secs(15),
+                identity: "test".into(),
+            },
+        };
+        let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
+        let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
+        Arc::new(Context::new(client, &config, lag, "test", stores))
     }
 
     #[test]
@@ -396,21 +334,14 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_read_as_numbers() {
-        assert_eq!(threshold(&IntOrString::Int(5)), Some(5.0));
-        assert_eq!(threshold(&IntOrString::String("2.5".into())), Some(2.5));
-        assert_eq!(threshold(&IntOrString::String("0".into())), None);
-    }
-
-    #[test]
-    fn children_are_json_in_apply_order() {
+    fn children_are_json_each_under_its_kind() {
         let children = desired_children(&EventDrivenService::test(), &Platform::default()).unwrap();
         let objects = desired_objects(&children).unwrap();
-        let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
-        let expected: Vec<String> = child_resources().iter().map(|r| r.kind.clone()).collect();
-        assert_eq!(kinds, expected);
+        for kind in ChildKind::APPLY_ORDER {
+            assert_eq!(objects.get(kind)["kind"], kind.resource().kind, "{kind:?}");
+        }
         assert!(
-            objects[DEPLOYMENT]["spec"].get("replicas").is_none(),
+            objects.deployment["spec"].get("replicas").is_none(),
             "KEDA owns the replica count"
         );
     }

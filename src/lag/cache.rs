@@ -71,7 +71,7 @@ pub const MAX_IN_FLIGHT: usize = 256;
 
 impl LagCache {
     pub fn new(source: Arc<dyn LagSource>, ttl: Duration) -> Arc<Self> {
-        let lookups = |result: &'static str| metrics::counter!("eds_lag_cache_requests_total", "result" => result);
+        let lookups = |result: &'static str| metrics::counter!(super::metrics::CACHE_REQUESTS.name, "result" => result);
         Arc::new(LagCache {
             source,
             ttl,

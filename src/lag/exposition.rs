@@ -9,7 +9,9 @@
 //! failed has no samples: an absent series, never a stale or made-up number.
 use std::fmt::Write;
 
+use super::metrics::CONSUMER_GAUGES;
 use super::{ConsumerKey, ConsumerState};
+use crate::telemetry::Metric;
 
 /// One consumer's figures, as read.
 #[derive(Clone, Debug)]
@@ -33,21 +35,6 @@ impl Sample {
     }
 }
 
-/// Name and help of each family, in the order of [`Sample::values`].
-pub const FAMILIES: [(&str, &str); 5] = [
-    ("eds_consumer_lag", "Consumer lag: num_pending + num_ack_pending."),
-    ("eds_consumer_pending", "Messages not yet delivered to the consumer."),
-    (
-        "eds_consumer_ack_pending",
-        "Messages delivered and not yet acknowledged.",
-    ),
-    (
-        "eds_consumer_redelivered",
-        "Messages redelivered and not yet acknowledged.",
-    ),
-    ("eds_consumer_waiting", "Pull requests waiting on the consumer."),
-];
-
 /// Appends the five gauge families in the Prometheus text format, samples
 /// sorted by their labels.
 pub fn render(mut samples: Vec<Sample>, out: &mut String) {
@@ -56,7 +43,7 @@ pub fn render(mut samples: Vec<Sample>, out: &mut String) {
     }
     samples.sort_by(|a, b| a.key.cmp(&b.key));
     let labels: Vec<String> = samples.iter().map(|s| label_set(&s.key)).collect();
-    for (i, (name, help)) in FAMILIES.iter().enumerate() {
+    for (i, Metric { name, help, .. }) in CONSUMER_GAUGES.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
         for (sample, labels) in samples.iter().zip(&labels) {
@@ -127,7 +114,7 @@ eds_consumer_lag{connection=\"default\",stream=\"INVOICES\",consumer=\"billing\"
 eds_consumer_lag{connection=\"default\",stream=\"ORDERS\",consumer=\"workers\"} 7
 ";
         assert!(out.starts_with(expected), "{out}");
-        for (name, _) in FAMILIES {
+        for Metric { name, .. } in CONSUMER_GAUGES {
             assert_eq!(out.matches(&format!("# TYPE {name} gauge\n")).count(), 1, "{name}");
             assert_eq!(out.matches(&format!("\n{name}{{")).count(), 2, "{name}");
         }

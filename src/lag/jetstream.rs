@@ -41,9 +41,9 @@ impl JetStreamLag {
             Ok(_) => "ok",
             Err(e) => e.label(),
         };
-        metrics::counter!("eds_nats_requests_total", "connection" => conn.name.clone(), "result" => label)
+        metrics::counter!(super::metrics::NATS_REQUESTS.name, "connection" => conn.name.clone(), "result" => label)
             .increment(1);
-        metrics::histogram!("eds_nats_request_duration_seconds", "connection" => conn.name.clone())
+        metrics::histogram!(super::metrics::NATS_REQUEST_DURATION.name, "connection" => conn.name.clone())
             .record(started.elapsed().as_secs_f64());
         result
     }

@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod exposition;
 pub mod jetstream;
+pub mod metrics;
 pub mod notify;
 pub mod subject;
 pub mod watch;
@@ -26,8 +27,6 @@ use std::sync::Arc;
 pub use cache::LagCache;
 pub use jetstream::JetStreamLag;
 pub use watch::Watchers;
-
-use crate::nats::NatsArgs;
 
 /// Which consumer, on which connection and JetStream domain.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,92 +130,6 @@ pub fn desired_replicas(lag: u64, threshold: f64, min: u32, max: u32) -> u32 {
         f64::from(max)
     };
     (wanted.min(f64::from(u32::MAX)) as u32).clamp(min, max.max(min))
-}
-
-/// Registers descriptions for the lag metrics.
-pub fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    // The `eds_consumer_*` gauges are written from the cache at scrape time:
-    // see [`exposition`].
-    describe_counter!(
-        "eds_nats_requests_total",
-        "JetStream API requests by connection and result."
-    );
-    describe_histogram!(
-        "eds_nats_request_duration_seconds",
-        metrics::Unit::Seconds,
-        "JetStream API request latency by connection."
-    );
-    describe_counter!(
-        "eds_lag_cache_requests_total",
-        "Lag lookups by result: hit, miss or coalesced."
-    );
-    describe_gauge!("eds_nats_connected", "1 while the named NATS connection is up.");
-    describe_gauge!("eds_push_watchers", "Consumers watched for push activation.");
-    describe_gauge!(
-        "eds_push_notifiers",
-        "Streams with a shared new-message notifier task (one notifier consumer each)."
-    );
-}
-
-/// `eds lag`: flags.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    /// Stream name.
-    #[arg(long)]
-    pub stream: String,
-    /// Durable consumer name.
-    #[arg(long)]
-    pub consumer: String,
-    /// Named connection from --nats-config.
-    #[arg(long)]
-    pub connection: Option<String>,
-    /// JetStream domain.
-    #[arg(long)]
-    pub js_domain: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `eds lag`: prints one consumer's lag breakdown.
-pub async fn run_cli(args: Args) -> crate::Result<()> {
-    let connections = crate::nats::Connections::connect(&args.nats, "eds-lag").await?;
-    let name = args.connection.as_deref().unwrap_or(crate::nats::DEFAULT_CONNECTION);
-    let conn = connections
-        .get(Some(name))
-        .ok_or_else(|| LagError::UnknownConnection(name.to_string()))?;
-    // The first request may race the initial connect; give it the same bound.
-    let deadline = tokio::time::Instant::now() + conn.request_timeout;
-    while conn.client.connection_state() != async_nats::connection::State::Connected
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let key = ConsumerKey::new(name, args.js_domain.as_deref(), &args.stream, &args.consumer);
-    let state = JetStreamLag::new(connections).consumer_state(&key).await?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "stream": args.stream, "consumer": args.consumer,
-                "pending": state.pending, "ackPending": state.ack_pending,
-                "redelivered": state.redelivered, "waiting": state.waiting,
-                "lag": state.lag(), "filterSubjects": state.filter_subjects,
-            })
-        );
-    } else {
-        println!("stream       {}", args.stream);
-        println!("consumer     {}", args.consumer);
-        println!("pending      {}", state.pending);
-        println!("ack-pending  {}", state.ack_pending);
-        println!("redelivered  {}", state.redelivered);
-        println!("waiting      {}", state.waiting);
-        println!("lag          {}  (pending + ack-pending)", state.lag());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ impl Notifiers {
                     changed: Notify::new(),
                 });
                 streams.insert(stream_key, shared.clone());
-                metrics::gauge!("eds_push_notifiers").set(streams.len() as f64);
+                metrics::gauge!(super::metrics::PUSH_NOTIFIERS.name).set(streams.len() as f64);
                 tokio::spawn(Arc::clone(self).run(shared.clone(), client.clone(), connects.clone()));
                 shared
             }
@@ -167,7 +167,7 @@ impl Notifiers {
         if streams.get(&shared.key).is_some_and(|s| Arc::ptr_eq(s, shared)) {
             streams.remove(&shared.key);
         }
-        metrics::gauge!("eds_push_notifiers").set(streams.len() as f64);
+        metrics::gauge!(super::metrics::PUSH_NOTIFIERS.name).set(streams.len() as f64);
         true
     }
 
@@ -177,7 +177,7 @@ impl Notifiers {
         if streams.get(&shared.key).is_some_and(|s| Arc::ptr_eq(s, shared)) {
             streams.remove(&shared.key);
         }
-        metrics::gauge!("eds_push_notifiers").set(streams.len() as f64);
+        metrics::gauge!(super::metrics::PUSH_NOTIFIERS.name).set(streams.len() as f64);
     }
 
     /// One stream's notifier: keeps a push consumer that sees every

@@ -156,7 +156,7 @@ impl Watchers {
         }
         let watch = Arc::new(Watch::new(activation_threshold));
         watches.insert(key.clone(), watch.clone());
-        metrics::gauge!("eds_push_watchers").set(watches.len() as f64);
+        metrics::gauge!(super::metrics::PUSH_WATCHERS.name).set(watches.len() as f64);
         tokio::spawn(Arc::clone(self).run(key.clone(), watch.clone()));
         Subscription { watch, seen: 0 }
     }
@@ -185,7 +185,7 @@ impl Watchers {
         if watches.get(key).is_some_and(|w| Arc::ptr_eq(w, watch)) {
             watches.remove(key);
         }
-        metrics::gauge!("eds_push_watchers").set(watches.len() as f64);
+        metrics::gauge!(super::metrics::PUSH_WATCHERS.name).set(watches.len() as f64);
         true
     }
 

@@ -1,8 +1,8 @@
 //! Pure functions: a claim in, its desired children out.
 //!
 //! The controller and `eds render` share these, so what a platform team
-//! diffs in CI is what the cluster gets. Nothing here does I/O except
-//! [`run_cli`], which reads the claim file and prints.
+//! diffs in CI is what the cluster gets. Nothing here does I/O: `eds render`
+//! (in `cli.rs`) reads the claim file and prints.
 mod deployment;
 pub mod resources;
 mod scaled_object;
@@ -10,7 +10,6 @@ mod service;
 mod service_account;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
@@ -24,8 +23,8 @@ pub use deployment::{
 };
 pub use resources::{ResourceError, size_resources};
 pub use scaled_object::{
-    SCALER_ADDRESS, ScaleTargetRef, ScaledObject, ScaledObjectCondition, ScaledObjectFallback, ScaledObjectSpec,
-    ScaledObjectStatus, ScaledObjectTrigger, TRIGGER_TYPE, desired_scaled_object,
+    ScaleTargetRef, ScaledObject, ScaledObjectCondition, ScaledObjectFallback, ScaledObjectSpec, ScaledObjectStatus,
+    ScaledObjectTrigger, desired_scaled_object,
 };
 pub use service::desired_service;
 pub use service_account::desired_service_account;
@@ -39,16 +38,14 @@ pub const DEFAULT_SCALER_ADDRESS: &str = "eds-scaler.eds-system.svc:9090";
 pub const MANAGED_BY: &str = "eds";
 
 /// What the children need to know about the platform rather than the claim.
-#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform {
     /// host:port of the eds scaler's gRPC Service, written into every
     /// ScaledObject as KEDA's `scalerAddress`.
-    #[arg(long, env = "EDS_SCALER_ADDRESS", default_value = DEFAULT_SCALER_ADDRESS)]
     pub scaler_address: String,
     /// A KEDA ClusterTriggerAuthentication holding `caCert` (and, for mutual
-    /// TLS, `tlsClientCert` and `tlsClientKey`): set it when the scaler serves
+    /// TLS, `tlsClientCert` and `tlsClientKey`): set when the scaler serves
     /// TLS, and every trigger connects with TLS through it.
-    #[arg(long, env = "EDS_SCALER_TRIGGER_AUTHENTICATION")]
     pub scaler_trigger_authentication: Option<String>,
 }
 
@@ -150,24 +147,6 @@ fn claim_ref(eds: &EventDrivenService) -> String {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Claim file (one or more YAML documents), or `-` for stdin.
-    pub file: String,
-
-    #[command(flatten)]
-    pub platform: Platform,
-}
-
-/// `eds render`: check every claim in the file as the API server would, then
-/// print all their children; print every problem and fail if any claim is
-/// invalid.
-pub fn run_cli(args: Args) -> Result<()> {
-    let text = read_input(&args.file)?;
-    print!("{}", render_text(&text, &args.platform)?);
-    Ok(())
-}
-
 /// The children of every claim in `text` as multi-document YAML.
 pub fn render_text(text: &str, platform: &Platform) -> Result<String> {
     let claims = parse_claims(text)?;
@@ -200,18 +179,6 @@ pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
         return Err(Error::InvalidClaim("no EventDrivenService in the input".into()));
     }
     Ok(claims)
-}
-
-fn read_input(file: &str) -> Result<String> {
-    if file == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| Error::io("stdin", e))?;
-        Ok(text)
-    } else {
-        std::fs::read_to_string(file).map_err(|e| Error::io(file, e))
-    }
 }
 
 #[cfg(test)]

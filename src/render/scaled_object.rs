@@ -2,20 +2,12 @@
 //! served by the platform's eds scaler through an `external-push` trigger.
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::{Platform, child_metadata};
 use crate::api::EventDrivenService;
-use crate::scaler::metadata::{ACTIVATION_LAG_THRESHOLD, CONSUMER, LAG_THRESHOLD, NATS_CONNECTION, STREAM};
-
-/// KEDA's trigger type for an external scaler that pushes activity changes.
-pub const TRIGGER_TYPE: &str = "external-push";
-/// The trigger metadata key KEDA dials for external scalers.
-pub const SCALER_ADDRESS: &str = "scalerAddress";
-/// The trigger metadata key that makes KEDA dial the scaler with TLS.
-pub const ENABLE_TLS: &str = "enableTLS";
+use crate::trigger::{TRIGGER_TYPE, claim_metadata};
 
 /// The part of KEDA's `keda.sh/v1alpha1` ScaledObject we write. Every field we
 /// do not set is left out of what we apply, so server-side apply never makes
@@ -106,31 +98,17 @@ pub struct ScaledObjectCondition {
 
 pub fn desired_scaled_object(eds: &EventDrivenService, platform: &Platform) -> ScaledObject {
     let scaling = &eds.spec.scaling;
-    let nats = &eds.spec.nats;
-    // Only names and numbers: the scaler holds every NATS credential, and a
-    // trigger can choose among its connections but never supply one.
-    let mut metadata = BTreeMap::from([
-        (SCALER_ADDRESS.to_string(), platform.scaler_address.clone()),
-        (STREAM.to_string(), nats.stream.clone()),
-        (CONSUMER.to_string(), nats.consumer.clone()),
-        (LAG_THRESHOLD.to_string(), threshold_text(&scaling.lag_threshold)),
-        (
-            ACTIVATION_LAG_THRESHOLD.to_string(),
-            scaling.activation_lag_threshold.to_string(),
-        ),
-    ]);
-    if let Some(connection) = &nats.connection {
-        metadata.insert(NATS_CONNECTION.to_string(), connection.clone());
-    }
+    let tls = platform.scaler_trigger_authentication.is_some();
+    let metadata = claim_metadata(eds, &platform.scaler_address, tls);
     // TLS material for KEDA's side of the gRPC connection lives in one
     // platform-wide ClusterTriggerAuthentication, never in the claim.
-    let authentication_ref = platform.scaler_trigger_authentication.as_ref().map(|name| {
-        metadata.insert(ENABLE_TLS.to_string(), "true".to_string());
-        AuthenticationRef {
+    let authentication_ref = platform
+        .scaler_trigger_authentication
+        .as_ref()
+        .map(|name| AuthenticationRef {
             name: name.clone(),
             kind: Some("ClusterTriggerAuthentication".into()),
-        }
-    });
+        });
     ScaledObject {
         metadata: child_metadata(eds),
         spec: ScaledObjectSpec {
@@ -159,21 +137,12 @@ pub fn desired_scaled_object(eds: &EventDrivenService, platform: &Platform) -> S
     }
 }
 
-/// Trigger metadata is all strings; `"5"` and `5` render the same.
-fn threshold_text(threshold: &IntOrString) -> String {
-    match threshold {
-        IntOrString::Int(n) => n.to_string(),
-        IntOrString::String(s) => s.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     use super::*;
     use crate::api::Fallback;
-    use crate::scaler::metadata::Trigger;
 
     fn platform() -> Platform {
         Platform {
@@ -295,22 +264,5 @@ mod tests {
             let eds = EventDrivenService::test().with_lag_threshold(threshold);
             assert_eq!(metadata(&eds)["lagThreshold"], text);
         }
-    }
-
-    /// The contract with our own scaler: what we write, it reads back.
-    #[test]
-    fn the_scaler_parses_what_we_render() {
-        let eds = EventDrivenService::test()
-            .with_connection("hub-eu")
-            .with_lag_threshold(IntOrString::String("2.5".into()))
-            .with_spec(|s| s.scaling.activation_lag_threshold = 4);
-        let metadata: HashMap<String, String> = metadata(&eds).into_iter().collect();
-        let trigger = Trigger::parse_with_connection(&metadata, &metadata["natsConnection"]).unwrap();
-        assert_eq!(
-            trigger.key,
-            crate::lag::ConsumerKey::new("hub-eu", None, "ORDERS", "orders-workers")
-        );
-        assert_eq!(trigger.lag_threshold, 2.5);
-        assert_eq!(trigger.activation_lag_threshold, 4.0);
     }
 }

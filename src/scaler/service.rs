@@ -6,13 +6,14 @@ use std::time::Instant;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::metadata::{Trigger, is_active};
+use super::metrics::{PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
 use crate::lag::{LagCache, LagError, Watchers, cache::Reading, watch::Subscription};
 use crate::nats::Connections;
 use crate::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
     ScaledObjectRef, external_scaler_server::ExternalScaler,
 };
+use crate::trigger::{Trigger, is_active};
 
 /// Serves lag from the shared cache and push activation from the watchers.
 #[derive(Clone)]
@@ -64,9 +65,8 @@ fn observe<T>(method: &'static str, started: Instant, result: &Result<T, Status>
         Ok(_) => "OK".to_string(),
         Err(status) => format!("{:?}", status.code()),
     };
-    metrics::counter!("eds_scaler_rpc_total", "method" => method, "code" => code.clone()).increment(1);
-    metrics::histogram!("eds_scaler_rpc_duration_seconds", "method" => method, "code" => code)
-        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(RPCS.name, "method" => method, "code" => code.clone()).increment(1);
+    metrics::histogram!(RPC_DURATION.name, "method" => method, "code" => code).record(started.elapsed().as_secs_f64());
     if let Err(status) = result {
         tracing::debug!(method, code = ?status.code(), message = status.message(), "scaler RPC failed");
     }
@@ -110,8 +110,8 @@ impl ExternalScaler for LagScaler {
             Response::new(GetMetricSpecResponse {
                 metric_specs: vec![MetricSpec {
                     metric_name: trigger.metric_name(),
-                    target_size: trigger.lag_threshold.ceil() as i64,
-                    target_size_float: trigger.lag_threshold,
+                    target_size: trigger.lag_threshold.get().ceil() as i64,
+                    target_size_float: trigger.lag_threshold.get(),
                 }],
             })
         });
@@ -208,7 +208,7 @@ impl PushState {
                 continue;
             }
             if active {
-                metrics::counter!("eds_push_activations_total").increment(1);
+                metrics::counter!(PUSH_ACTIVATIONS.name).increment(1);
             }
             tracing::debug!(scaled_object = %self.scaled_object, active, "pushed activity");
             self.sent = Some(active);
@@ -222,7 +222,7 @@ struct OpenStream(metrics::Gauge);
 
 impl OpenStream {
     fn new() -> Self {
-        let gauge = metrics::gauge!("eds_push_streams");
+        let gauge = metrics::gauge!(PUSH_STREAMS.name);
         gauge.increment(1.0);
         OpenStream(gauge)
     }
@@ -232,20 +232,4 @@ impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
-}
-
-/// Registers descriptions for the scaler's own metrics.
-pub fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("eds_scaler_rpc_total", "Scaler RPCs by method and gRPC status code.");
-    describe_histogram!(
-        "eds_scaler_rpc_duration_seconds",
-        metrics::Unit::Seconds,
-        "Scaler RPC latency by method and gRPC status code."
-    );
-    describe_gauge!("eds_push_streams", "Open StreamIsActive streams.");
-    describe_counter!(
-        "eds_push_activations_total",
-        "Times a push stream told KEDA a consumer became active."
-    );
 }

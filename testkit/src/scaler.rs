@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use eds::nats::NatsArgs;
+use eds::nats::NatsConfig;
 use eds::proto::external_scaler_client::ExternalScalerClient;
 use eds::proto::{GetMetricsRequest, ScaledObjectRef};
 use eds::scaler::{Scaler, Tuning};
@@ -21,11 +21,11 @@ pub struct RunningScaler {
 }
 
 impl RunningScaler {
-    pub async fn start(nats: NatsArgs) -> Self {
+    pub async fn start(nats: NatsConfig) -> Self {
         Self::start_with(nats, Tuning::default(), None).await
     }
 
-    pub async fn start_with(nats: NatsArgs, tuning: Tuning, tls: Option<ServerTlsConfig>) -> Self {
+    pub async fn start_with(nats: NatsConfig, tuning: Tuning, tls: Option<ServerTlsConfig>) -> Self {
         let scaler = Scaler::connect(&nats, tuning).await.expect("scaler connects");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

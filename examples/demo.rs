@@ -1,5 +1,5 @@
-//! `eds demo`: the scaler against a local nats-server and a bursty workload,
-//! showing live what KEDA would see. No cluster needed.
+//! The demo (`scripts/demo.sh`): the scaler against a local nats-server and
+//! a bursty workload, showing live what KEDA would see. No cluster needed.
 //!
 //! A publisher sends bursts to a stream; a pool of slow workers drains a
 //! durable consumer, and the pool is resized to the replica count the HPA
@@ -15,18 +15,24 @@ use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
-use crate::lag::desired_replicas;
-use crate::nats::{NatsArgs, parse_duration};
-use crate::proto::external_scaler_client::ExternalScalerClient;
-use crate::proto::{GetMetricsRequest, ScaledObjectRef};
-use crate::scaler::{Scaler, Tuning};
-use crate::{Error, Result};
+use clap::Parser;
+use eds::cli::parse_duration;
+use eds::lag::desired_replicas;
+use eds::nats::NatsConfig;
+use eds::proto::external_scaler_client::ExternalScalerClient;
+use eds::proto::{GetMetricsRequest, ScaledObjectRef};
+use eds::scaler::{Scaler, Tuning};
+use eds::trigger::{CONSUMER as CONSUMER_KEY, LAG_THRESHOLD, LagThreshold, STREAM as STREAM_KEY};
+/// The demo's own errors: each says what failed; the library's keep their type.
+type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 const STREAM: &str = "DEMO_ORDERS";
 const CONSUMER: &str = "demo-workers";
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// Run the scaler against a local nats-server with a bursty workload.
+#[derive(Parser, Debug)]
+#[command(name = "eds-demo")]
+struct Args {
     /// nats-server binary to start (built by scripts/tools.sh).
     #[arg(long, env = "EDS_DEMO_NATS_SERVER", default_value = ".tools/bin/nats-server")]
     pub nats_server: PathBuf,
@@ -34,8 +40,8 @@ pub struct Args {
     #[arg(long, default_value = "45s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Target lag per replica (the claim's scaling.lagThreshold).
-    #[arg(long, default_value_t = 5.0)]
-    pub lag_threshold: f64,
+    #[arg(long, default_value_t = LagThreshold::DEFAULT, value_parser = LagThreshold::parse)]
+    pub lag_threshold: LagThreshold,
     /// Replica bounds the HPA would use.
     #[arg(long, default_value_t = 0)]
     pub min_replicas: u32,
@@ -46,13 +52,25 @@ pub struct Args {
     pub work_time: Duration,
 }
 
-pub async fn run(args: Args) -> Result<()> {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // The demo prints its own table; only problems should interrupt it.
+    eds::telemetry::init_logging(eds::telemetry::LogFormat::Plain, "warn");
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eds demo: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("eds-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let port = TcpListener::bind("127.0.0.1:0")
         .await
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Error::Server(e.to_string()))?
+        .and_then(|l| l.local_addr())?
         .port();
     let mut server = Command::new(&args.nats_server)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
@@ -62,10 +80,10 @@ pub async fn run(args: Args) -> Result<()> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
-            Error::Config(format!(
+            format!(
                 "starting {} ({e}); run scripts/demo.sh, which builds it",
                 args.nats_server.display()
-            ))
+            )
         })?;
     let url = format!("nats://127.0.0.1:{port}");
     let outcome = demo(&args, &url).await;
@@ -75,10 +93,6 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 async fn demo(args: &Args, url: &str) -> Result<()> {
-    let nats_err = |e: &dyn std::fmt::Display| Error::Nats {
-        connection: "demo".into(),
-        message: e.to_string(),
-    };
     let client = connect_when_up(url).await?;
     let js = jetstream::new(client);
     let stream = js
@@ -87,8 +101,7 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
             subjects: vec!["demo.orders.>".into()],
             ..Default::default()
         })
-        .await
-        .map_err(|e| nats_err(&e))?;
+        .await?;
     let workers = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some(CONSUMER.into()),
@@ -96,37 +109,28 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
             ack_wait: Duration::from_secs(30),
             ..Default::default()
         })
-        .await
-        .map_err(|e| nats_err(&e))?;
+        .await?;
 
     // The scaler, exactly as `eds scaler` runs it, on a loopback port.
-    let scaler = Scaler::connect(&NatsArgs::for_url(url), Tuning::default()).await?;
-    let grpc = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| Error::Server(e.to_string()))?;
-    let grpc_addr = grpc.local_addr().map_err(|e| Error::Server(e.to_string()))?;
+    let scaler = Scaler::connect(&NatsConfig::for_url(url), Tuning::default()).await?;
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let grpc_addr = grpc.local_addr()?;
     let serving = scaler.clone();
     tokio::spawn(async move { serving.serve(grpc, None, std::future::pending()).await });
-    let mut keda = ExternalScalerClient::connect(format!("http://{grpc_addr}"))
-        .await
-        .map_err(|e| Error::Server(e.to_string()))?;
+    let mut keda = ExternalScalerClient::connect(format!("http://{grpc_addr}")).await?;
     let so = ScaledObjectRef {
         name: "demo".into(),
         namespace: "demo".into(),
         scaler_metadata: [
-            ("stream", STREAM.to_string()),
-            ("consumer", CONSUMER.to_string()),
-            ("lagThreshold", args.lag_threshold.to_string()),
+            (STREAM_KEY, STREAM.to_string()),
+            (CONSUMER_KEY, CONSUMER.to_string()),
+            (LAG_THRESHOLD, args.lag_threshold.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect(),
     };
-    let spec = keda
-        .get_metric_spec(so.clone())
-        .await
-        .map_err(|e| Error::Server(e.to_string()))?
-        .into_inner();
+    let spec = keda.get_metric_spec(so.clone()).await?.into_inner();
     println!(
         "eds demo: nats-server {url}, stream {STREAM}, consumer {CONSUMER}, scaler on {grpc_addr}\nKEDA metric {:?}, target {} per replica, replicas {}..{}\n",
         spec.metric_specs[0].metric_name, args.lag_threshold, args.min_replicas, args.max_replicas
@@ -136,11 +140,7 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
     let replicas = Arc::new(AtomicU32::new(args.min_replicas));
     let pool = tokio::spawn(worker_pool(workers, replicas.clone(), args.work_time));
     let publisher = tokio::spawn(publish_bursts(js.clone()));
-    let mut pushes = keda
-        .stream_is_active(so.clone())
-        .await
-        .map_err(|e| Error::Server(e.to_string()))?
-        .into_inner();
+    let mut pushes = keda.stream_is_active(so.clone()).await?.into_inner();
     tokio::spawn(async move {
         while let Ok(Some(push)) = pushes.message().await {
             println!(
@@ -152,7 +152,7 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
     });
 
     println!("  time  pending  ack-pending   lag  active  HPA replicas  (what KEDA sees)");
-    let key = crate::lag::ConsumerKey::new(crate::nats::DEFAULT_CONNECTION, None, STREAM, CONSUMER);
+    let key = eds::lag::ConsumerKey::new(eds::nats::DEFAULT_CONNECTION, None, STREAM, CONSUMER);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while started.elapsed() < args.duration {
         tick.tick().await;
@@ -167,12 +167,12 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
             .cache
             .peek(&key)
             .map(|r| r.result)
-            .unwrap_or_else(|| Err(crate::lag::LagError::Internal("no reading yet".into())));
+            .unwrap_or_else(|| Err(eds::lag::LagError::Internal("no reading yet".into())));
         let active = keda.is_active(so.clone()).await;
         match (metrics, active, breakdown) {
             (Ok(m), Ok(a), Ok(state)) => {
                 let lag = m.into_inner().metric_values[0].metric_value as u64;
-                let want = desired_replicas(lag, args.lag_threshold, args.min_replicas, args.max_replicas);
+                let want = desired_replicas(lag, args.lag_threshold.get(), args.min_replicas, args.max_replicas);
                 replicas.store(want, Ordering::Relaxed);
                 println!(
                     "{:>6.1}s  {:>7}  {:>11}  {:>4}  {:>6}  {:>12}  {}",
@@ -206,10 +206,7 @@ async fn connect_when_up(url: &str) -> Result<async_nats::Client> {
         match async_nats::connect(url).await {
             Ok(client) => return Ok(client),
             Err(e) if Instant::now() > deadline => {
-                return Err(Error::Nats {
-                    connection: "demo".into(),
-                    message: format!("nats-server did not come up: {e}"),
-                });
+                return Err(format!("nats-server did not come up: {e}").into());
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }

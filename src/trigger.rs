@@ -1,13 +1,24 @@
-//! Trigger metadata: what a ScaledObject's trigger asks the scaler for.
+//! KEDA trigger metadata: the one contract between what `render` writes into
+//! a ScaledObject and what the `scaler` reads back from KEDA.
 //!
 //! KEDA sends the trigger's whole `metadata` map (with `scalerAddress` and
 //! anything else the user wrote). Keys we do not know are ignored; keys we do
 //! know are checked strictly, and an error names the key.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::EventDrivenService;
 use crate::lag::ConsumerKey;
 use crate::nats::{Connections, DEFAULT_CONNECTION};
 
+/// KEDA's trigger type for an external scaler that pushes activity changes.
+pub const TRIGGER_TYPE: &str = "external-push";
+/// The key KEDA dials for external scalers.
+pub const SCALER_ADDRESS: &str = "scalerAddress";
+/// The key that makes KEDA dial the scaler with TLS.
+pub const ENABLE_TLS: &str = "enableTLS";
 pub const STREAM: &str = "stream";
 pub const CONSUMER: &str = "consumer";
 pub const LAG_THRESHOLD: &str = "lagThreshold";
@@ -15,13 +26,65 @@ pub const ACTIVATION_LAG_THRESHOLD: &str = "activationLagThreshold";
 pub const NATS_CONNECTION: &str = "natsConnection";
 pub const JS_DOMAIN: &str = "jsDomain";
 
-pub const DEFAULT_LAG_THRESHOLD: f64 = 5.0;
+/// Target lag per replica: a finite number above 0. Claims write it as an
+/// integer or a decimal string, trigger metadata as a string; both are read
+/// here and nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct LagThreshold(f64);
+
+impl LagThreshold {
+    pub const DEFAULT: LagThreshold = LagThreshold(5.0);
+
+    pub fn new(value: f64) -> Result<Self, String> {
+        if !value.is_finite() {
+            return Err(format!("{value} is not a number"));
+        }
+        if value <= 0.0 {
+            return Err(format!("must be greater than 0, got {value}"));
+        }
+        Ok(LagThreshold(value))
+    }
+
+    /// Reads `"5"`, `"2.5"` (surrounding blanks ignored).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let value: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+        if !value.is_finite() {
+            return Err(format!("{text:?} is not a number"));
+        }
+        Self::new(value)
+    }
+
+    /// A claim's `scaling.lagThreshold`.
+    pub fn from_claim(value: &IntOrString) -> Result<Self, String> {
+        match value {
+            IntOrString::Int(n) => Self::new(f64::from(*n)),
+            IntOrString::String(s) => Self::parse(s),
+        }
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl Default for LagThreshold {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for LagThreshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A parsed trigger.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Trigger {
     pub key: ConsumerKey,
-    pub lag_threshold: f64,
+    pub lag_threshold: LagThreshold,
     pub activation_lag_threshold: f64,
 }
 
@@ -72,13 +135,10 @@ impl Trigger {
             Some(d) if is_nats_name(d) => Some(d),
             Some(d) => return Err(bad(JS_DOMAIN, format!("{d:?} is not a valid JetStream domain"))),
         };
-        let lag_threshold = number(metadata, LAG_THRESHOLD, DEFAULT_LAG_THRESHOLD)?;
-        if lag_threshold <= 0.0 {
-            return Err(bad(
-                LAG_THRESHOLD,
-                format!("must be greater than 0, got {lag_threshold}"),
-            ));
-        }
+        let lag_threshold = match metadata.get(LAG_THRESHOLD).map(|s| s.trim()) {
+            None | Some("") => LagThreshold::DEFAULT,
+            Some(text) => LagThreshold::parse(text).map_err(|message| bad(LAG_THRESHOLD, message))?,
+        };
         let activation_lag_threshold = number(metadata, ACTIVATION_LAG_THRESHOLD, 0.0)?;
         if activation_lag_threshold < 0.0 {
             return Err(bad(
@@ -102,6 +162,41 @@ impl Trigger {
     /// `IsActive`: the lag is above the activation threshold.
     pub fn is_active(&self, lag: u64) -> bool {
         is_active(lag, self.activation_lag_threshold)
+    }
+}
+
+/// The trigger metadata of a claim's ScaledObject: only names and numbers.
+/// The scaler holds every NATS credential, and a trigger can choose among its
+/// connections but never supply one. With `tls`, KEDA dials the scaler with
+/// TLS (its material comes from a platform-wide trigger authentication).
+pub fn claim_metadata(eds: &EventDrivenService, scaler_address: &str, tls: bool) -> BTreeMap<String, String> {
+    let scaling = &eds.spec.scaling;
+    let nats = &eds.spec.nats;
+    let mut metadata = BTreeMap::from([
+        (SCALER_ADDRESS.to_string(), scaler_address.to_string()),
+        (STREAM.to_string(), nats.stream.clone()),
+        (CONSUMER.to_string(), nats.consumer.clone()),
+        (LAG_THRESHOLD.to_string(), threshold_text(&scaling.lag_threshold)),
+        (
+            ACTIVATION_LAG_THRESHOLD.to_string(),
+            scaling.activation_lag_threshold.to_string(),
+        ),
+    ]);
+    if let Some(connection) = &nats.connection {
+        metadata.insert(NATS_CONNECTION.to_string(), connection.clone());
+    }
+    if tls {
+        metadata.insert(ENABLE_TLS.to_string(), "true".to_string());
+    }
+    metadata
+}
+
+/// Trigger metadata is all strings; `"5"` and `5` render the same. The text
+/// is the claim's own (checked by the CRD), so a re-render never changes it.
+fn threshold_text(threshold: &IntOrString) -> String {
+    match threshold {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
     }
 }
 
@@ -202,7 +297,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(t.key, ConsumerKey::new("default", None, "ORDERS", "workers"));
-        assert_eq!(t.lag_threshold, 5.0);
+        assert_eq!(t.lag_threshold, LagThreshold::DEFAULT);
         assert_eq!(t.activation_lag_threshold, 0.0);
     }
 
@@ -216,7 +311,7 @@ mod tests {
             ("jsDomain", "hub"),
         ])
         .unwrap();
-        assert_eq!(t.lag_threshold, 2.5);
+        assert_eq!(t.lag_threshold.get(), 2.5);
         assert_eq!(t.activation_lag_threshold, 3.0);
         assert_eq!(t.key.domain.as_deref(), Some("hub"));
         assert!(!t.is_active(3));
@@ -277,5 +372,41 @@ mod tests {
             );
             assert!(!name.ends_with('-') && !name.contains("--"), "{name}");
         }
+    }
+
+    /// The contract with our own scaler: what render writes, it reads back.
+    #[test]
+    fn the_scaler_parses_what_we_render() {
+        let eds = EventDrivenService::test()
+            .with_connection("hub-eu")
+            .with_lag_threshold(IntOrString::String("2.5".into()))
+            .with_spec(|s| s.scaling.activation_lag_threshold = 4);
+        let metadata: HashMap<String, String> = claim_metadata(&eds, "scaler:9090", true).into_iter().collect();
+        let trigger = Trigger::parse_with_connection(&metadata, &metadata[NATS_CONNECTION]).unwrap();
+        assert_eq!(
+            trigger.key,
+            ConsumerKey::new("hub-eu", None, "ORDERS", "orders-workers")
+        );
+        assert_eq!(trigger.lag_threshold.get(), 2.5);
+        assert_eq!(trigger.activation_lag_threshold, 4.0);
+        assert_eq!(metadata[ENABLE_TLS], "true");
+        assert_eq!(metadata[SCALER_ADDRESS], "scaler:9090");
+    }
+
+    #[test]
+    fn lag_thresholds_read_the_same_from_a_claim_and_from_metadata() {
+        for (claim, text) in [
+            (IntOrString::Int(5), "5"),
+            (IntOrString::String("2.5".into()), "2.5"),
+            (IntOrString::String(" 7 ".into()), "7"),
+        ] {
+            assert_eq!(LagThreshold::from_claim(&claim), LagThreshold::parse(text));
+        }
+        for bad in ["0", "-1", "NaN", "inf", "five", ""] {
+            assert!(LagThreshold::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(LagThreshold::from_claim(&IntOrString::Int(0)).is_err());
+        assert_eq!(LagThreshold::parse("2.5").unwrap().to_string(), "2.5");
+        assert_eq!(LagThreshold::DEFAULT.to_string(), "5");
     }
 }

@@ -1,0 +1,169 @@
+//! Running a server process: the metrics recorder, the HTTP server for
+//! `/metrics`, `/healthz` and `/readyz`, the signals, and one shutdown path.
+//! The scaler and the controller run under it the same way.
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::controller::{ClaimController, ControllerConfig};
+use crate::lag::LagCache;
+use crate::scaler::{Scaler, ScalerConfig};
+use crate::telemetry::{self, Metric};
+use crate::{Error, Result};
+
+/// `eds scaler`: serves gRPC until SIGINT or SIGTERM.
+pub async fn run_scaler(config: ScalerConfig) -> Result<()> {
+    prometheus();
+    let tls = config.tls.server_config()?;
+    let scaler = Scaler::connect(&config.nats, config.tuning).await?;
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|e| Error::Server(format!("binding gRPC on {}: {e}", config.grpc_addr)))?;
+    let connections = scaler.connections.clone();
+    let ready: Readiness = Arc::new(move || connections.all_connected());
+    let gauges = consumer_gauges(scaler.cache.clone());
+    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, tls = tls.is_some(), "scaler serving");
+    with_http(
+        config.http_addr,
+        ready,
+        vec![gauges],
+        scaler.serve(grpc, tls, shutdown_signal()),
+    )
+    .await
+}
+
+/// `eds controller`: waits for the Lease, then reconciles until SIGINT or
+/// SIGTERM, and hands the Lease over on the way out.
+pub async fn run_controller(config: ControllerConfig) -> Result<()> {
+    prometheus();
+    let http_addr = config.http_addr;
+    let controller = ClaimController::connect(config).await?;
+    let ready: Readiness = Arc::new(controller.readiness());
+    let gauges = consumer_gauges(controller.lag_cache());
+    with_http(http_addr, ready, vec![gauges], controller.run(shutdown_signal())).await
+}
+
+/// Runs `component` beside the HTTP server; whichever ends first ends both.
+async fn with_http(
+    addr: SocketAddr,
+    ready: Readiness,
+    collectors: Vec<Collector>,
+    component: impl Future<Output = Result<()>>,
+) -> Result<()> {
+    let http = tokio::spawn(serve_http(addr, ready, collectors));
+    tokio::select! {
+        result = component => result,
+        http = http => http.map_err(|e| Error::Server(e.to_string()))?,
+    }
+}
+
+/// Every metric eds records through the registry, by component.
+pub const METRICS: [&[Metric]; 4] = [
+    crate::lag::metrics::ALL,
+    &[crate::nats::CONNECTED],
+    crate::scaler::metrics::ALL,
+    crate::controller::metrics::ALL,
+];
+
+/// Installs the global Prometheus recorder with every metric's description,
+/// once, and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    static DESCRIBED: Once = Once::new();
+    let handle = telemetry::install_recorder();
+    DESCRIBED.call_once(|| METRICS.iter().flat_map(|m| m.iter()).for_each(Metric::describe));
+    handle
+}
+
+/// Tells `/readyz` whether the process can do its job.
+pub type Readiness = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
+/// Appends metrics written at scrape time from a component's own state
+/// (Prometheus text format) after the recorder's.
+pub type Collector = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// The collector of the `eds_consumer_*` gauges of `cache`.
+pub fn consumer_gauges(cache: Arc<LagCache>) -> Collector {
+    Arc::new(move |out: &mut String| crate::lag::exposition::render(cache.samples(), out))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
+pub async fn serve_http(addr: SocketAddr, ready: Readiness, collectors: Vec<Collector>) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Server(format!("binding the HTTP listener on {addr}: {e}")))?;
+    serve_http_on(listener, ready, collectors).await
+}
+
+/// As [`serve_http`], on a listener that is already bound (tests bind port 0).
+pub async fn serve_http_on(listener: TcpListener, ready: Readiness, collectors: Vec<Collector>) -> Result<()> {
+    let handle = prometheus();
+    let metrics = move || {
+        let mut body = handle.render();
+        for collect in &collectors {
+            collect(&mut body);
+        }
+        std::future::ready(body)
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route("/readyz", get(readyz))
+        .with_state(ready);
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| Error::Server(format!("HTTP server: {e}")))
+}
+
+async fn readyz(State(ready): State<Readiness>) -> (StatusCode, String) {
+    match ready() {
+        Ok(()) => (StatusCode::OK, "ready".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_defined_once_with_help_and_our_prefix() {
+        let all: Vec<&Metric> = METRICS
+            .iter()
+            .flat_map(|m| m.iter())
+            .chain(&crate::lag::metrics::CONSUMER_GAUGES)
+            .collect();
+        let mut names: Vec<&str> = all.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "a metric is defined twice");
+        for metric in all {
+            assert!(metric.name.starts_with("eds_"), "{}", metric.name);
+            assert!(!metric.help.is_empty(), "{}", metric.name);
+            assert_eq!(
+                metric.name.ends_with("_total"),
+                metric.kind == telemetry::Kind::Counter,
+                "{}",
+                metric.name
+            );
+        }
+    }
+}
