@@ -2,7 +2,7 @@
 //! kube-controller-manager on loopback, with generated certificates, RBAC on
 //! and the API server's default admission plugins.
 //!
-//! ```ignore
+//! ```text
 //! use testkit::control_plane as cluster;
 //! let cp = cluster::shared();                    // one per test binary
 //! let client = cp.client().await;                // admin (system:masters)

@@ -3,7 +3,7 @@
 //! and metrics adapter ([`crate::keda`]), a nats-server with JetStream and
 //! HTTP monitoring, and the `eds scaler` and `eds controller` binaries.
 //!
-//! ```ignore
+//! ```text
 //! let rig = rig::shared(Path::new(env!("CARGO_BIN_EXE_eds"))); // one per test binary
 //! let client = rig.client().await;
 //! rig.nats().stop();    // an outage; `start_again` ends it
