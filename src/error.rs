@@ -1,7 +1,18 @@
-//! The crate's error type. Each variant names itself as a metric label.
+//! The crate's error type. Each variant names itself as a metric label, and
+//! keeps the error it came from as its source.
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use thiserror::Error;
 
+use crate::api::InvalidClaim;
+use crate::lag::LagError;
+use crate::render::ResourceError;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Any error, kept as the source of ours (serializers, YAML parsers).
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -19,10 +30,33 @@ pub enum Error {
     Nats { connection: String, message: String },
 
     #[error(transparent)]
-    Lag(#[from] crate::lag::LagError),
+    Lag(#[from] LagError),
 
+    /// A claim the CRD's schema or rules refuse, with every field named.
     #[error("invalid claim: {0}")]
-    InvalidClaim(String),
+    InvalidClaim(#[from] InvalidClaim),
+
+    /// Every claim of an input that the CRD refuses (`eds render`).
+    #[error("invalid claim: {}", lines(.0))]
+    InvalidClaims(Vec<InvalidClaim>),
+
+    /// A claim the schema accepts but that cannot be rendered.
+    #[error("invalid claim: {claim}: {source}")]
+    Unrenderable {
+        claim: String,
+        #[source]
+        source: ResourceError,
+    },
+
+    #[error("invalid claim: document {document}: not YAML: {source}")]
+    NotYaml {
+        document: usize,
+        #[source]
+        source: Source,
+    },
+
+    #[error("invalid claim: no EventDrivenService in the input")]
+    NoClaim,
 
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -35,16 +69,44 @@ pub enum Error {
     },
 
     #[error("{what}: no answer within {after:?}")]
-    Timeout { what: String, after: std::time::Duration },
+    Timeout { what: String, after: Duration },
+
+    #[error("the {kind} watch stopped: {source}")]
+    WatchStopped {
+        kind: String,
+        #[source]
+        source: kube::runtime::reflector::store::WriterDropped,
+    },
 
     #[error("leader election: {0}")]
     Leader(String),
 
-    #[error("serializing: {0}")]
-    Serialize(String),
+    #[error("serializing {what}: {source}")]
+    Serialize {
+        what: String,
+        #[source]
+        source: Source,
+    },
 
-    #[error("server: {0}")]
-    Server(String),
+    #[error("binding the {server} listener on {addr}: {source}")]
+    Bind {
+        server: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("gRPC TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+
+    #[error("gRPC server: {0}")]
+    Grpc(#[source] tonic::transport::Error),
+
+    #[error("HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+
+    #[error("a server task ended: {0}")]
+    Join(#[from] tokio::task::JoinError),
 }
 
 impl Error {
@@ -55,12 +117,19 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Nats { .. } => "nats",
             Error::Lag(_) => "lag",
-            Error::InvalidClaim(_) => "invalid_claim",
+            Error::InvalidClaim(_)
+            | Error::InvalidClaims(_)
+            | Error::Unrenderable { .. }
+            | Error::NotYaml { .. }
+            | Error::NoClaim => "invalid_claim",
             Error::Kube(_) | Error::KubeCall { .. } => "kube",
             Error::Timeout { .. } => "timeout",
+            Error::WatchStopped { .. } => "watch",
             Error::Leader(_) => "leader",
-            Error::Serialize(_) => "serialize",
-            Error::Server(_) => "server",
+            Error::Serialize { .. } => "serialize",
+            Error::Bind { .. } => "bind",
+            Error::Tls(_) => "tls",
+            Error::Grpc(_) | Error::Http(_) | Error::Join(_) => "server",
         }
     }
 
@@ -70,4 +139,15 @@ impl Error {
             source,
         }
     }
+
+    pub(crate) fn serialize(what: impl Into<String>, source: impl Into<Source>) -> Self {
+        Error::Serialize {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+fn lines(claims: &[InvalidClaim]) -> String {
+    claims.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }

@@ -21,7 +21,11 @@ pub async fn run_scaler(config: ScalerConfig) -> Result<()> {
     let scaler = Scaler::connect(&config.nats, config.tuning).await?;
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
-        .map_err(|e| Error::Server(format!("binding gRPC on {}: {e}", config.grpc_addr)))?;
+        .map_err(|source| Error::Bind {
+            server: "gRPC",
+            addr: config.grpc_addr,
+            source,
+        })?;
     let connections = scaler.connections.clone();
     let ready: Readiness = Arc::new(move || connections.all_connected());
     let gauges = consumer_gauges(scaler.cache.clone());
@@ -56,7 +60,7 @@ async fn with_http(
     let http = tokio::spawn(serve_http(addr, ready, collectors));
     tokio::select! {
         result = component => result,
-        http = http => http.map_err(|e| Error::Server(e.to_string()))?,
+        http = http => http?,
     }
 }
 
@@ -91,9 +95,11 @@ pub fn consumer_gauges(cache: Arc<LagCache>) -> Collector {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
 pub async fn serve_http(addr: SocketAddr, ready: Readiness, collectors: Vec<Collector>) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Server(format!("binding the HTTP listener on {addr}: {e}")))?;
+    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        server: "HTTP",
+        addr,
+        source,
+    })?;
     serve_http_on(listener, ready, collectors).await
 }
 
@@ -112,9 +118,7 @@ pub async fn serve_http_on(listener: TcpListener, ready: Readiness, collectors: 
         .route("/healthz", get(|| std::future::ready("ok")))
         .route("/readyz", get(readyz))
         .with_state(ready);
-    axum::serve(listener, app)
-        .await
-        .map_err(|e| Error::Server(format!("HTTP server: {e}")))
+    axum::serve(listener, app).await.map_err(Error::Http)
 }
 
 async fn readyz(State(ready): State<Readiness>) -> (StatusCode, String) {

@@ -59,7 +59,7 @@ pub const CRD_FILE: &str = "apis/eventdrivenservices.platform.bizmatters.io.yaml
 
 /// The CRD as YAML, exactly as committed at [`CRD_FILE`].
 pub fn crd_yaml() -> Result<String> {
-    let yaml = serde_yaml::to_string(&crd()).map_err(|e| Error::Serialize(format!("the CRD: {e}")))?;
+    let yaml = serde_yaml::to_string(&crd()).map_err(|e| Error::serialize("the CRD", e))?;
     Ok(format!(
         "# Generated from src/api by `eds crd` (scripts/gen-crd.sh). Do not edit.\n{yaml}"
     ))

@@ -23,7 +23,7 @@ use super::metrics::{
 };
 use super::status::{Observed, desired_status, keda_conditions};
 use super::{ControllerConfig, FIELD_MANAGER};
-use crate::api::{EventDrivenService, EventDrivenServiceStatus};
+use crate::api::{EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim};
 use crate::lag::{ConsumerKey, LagCache, desired_replicas};
 use crate::nats::DEFAULT_CONNECTION;
 use crate::render::{Children, Platform, desired_children};
@@ -119,16 +119,25 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     if claim.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let namespace = claim
-        .namespace()
-        .ok_or_else(|| Error::InvalidClaim(format!("EventDrivenService {} has no namespace", claim.name_any())))?;
+    let namespace = claim.namespace().ok_or_else(|| {
+        Error::InvalidClaim(InvalidClaim {
+            claim: claim.name_any(),
+            errors: vec![FieldError {
+                field: "metadata.namespace".into(),
+                detail: "Required value: an EventDrivenService is namespaced".into(),
+            }],
+        })
+    })?;
     let name = claim.name_any();
     for kind in ChildKind::APPLY_ORDER {
         ctx.stores
             .get(kind)
             .wait_until_ready()
             .await
-            .map_err(|e| Error::Server(format!("the {kind:?} watch stopped: {e}")))?;
+            .map_err(|source| Error::WatchStopped {
+                kind: format!("{kind:?}"),
+                source,
+            })?;
     }
 
     let (live, failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
@@ -140,7 +149,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     };
 
     let observed = Observed {
-        applied: failure.as_ref().map_or(Ok(()), |e| Err(e.to_string())),
+        applied: failure.as_ref().map_or(Ok(()), Err),
         deployment: live
             .deployment
             .as_ref()
@@ -200,7 +209,7 @@ async fn apply_changed(
 
 /// The children as JSON, each under its kind.
 fn desired_objects(children: &Children) -> Result<ByKind<Value>> {
-    let json = |object: Result<Value, serde_json::Error>| object.map_err(|e| Error::Serialize(e.to_string()));
+    let json = |object: Result<Value, serde_json::Error>| object.map_err(|e| Error::serialize("a child as JSON", e));
     Ok(ByKind {
         service_account: json(serde_json::to_value(&children.service_account))?,
         deployment: json(serde_json::to_value(&children.deployment))?,
@@ -311,7 +320,7 @@ mod tests {
         let handle = recorder.handle();
         let orders = Arc::new(EventDrivenService::test());
         let billing = Arc::new(EventDrivenService::test().with_name("billing"));
-        let error = || Error::InvalidClaim("bad".into());
+        let error = || Error::NoClaim;
 
         let actions = metrics::with_local_recorder(&recorder, || {
             [

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
+use crate::Error;
 use crate::api::{
     CONDITION_DEPLOYMENT_AVAILABLE, CONDITION_READY, CONDITION_RECONCILED, CONDITION_SCALER_READY, EventDrivenService,
     EventDrivenServiceStatus,
@@ -13,9 +14,9 @@ use crate::render::{ScaledObjectCondition, ScaledObjectStatus};
 
 /// What one reconcile saw.
 #[derive(Clone, Debug)]
-pub struct Observed {
-    /// `Err(message)` when a child could not be applied.
-    pub applied: Result<(), String>,
+pub struct Observed<'a> {
+    /// The first failure to render or apply a child.
+    pub applied: Result<(), &'a Error>,
     pub deployment: Option<DeploymentStatus>,
     /// The ScaledObject's conditions (`Ready`, `Active`...), as KEDA wrote them.
     pub scaler: Vec<ScaledObjectCondition>,
@@ -23,7 +24,7 @@ pub struct Observed {
     pub lag: Option<u64>,
 }
 
-impl Default for Observed {
+impl Default for Observed<'_> {
     fn default() -> Self {
         Observed {
             applied: Ok(()),
@@ -45,7 +46,7 @@ pub fn keda_conditions(scaled_object: &serde_json::Value) -> Vec<ScaledObjectCon
 
 /// The status the claim should have. A condition keeps its
 /// `lastTransitionTime` while its status stays the same.
-pub fn desired_status(claim: &EventDrivenService, observed: &Observed, now: Timestamp) -> EventDrivenServiceStatus {
+pub fn desired_status(claim: &EventDrivenService, observed: &Observed<'_>, now: Timestamp) -> EventDrivenServiceStatus {
     let generation = claim.metadata.generation;
     let previous = claim
         .status
@@ -53,24 +54,23 @@ pub fn desired_status(claim: &EventDrivenService, observed: &Observed, now: Time
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let condition = |type_: &str, state: State| {
-        let (status, reason, message) = state;
         let since = previous
             .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
+            .find(|c| c.type_ == type_ && c.status == state.status.as_str())
             .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
         Condition {
             type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message,
+            status: state.status.as_str().to_string(),
+            reason: state.reason.to_string(),
+            message: state.message,
             observed_generation: generation,
             last_transition_time: since,
         }
     };
 
-    let reconciled = match &observed.applied {
-        Ok(()) => (TRUE, "Applied", "Every child is applied.".to_string()),
-        Err(e) => (FALSE, "ApplyFailed", e.clone()),
+    let reconciled = match observed.applied {
+        Ok(()) => State::new(True, "Applied", "Every child is applied."),
+        Err(e) => State::new(False, "ApplyFailed", e.to_string()),
     };
     let available = deployment_available(observed.deployment.as_ref());
     let scaler = scaler_ready(&observed.scaler);
@@ -80,10 +80,10 @@ pub fn desired_status(claim: &EventDrivenService, observed: &Observed, now: Time
         (&scaler, "ScalerNotReady"),
     ]
     .into_iter()
-    .find(|(state, _)| state.0 != TRUE)
+    .find(|(state, _)| state.status != True)
     .map_or_else(
-        || (TRUE, "Ready", "The worker is deployed and autoscaled.".to_string()),
-        |((_, _, message), reason)| (FALSE, reason, message.clone()),
+        || State::new(True, "Ready", "The worker is deployed and autoscaled."),
+        |(state, reason)| State::new(False, reason, state.message.clone()),
     );
 
     EventDrivenServiceStatus {
@@ -100,32 +100,73 @@ pub fn desired_status(claim: &EventDrivenService, observed: &Observed, now: Time
     }
 }
 
-const TRUE: &str = "True";
-const FALSE: &str = "False";
-const UNKNOWN: &str = "Unknown";
+/// A condition's `status`, as Kubernetes spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
 
-/// Status, reason, message.
-type State = (&'static str, &'static str, String);
+use ConditionStatus::{False, True, Unknown};
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            True => "True",
+            False => "False",
+            Unknown => "Unknown",
+        }
+    }
+
+    /// Another object's condition status; anything but `True` or `False` is
+    /// unknown.
+    pub fn parse(status: &str) -> Self {
+        match status {
+            "True" => True,
+            "False" => False,
+            _ => Unknown,
+        }
+    }
+}
+
+/// One condition as computed: status, reason, message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct State {
+    status: ConditionStatus,
+    reason: &'static str,
+    message: String,
+}
+
+impl State {
+    fn new(status: ConditionStatus, reason: &'static str, message: impl Into<String>) -> Self {
+        State {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
 
 fn deployment_available(status: Option<&DeploymentStatus>) -> State {
     let available = status
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Available"));
-    match available {
-        Some(c) if c.status == TRUE => (
-            TRUE,
+    match available.map(|c| (c, ConditionStatus::parse(&c.status))) {
+        Some((c, True)) => State::new(
+            True,
             "Available",
             message_or(&c.message, "The Deployment is available."),
         ),
-        Some(c) => (
-            if c.status == FALSE { FALSE } else { UNKNOWN },
+        Some((c, status)) => State::new(
+            status,
             "Unavailable",
             message_or(&c.message, "The Deployment is not available."),
         ),
-        None => (
-            UNKNOWN,
+        None => State::new(
+            Unknown,
             "DeploymentPending",
-            "The Deployment has not reported availability yet.".into(),
+            "The Deployment has not reported availability yet.",
         ),
     }
 }
@@ -133,24 +174,24 @@ fn deployment_available(status: Option<&DeploymentStatus>) -> State {
 fn scaler_ready(conditions: &[ScaledObjectCondition]) -> State {
     let find = |t: &str| conditions.iter().find(|c| c.type_ == t);
     let active = find("Active").map_or("Unknown", |c| c.status.as_str());
-    match find("Ready") {
-        Some(c) if c.status == TRUE => (
-            TRUE,
+    match find("Ready").map(|c| (c, ConditionStatus::parse(&c.status))) {
+        Some((c, True)) => State::new(
+            True,
             "ScaledObjectReady",
             format!("KEDA: {} (active: {active})", c.message.as_deref().unwrap_or("ready")),
         ),
-        Some(c) => (
-            if c.status == FALSE { FALSE } else { UNKNOWN },
+        Some((c, status)) => State::new(
+            status,
             "ScaledObjectNotReady",
             format!(
                 "KEDA: {}",
                 c.message.as_deref().or(c.reason.as_deref()).unwrap_or("not ready")
             ),
         ),
-        None => (
-            UNKNOWN,
+        None => State::new(
+            Unknown,
             "ScaledObjectPending",
-            "KEDA has not reported on the ScaledObject yet: is KEDA running?".into(),
+            "KEDA has not reported on the ScaledObject yet: is KEDA running?",
         ),
     }
 }
@@ -234,8 +275,12 @@ mod tests {
 
     #[test]
     fn the_first_failing_condition_explains_not_ready() {
+        let forbidden = Error::Timeout {
+            what: "applying Deployment n/w".into(),
+            after: std::time::Duration::from_secs(10),
+        };
         let observed = Observed {
-            applied: Err("applying Deployment n/w: forbidden".into()),
+            applied: Err(&forbidden),
             deployment: None,
             scaler: vec![],
             lag: None,
@@ -246,7 +291,7 @@ mod tests {
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "NotReconciled")
         );
-        assert!(ready.message.contains("forbidden"));
+        assert!(ready.message.contains("applying Deployment n/w: no answer within 10s"));
         assert_eq!(get(&status, CONDITION_DEPLOYMENT_AVAILABLE).status, "Unknown");
         assert_eq!(get(&status, CONDITION_SCALER_READY).reason, "ScaledObjectPending");
         assert_eq!((status.replicas, status.lag), (None, None));
@@ -294,5 +339,21 @@ mod tests {
         assert_eq!(conditions.len(), 2);
         assert_eq!(conditions[1].type_, "Active");
         assert!(keda_conditions(&serde_json::json!({"status": {"conditions": "junk"}})).is_empty());
+    }
+
+    #[test]
+    fn condition_statuses_other_than_true_or_false_are_unknown() {
+        for (text, status) in [
+            ("True", True),
+            ("False", False),
+            ("Unknown", Unknown),
+            ("", Unknown),
+            ("true", Unknown),
+        ] {
+            assert_eq!(ConditionStatus::parse(text), status, "{text:?}");
+        }
+        for status in [True, False, Unknown] {
+            assert_eq!(ConditionStatus::parse(status.as_str()), status);
+        }
     }
 }

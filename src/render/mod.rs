@@ -72,7 +72,10 @@ pub struct Children {
 pub fn desired_children(eds: &EventDrivenService, platform: &Platform) -> Result<Children> {
     Ok(Children {
         service_account: desired_service_account(eds),
-        deployment: desired_deployment(eds).map_err(|e| Error::InvalidClaim(format!("{}: {e}", claim_ref(eds))))?,
+        deployment: desired_deployment(eds).map_err(|source| Error::Unrenderable {
+            claim: claim_ref(eds),
+            source,
+        })?,
         service: desired_service(eds),
         scaled_object: desired_scaled_object(eds, platform),
     })
@@ -92,7 +95,7 @@ impl Children {
 }
 
 fn to_yaml(object: &impl serde::Serialize) -> Result<String> {
-    serde_yaml::to_string(object).map_err(|e| Error::Serialize(e.to_string()))
+    serde_yaml::to_string(object).map_err(|e| Error::serialize("a child as YAML", e))
 }
 
 /// Labels every child (and the pods) carries.
@@ -162,21 +165,23 @@ pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
     let mut claims = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(document)
-            .map_err(|e| Error::InvalidClaim(format!("document {}: not YAML: {e}", index + 1)))?;
+        let value = serde_json::Value::deserialize(document).map_err(|e| Error::NotYaml {
+            document: index + 1,
+            source: e.into(),
+        })?;
         if value.is_null() {
             continue;
         }
         match check_claim(&value) {
             Ok(claim) => claims.push(claim),
-            Err(invalid) => problems.push(invalid.to_string()),
+            Err(invalid) => problems.push(invalid),
         }
     }
     if !problems.is_empty() {
-        return Err(Error::InvalidClaim(problems.join("\n")));
+        return Err(Error::InvalidClaims(problems));
     }
     if claims.is_empty() {
-        return Err(Error::InvalidClaim("no EventDrivenService in the input".into()));
+        return Err(Error::NoClaim);
     }
     Ok(claims)
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-pub use service::LagScaler;
+pub use service::{LagProvider, LagScaler, NatsLag, Readings};
 
 use crate::lag::{JetStreamLag, LagCache, Watchers, watch::WatchConfig};
 use crate::nats::{Connections, NatsConfig};
@@ -109,7 +109,11 @@ impl Scaler {
     }
 
     pub fn service(&self) -> LagScaler {
-        LagScaler::new(self.connections.clone(), self.cache.clone(), self.watchers.clone())
+        let source = NatsLag {
+            cache: self.cache.clone(),
+            watchers: self.watchers.clone(),
+        };
+        LagScaler::new(self.connections.clone(), source)
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves.
@@ -121,15 +125,13 @@ impl Scaler {
     ) -> Result<()> {
         let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
         if let Some(tls) = tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| Error::Server(format!("gRPC TLS: {e}")))?;
+            builder = builder.tls_config(tls).map_err(Error::Tls)?;
         }
         builder
             .add_service(ExternalScalerServer::new(self.service()))
             .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await
-            .map_err(|e| Error::Server(format!("gRPC server: {e}")))
+            .map_err(Error::Grpc)
     }
 }
 

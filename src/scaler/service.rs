@@ -1,4 +1,5 @@
-//! The gRPC service KEDA calls.
+//! The gRPC service KEDA calls, over any [`LagProvider`]: NATS in production
+//! ([`NatsLag`]), a fake in the unit tests below.
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,7 +8,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::metrics::{PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
-use crate::lag::{LagCache, LagError, Watchers, cache::Reading, watch::Subscription};
+use crate::lag::{ConsumerKey, LagCache, LagError, Watchers, watch::Subscription};
 use crate::nats::Connections;
 use crate::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
@@ -15,24 +16,64 @@ use crate::proto::{
 };
 use crate::trigger::{Trigger, is_active};
 
-/// Serves lag from the shared cache and push activation from the watchers.
+/// What the scaler needs from the lag side: a reading fresh enough to
+/// serve, and the readings of a consumer as they come (push activation).
+pub trait LagProvider: Send + Sync + 'static {
+    type Readings: Readings;
+
+    /// The consumer's lag, or why it could not be read.
+    fn lag(&self, key: &ConsumerKey) -> impl Future<Output = Result<u64, LagError>> + Send;
+
+    /// Readings of the consumer from now on; `activation_threshold` tells
+    /// the source which changes matter.
+    fn subscribe(&self, key: &ConsumerKey, activation_threshold: f64) -> Self::Readings;
+}
+
+/// A subscription to one consumer's readings.
+pub trait Readings: Send + 'static {
+    /// The next reading not yet seen: the lag, or `None` when a read failed.
+    fn next(&mut self) -> impl Future<Output = Option<u64>> + Send;
+}
+
+/// Lag from NATS: the shared cache, and the push watchers.
 #[derive(Clone)]
-pub struct LagScaler {
+pub struct NatsLag {
+    pub cache: Arc<LagCache>,
+    pub watchers: Arc<Watchers>,
+}
+
+impl LagProvider for NatsLag {
+    type Readings = Subscription;
+
+    async fn lag(&self, key: &ConsumerKey) -> Result<u64, LagError> {
+        self.cache.get(key).await.result.map(|state| state.lag())
+    }
+
+    fn subscribe(&self, key: &ConsumerKey, activation_threshold: f64) -> Subscription {
+        self.watchers.subscribe(key, activation_threshold)
+    }
+}
+
+impl Readings for Subscription {
+    fn next(&mut self) -> impl Future<Output = Option<u64>> + Send {
+        Subscription::next(self)
+    }
+}
+
+/// Serves lag and push activation from `L`.
+#[derive(Clone)]
+pub struct LagScaler<L = NatsLag> {
     connections: Connections,
-    cache: Arc<LagCache>,
-    watchers: Arc<Watchers>,
+    source: L,
 }
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
 
-impl LagScaler {
-    pub fn new(connections: Connections, cache: Arc<LagCache>, watchers: Arc<Watchers>) -> Self {
-        LagScaler {
-            connections,
-            cache,
-            watchers,
-        }
+impl<L: LagProvider> LagScaler<L> {
+    /// `connections` are the names trigger metadata may pick.
+    pub fn new(connections: Connections, source: L) -> Self {
+        LagScaler { connections, source }
     }
 
     fn trigger(&self, scaled_object: Option<&ScaledObjectRef>) -> Result<Trigger, Status> {
@@ -41,8 +82,7 @@ impl LagScaler {
     }
 
     async fn lag(&self, trigger: &Trigger) -> Result<u64, Status> {
-        let Reading { result, .. } = self.cache.get(&trigger.key).await;
-        result.map(|s| s.lag()).map_err(|e| lag_status(&e))
+        self.source.lag(&trigger.key).await.map_err(|e| lag_status(&e))
     }
 }
 
@@ -73,7 +113,7 @@ fn observe<T>(method: &'static str, started: Instant, result: &Result<T, Status>
 }
 
 #[tonic::async_trait]
-impl ExternalScaler for LagScaler {
+impl<L: LagProvider> ExternalScaler for LagScaler<L> {
     async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
         let started = Instant::now();
         let result = async {
@@ -158,17 +198,17 @@ impl ExternalScaler for LagScaler {
     }
 }
 
-impl LagScaler {
+impl<L: LagProvider> LagScaler<L> {
     /// Opens a push stream: the current activity at once, then every change.
     async fn open_activity_stream(&self, so: &ScaledObjectRef) -> Result<ActiveStream, Status> {
         let trigger = self.trigger(Some(so))?;
         // A consumer that does not exist is an error now, not a silent stream.
         if let Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) =
-            self.cache.get(&trigger.key).await.result
+            self.source.lag(&trigger.key).await
         {
             return Err(lag_status(&e));
         }
-        let readings = self.watchers.subscribe(&trigger.key, trigger.activation_lag_threshold);
+        let readings = self.source.subscribe(&trigger.key, trigger.activation_lag_threshold);
         // The stream is built on the watch receiver itself: no task or
         // channel per open stream, which KEDA keeps open per ScaledObject.
         // Dropping it (KEDA closed the stream) drops the receiver, and the
@@ -185,8 +225,8 @@ impl LagScaler {
 }
 
 /// One open StreamIsActive stream.
-struct PushState {
-    readings: Subscription,
+struct PushState<R> {
+    readings: R,
     /// All a stream keeps of its trigger: KEDA holds one per ScaledObject.
     activation_lag_threshold: f64,
     scaled_object: String,
@@ -194,7 +234,7 @@ struct PushState {
     _open: OpenStream,
 }
 
-impl PushState {
+impl<R: Readings> PushState<R> {
     /// The next change of activity: the current one first, then each flip.
     async fn next(mut self) -> Option<(Result<IsActiveResponse, Status>, Self)> {
         loop {
@@ -231,5 +271,219 @@ impl OpenStream {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use futures::StreamExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::proto::GetMetricsRequest;
+
+    /// Lag from a table, and push readings from a channel the test feeds.
+    #[derive(Default)]
+    struct FakeLag {
+        lag: Mutex<HashMap<String, Result<u64, LagError>>>,
+        pushes: Mutex<Option<mpsc::UnboundedReceiver<Option<u64>>>>,
+    }
+
+    impl FakeLag {
+        fn with(consumer: &str, lag: Result<u64, LagError>) -> Self {
+            let fake = FakeLag::default();
+            fake.lag.lock().unwrap().insert(consumer.into(), lag);
+            fake
+        }
+    }
+
+    struct FakeReadings(mpsc::UnboundedReceiver<Option<u64>>);
+
+    impl Readings for FakeReadings {
+        async fn next(&mut self) -> Option<u64> {
+            match self.0.recv().await {
+                Some(reading) => reading,
+                // Like a watcher: no more readings is silence, not an end.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    impl LagProvider for Arc<FakeLag> {
+        type Readings = FakeReadings;
+
+        async fn lag(&self, key: &ConsumerKey) -> Result<u64, LagError> {
+            let table = self.lag.lock().unwrap();
+            table.get(&*key.consumer).cloned().unwrap_or_else(|| {
+                Err(LagError::ConsumerNotFound {
+                    connection: key.connection.to_string(),
+                    stream: key.stream.to_string(),
+                    consumer: key.consumer.to_string(),
+                })
+            })
+        }
+
+        fn subscribe(&self, _key: &ConsumerKey, _activation_threshold: f64) -> FakeReadings {
+            FakeReadings(self.pushes.lock().unwrap().take().expect("one subscription per test"))
+        }
+    }
+
+    fn scaler(fake: FakeLag) -> (LagScaler<Arc<FakeLag>>, Arc<FakeLag>) {
+        let fake = Arc::new(fake);
+        (LagScaler::new(Connections::default(), fake.clone()), fake)
+    }
+
+    fn so(pairs: &[(&str, &str)]) -> ScaledObjectRef {
+        ScaledObjectRef {
+            name: "w".into(),
+            namespace: "n".into(),
+            scaler_metadata: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    fn metrics(so: ScaledObjectRef, metric_name: &str) -> Request<GetMetricsRequest> {
+        Request::new(GetMetricsRequest {
+            scaled_object_ref: Some(so),
+            metric_name: metric_name.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn get_metrics_serves_the_lag_under_the_name_keda_asked_for() {
+        let (scaler, _) = scaler(FakeLag::with("c", Ok(42)));
+        let trigger = so(&[("stream", "S"), ("consumer", "c")]);
+        let reply = scaler
+            .get_metrics(metrics(trigger.clone(), "s0-nats"))
+            .await
+            .unwrap()
+            .into_inner();
+        let value = &reply.metric_values[0];
+        assert_eq!((value.metric_name.as_str(), value.metric_value), ("s0-nats", 42));
+        assert_eq!(value.metric_value_float, 42.0);
+        let reply = scaler.get_metrics(metrics(trigger, "")).await.unwrap().into_inner();
+        assert_eq!(
+            reply.metric_values[0].metric_name,
+            crate::trigger::metric_name("S", "c")
+        );
+    }
+
+    #[tokio::test]
+    async fn is_active_is_lag_above_the_activation_threshold() {
+        for (lag, active) in [(0, false), (2, false), (3, true)] {
+            let (scaler, _) = scaler(FakeLag::with("c", Ok(lag)));
+            let trigger = so(&[("stream", "S"), ("consumer", "c"), ("activationLagThreshold", "2")]);
+            let reply = scaler.is_active(Request::new(trigger)).await.unwrap().into_inner();
+            assert_eq!(reply.result, active, "lag {lag}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_metadata_is_invalid_argument_naming_the_key() {
+        let (scaler, _) = scaler(FakeLag::with("c", Ok(1)));
+        for (pairs, key) in [
+            (&[("consumer", "c")][..], "stream"),
+            (
+                &[("stream", "S"), ("consumer", "c"), ("lagThreshold", "0")][..],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "c"), ("natsConnection", "elsewhere")][..],
+                "natsConnection",
+            ),
+        ] {
+            let status = scaler.get_metrics(metrics(so(pairs), "m")).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{pairs:?}");
+            assert!(status.message().contains(key), "{key}: {}", status.message());
+            let status = scaler.is_active(Request::new(so(pairs))).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{pairs:?}");
+        }
+        let status = scaler
+            .get_metrics(Request::new(GetMetricsRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_missing_consumer_is_not_found_for_every_rpc() {
+        let (scaler, _) = scaler(FakeLag::default());
+        let trigger = so(&[("stream", "S"), ("consumer", "gone")]);
+        let status = scaler.get_metrics(metrics(trigger.clone(), "m")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().contains("gone"), "{}", status.message());
+        let status = scaler.is_active(Request::new(trigger.clone())).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        let status = scaler.stream_is_active(Request::new(trigger)).await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_lag_is_an_error_never_a_number() {
+        let failures = [
+            (
+                LagError::Timeout {
+                    connection: "default".into(),
+                    millis: 1500,
+                },
+                tonic::Code::DeadlineExceeded,
+            ),
+            (
+                LagError::Disconnected {
+                    connection: "default".into(),
+                    servers: "nats://x:4222".into(),
+                },
+                tonic::Code::Unavailable,
+            ),
+            (LagError::Internal("bad reply".into()), tonic::Code::Internal),
+        ];
+        for (error, code) in failures {
+            let (scaler, _) = scaler(FakeLag::with("c", Err(error.clone())));
+            let trigger = so(&[("stream", "S"), ("consumer", "c")]);
+            let status = scaler.get_metrics(metrics(trigger.clone(), "m")).await.unwrap_err();
+            assert_eq!(status.code(), code, "{error}");
+            assert_eq!(status.message(), error.to_string());
+            let status = scaler.is_active(Request::new(trigger)).await.unwrap_err();
+            assert_eq!(status.code(), code, "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn get_metric_spec_needs_no_lag() {
+        let (scaler, _) = scaler(FakeLag::default());
+        let trigger = so(&[("stream", "S"), ("consumer", "c"), ("lagThreshold", "2.5")]);
+        let spec = scaler
+            .get_metric_spec(Request::new(trigger))
+            .await
+            .unwrap()
+            .into_inner();
+        let spec = &spec.metric_specs[0];
+        assert_eq!((spec.target_size, spec.target_size_float), (3, 2.5));
+    }
+
+    #[tokio::test]
+    async fn stream_is_active_pushes_the_state_then_each_flip_and_no_failure() {
+        let (scaler, fake) = scaler(FakeLag::with("c", Ok(0)));
+        let (push, readings) = mpsc::unbounded_channel();
+        *fake.pushes.lock().unwrap() = Some(readings);
+        let trigger = so(&[("stream", "S"), ("consumer", "c"), ("activationLagThreshold", "1")]);
+        let mut stream = scaler
+            .stream_is_active(Request::new(trigger))
+            .await
+            .unwrap()
+            .into_inner();
+        for reading in [Some(0), Some(1), None, Some(5), Some(9), None, Some(0)] {
+            push.send(reading).unwrap();
+        }
+        let mut pushed = Vec::new();
+        for _ in 0..3 {
+            pushed.push(stream.next().await.unwrap().unwrap().result);
+        }
+        assert_eq!(pushed, [false, true, false], "the first state, then only flips");
+        push.send(Some(0)).unwrap();
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), stream.next()).await;
+        assert!(quiet.is_err(), "no repeat of an unchanged state");
     }
 }
