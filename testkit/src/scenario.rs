@@ -96,7 +96,7 @@ spec:
   image: registry.example/worker:1
   size: micro
   nats:
-    pub stream: "{stream}"
+    stream: "{stream}"
     consumer: {WORKER}
   scaling:
     lagThreshold: "{LAG_THRESHOLD}"
