@@ -238,6 +238,8 @@ pub fn metric_name(stream: &str, consumer: &str) -> String {
 }
 
 /// 32-bit FNV-1a: stable across versions and platforms, unlike std's hasher.
+/// The `fnv` crate has only the 64-bit variant, and these 8 hex digits are
+/// part of HPA metric names already in clusters, so they stay as they are.
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes
         .iter()

@@ -50,11 +50,25 @@ fn rig() -> SharedRig {
 async fn claim_gets_ready_scaled_object_and_hpa() {
     let _peers = PEERS.read().await;
     let s = Scenario::new(rig(), "ready").await;
-    s.apply_claim("minReplicas: 0\n    maxReplicas: 7").await;
+    s.apply_claim("minReplicas: 0\n    maxReplicas: 7\n    scaleDown:\n      maxPodsPerMinute: 3")
+        .await;
 
     s.wait_scaled_object_ready().await;
     let hpa = s.wait_hpa().await;
     let spec = hpa.spec.expect("HPA spec");
+    // The claim's scale-down limits reach the HPA through KEDA.
+    let scale_down = spec.behavior.as_ref().and_then(|b| b.scale_down.as_ref());
+    assert_eq!(
+        serde_json::to_value(scale_down).unwrap(),
+        json!({
+            "stabilizationWindowSeconds": 300,
+            "selectPolicy": "Min",
+            "policies": [
+                {"type": "Percent", "value": 50, "periodSeconds": 60},
+                {"type": "Pods", "value": 3, "periodSeconds": 60},
+            ],
+        })
+    );
     assert_eq!(
         spec.min_replicas,
         Some(1),

@@ -44,6 +44,9 @@ impl Rendered {
     fn trigger(&self) -> &Value {
         &self.scaled_object["spec"]["triggers"][0]["metadata"]
     }
+    fn scale_down(&self) -> &Value {
+        &self.scaled_object["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    }
     fn env(&self) -> Vec<(String, String)> {
         self.worker()["env"]
             .as_array()
@@ -137,6 +140,11 @@ fn check_example(name: &str, r: &Rendered) {
             assert_eq!(r.worker()["readinessProbe"]["httpGet"]["path"], "/ready");
             assert!(r.pod().get("initContainers").is_none());
             assert!(r.worker().get("envFrom").is_none());
+            assert_eq!(r.pod()["terminationGracePeriodSeconds"], 40);
+            assert_eq!(
+                *r.scale_down(),
+                json!({"stabilizationWindowSeconds": 300, "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}]})
+            );
         }
         "scale-to-zero.yaml" => {
             assert_eq!(r.scaled_object["spec"]["minReplicaCount"], 0);
@@ -181,6 +189,18 @@ fn check_example(name: &str, r: &Rendered) {
             assert_eq!(r.service["spec"]["ports"][0]["port"], 9000);
             assert_eq!(r.worker()["livenessProbe"]["httpGet"]["path"], "/livez");
             assert_eq!(r.pod()["imagePullSecrets"], json!([{"name": "acme-registry"}]));
+            assert_eq!(r.pod()["terminationGracePeriodSeconds"], 120);
+            assert_eq!(
+                *r.scale_down(),
+                json!({
+                    "stabilizationWindowSeconds": 600,
+                    "selectPolicy": "Min",
+                    "policies": [
+                        {"type": "Percent", "value": 25, "periodSeconds": 60},
+                        {"type": "Pods", "value": 4, "periodSeconds": 60},
+                    ],
+                })
+            );
         }
         "design-example.yaml" => {
             assert_eq!(r.trigger()["lagThreshold"], "5");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use serde_json::{Value, json};
@@ -55,7 +55,9 @@ async fn dry_run(client: &Client, doc: &Value, namespace: &str) -> Result<(), St
             Api::namespaced_with(client.clone(), ns, &resource)
         }
     };
-    let params = PatchParams::apply("eds-kit").force().dry_run();
+    // Strict: a field the schema does not know is an error, not silently pruned.
+    let mut params = PatchParams::apply("eds-kit").force().dry_run();
+    params.field_validation = Some(ValidationDirective::Strict);
     api.patch(&name, &params, &Patch::Apply(&object))
         .await
         .map(|_| ())
@@ -121,6 +123,22 @@ async fn every_manifest_passes_server_side_dry_run() {
         let label = file.strip_prefix(repo::root()).unwrap().display().to_string();
         manifests.extend(chart::documents(&read(file)).into_iter().map(|d| (label.clone(), d)));
     }
+    // What each example claim renders to, as the controller applies it.
+    let examples = repo::path("examples");
+    for file in files.iter().filter(|f| f.starts_with(&examples)) {
+        let label = format!("eds render {}", file.strip_prefix(repo::root()).unwrap().display());
+        let rendered = eds::render::render_text(&read(file), &eds::render::Platform::default())
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        manifests.extend(chart::documents(&rendered).into_iter().map(|d| (label.clone(), d)));
+    }
+    let rendered = manifests
+        .iter()
+        .filter(|(label, _)| label.starts_with("eds render"))
+        .count();
+    assert!(
+        rendered >= 20,
+        "five example files render four children per claim: {rendered}"
+    );
     let pods: Vec<(String, Value)> = manifests
         .iter()
         .filter_map(|(label, doc)| pod_of(doc).map(|pod| (format!("{label} {}", chart::id(doc)), pod)))
@@ -146,7 +164,7 @@ async fn every_manifest_passes_server_side_dry_run() {
         }
     }
     eprintln!(
-        "dry-run: {} objects (two chart renderings and {} files) and {} pods",
+        "dry-run: {} objects (two chart renderings, {} files, and the {rendered} children the example claims render to) and {} pods",
         manifests.len(),
         files.len(),
         pods.len()

@@ -29,6 +29,7 @@ impl EventDrivenService {
             init_container: None,
             port: DEFAULT_PORT,
             probes: Probes::default(),
+            termination_grace_period_seconds: None,
         };
         EventDrivenService {
             metadata: ObjectMeta {
@@ -133,30 +134,11 @@ impl InvalidCase {
     /// The invalid claim: [`valid_claim`] with the patch merged in.
     pub fn claim(&self) -> Value {
         let mut claim = valid_claim();
-        merge_patch(&mut claim, &self.patch);
+        json_patch::merge(&mut claim, &self.patch);
         claim
     }
 }
 
 pub fn invalid_cases() -> Vec<InvalidCase> {
     serde_yaml::from_str(include_str!("../../tests/data/invalid-claims.yaml")).expect("the invalid-claims table parses")
-}
-
-/// RFC 7386 JSON merge patch: objects merge, `null` removes, the rest replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Default::default());
-    }
-    let target = target.as_object_mut().expect("made an object above");
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
 }

@@ -20,6 +20,13 @@ pub const DEFAULT_READINESS_PATH: &str = "/ready";
 pub const DEFAULT_MIN_REPLICAS: i32 = 1;
 pub const DEFAULT_MAX_REPLICAS: i32 = 10;
 pub const DEFAULT_LAG_THRESHOLD: i32 = 5;
+/// How long the HPA keeps the highest replica count it was asked for before
+/// it removes any: five minutes, so a bursty queue keeps its pool between
+/// two bursts (the HPA's own default too).
+pub const DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS: i32 = 300;
+/// At most half the replicas go in one minute: each one removed hands its
+/// unfinished messages to the rest, which need time to take them on.
+pub const DEFAULT_SCALE_DOWN_PERCENT_PER_MINUTE: i32 = 50;
 
 /// A NATS JetStream worker: one image that consumes one durable consumer,
 /// autoscaled by KEDA on that consumer's lag.
@@ -104,6 +111,14 @@ pub struct EventDrivenServiceSpec {
     /// HTTP paths of the liveness and readiness probes.
     #[serde(default)]
     pub probes: Probes,
+
+    /// Seconds a replica has, after SIGTERM, to finish and acknowledge the
+    /// messages it holds and hand the rest back before it is killed.
+    /// Unset: 40, NATS's default ack_wait of 30 s plus a 10 s margin (see
+    /// docs/worker-contract.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("terminationGracePeriodSeconds must be between 1 and 3600"))]
+    pub termination_grace_period_seconds: Option<i64>,
 }
 
 /// Requests and limits, by name (see `render::resources`).
@@ -217,6 +232,34 @@ pub struct Scaling {
     /// Replicas to hold while the scaler cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+
+    /// How fast the HPA may remove replicas (from `maxReplicas` down to 1;
+    /// KEDA itself takes the last one away after `cooldownPeriod`).
+    #[serde(default)]
+    pub scale_down: ScaleDown,
+}
+
+/// Limits on scale-in, rendered into the HPA's `behavior.scaleDown`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDown {
+    /// Seconds the HPA looks back and keeps the highest replica count it
+    /// computed in that time.
+    #[serde(default = "default_scale_down_stabilization")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 3600").message("scaling.scaleDown.stabilizationWindowSeconds must be between 0 and 3600"))]
+    pub stabilization_window_seconds: i32,
+
+    /// Most replicas removed in one minute, in percent of the count at the
+    /// start of that minute (100: no limit but `maxPodsPerMinute`).
+    #[serde(default = "default_scale_down_percent")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("scaling.scaleDown.maxPercentPerMinute must be between 1 and 100"))]
+    pub max_percent_per_minute: i32,
+
+    /// Most replicas removed in one minute, as a count. When both limits are
+    /// set, the stricter one applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("scaling.scaleDown.maxPodsPerMinute must be between 1 and 1000"))]
+    pub max_pods_per_minute: Option<i32>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -287,6 +330,17 @@ impl Default for Scaling {
             polling_interval: None,
             cooldown_period: None,
             fallback: None,
+            scale_down: ScaleDown::default(),
+        }
+    }
+}
+
+impl Default for ScaleDown {
+    fn default() -> Self {
+        ScaleDown {
+            stabilization_window_seconds: DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS,
+            max_percent_per_minute: DEFAULT_SCALE_DOWN_PERCENT_PER_MINUTE,
+            max_pods_per_minute: None,
         }
     }
 }
@@ -320,4 +374,10 @@ fn default_liveness_path() -> String {
 }
 fn default_readiness_path() -> String {
     DEFAULT_READINESS_PATH.to_string()
+}
+fn default_scale_down_stabilization() -> i32 {
+    DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS
+}
+fn default_scale_down_percent() -> i32 {
+    DEFAULT_SCALE_DOWN_PERCENT_PER_MINUTE
 }

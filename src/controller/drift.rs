@@ -6,6 +6,8 @@
 //! want changed. The last case includes *removing* a field, which "live holds
 //! desired" cannot see, so every applied object carries a hash of its desired
 //! form in an annotation: a new hash means a new apply.
+use std::hash::Hasher;
+
 use kube::api::DynamicObject;
 use serde_json::{Map, Value};
 
@@ -98,12 +100,12 @@ fn is_empty(value: &Value) -> bool {
     }
 }
 
-/// FNV-1a: tiny and stable across Rust releases (std's hasher is not), so a
+/// 64-bit FNV-1a: stable across Rust releases (std's hasher is not), so a
 /// controller upgrade does not re-apply every child.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(bytes);
+    hasher.finish()
 }
 
 #[cfg(test)]

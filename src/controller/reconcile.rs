@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
@@ -45,7 +46,7 @@ pub struct Context {
     recorder: Recorder,
     stores: Stores,
     /// Failures in a row, per claim, for the back-off.
-    failures: Mutex<HashMap<ObjectRef<EventDrivenService>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<EventDrivenService>, Retry>>,
 }
 
 impl Context {
@@ -92,14 +93,17 @@ pub async fn reconcile(claim: Arc<EventDrivenService>, ctx: Arc<Context>) -> Res
 /// Retries a failed claim with a back-off that doubles per failure in a row,
 /// and counts the failure by kind.
 pub fn error_policy(claim: Arc<EventDrivenService>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = {
+    let (failures, retry) = {
         let mut failures = ctx.failures.lock().expect("failures lock");
-        let count = failures.entry(ObjectRef::from(&*claim)).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
+        let claim_retry = failures.entry(ObjectRef::from(&*claim)).or_insert_with(|| Retry {
+            failures: 0,
+            delays: backoff(),
+        });
+        claim_retry.failures = claim_retry.failures.saturating_add(1);
+        let delay = claim_retry.delays.next().unwrap_or(MAX_BACKOFF);
+        (claim_retry.failures, delay)
     };
     metrics::counter!(RECONCILE_ERRORS.name, "error" => error.metric_label()).increment(1);
-    let retry = backoff(failures);
     tracing::warn!(
         namespace = claim.namespace(), name = %claim.name_any(), %error, failures, retry = ?retry,
         "reconcile failed"
@@ -107,10 +111,24 @@ pub fn error_policy(claim: Arc<EventDrivenService>, error: &Error, ctx: Arc<Cont
     Action::requeue(retry)
 }
 
-/// 1 s after the first failure, doubling, at most 5 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << doublings).min(Duration::from_secs(300))
+/// One claim's failures in a row, and the delays left for its next ones.
+struct Retry {
+    failures: u32,
+    delays: ExponentialBackoff,
+}
+
+/// The longest wait before retrying a failed claim.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The retry delays of a failing claim: 1 s after the first failure,
+/// doubling, at most 5 minutes.
+pub fn backoff() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(MAX_BACKOFF)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
 }
 
 async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Action> {
@@ -309,8 +327,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {
-        let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 1000].map(|n| backoff(n).as_secs()).into();
-        assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300]);
+        let secs: Vec<u64> = backoff().take(12).map(|d| d.as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
     }
 
     #[tokio::test]

@@ -450,11 +450,25 @@ impl Drop for Live {
     }
 }
 
-/// Doubling retry delay for notifier creation (e.g. missing permissions).
-#[derive(Default)]
+/// Doubling retry delay for notifier creation (e.g. missing permissions):
+/// 1 s, then twice as long per failure in a row, at most a minute.
 struct Backoff {
     next: Option<Instant>,
-    delay: Duration,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        let delays = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(60))
+            .with_factor(2.0)
+            .without_max_times();
+        Backoff {
+            next: None,
+            delays: backon::BackoffBuilder::build(delays),
+        }
+    }
 }
 
 impl Backoff {
@@ -463,9 +477,9 @@ impl Backoff {
     }
 
     fn failed(&mut self) -> Duration {
-        self.delay = (self.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        self.next = Some(Instant::now() + self.delay);
-        self.delay
+        let delay = self.delays.next().unwrap_or(Duration::from_secs(60));
+        self.next = Some(Instant::now() + delay);
+        delay
     }
 }
 

@@ -1,5 +1,7 @@
 //! The worker's pods: one container (and an optional init container) under
 //! the Restricted pod security profile.
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, LocalObjectReference,
@@ -23,6 +25,16 @@ pub const CONTAINER_NAME: &str = "worker";
 pub const INIT_CONTAINER_NAME: &str = "init";
 /// The name of the worker's port, used by the probes and the Service.
 pub const PORT_NAME: &str = "http";
+
+/// NATS's default `ack_wait`, which a consumer created without one has.
+pub const NATS_DEFAULT_ACK_WAIT_SECONDS: i64 = 30;
+/// Time a stopping worker needs besides its last message: to NAK what it
+/// holds, flush its connection and exit.
+pub const TERMINATION_GRACE_MARGIN_SECONDS: i64 = 10;
+/// The grace period of a claim that states neither one nor its consumer's
+/// `ack_wait`: the rule below applied to NATS's default `ack_wait`.
+pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 =
+    NATS_DEFAULT_ACK_WAIT_SECONDS + TERMINATION_GRACE_MARGIN_SECONDS;
 
 pub fn desired_deployment(eds: &EventDrivenService) -> Result<Deployment, ResourceError> {
     let spec = &eds.spec;
@@ -75,6 +87,13 @@ pub fn desired_deployment(eds: &EventDrivenService) -> Result<Deployment, Resour
         ),
         init_containers: init.map(|c| vec![c]),
         containers: vec![worker],
+        // The claim cannot state its consumer's ack_wait yet; when it can,
+        // that is the second argument. Never read from NATS: rendering stays
+        // offline, and a change on the NATS side never rolls the pods.
+        termination_grace_period_seconds: Some(termination_grace_period_seconds(
+            spec.termination_grace_period_seconds,
+            None,
+        )),
         ..PodSpec::default()
     };
     Ok(Deployment {
@@ -100,6 +119,24 @@ pub fn desired_deployment(eds: &EventDrivenService) -> Result<Deployment, Resour
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    })
+}
+
+/// Seconds between SIGTERM and SIGKILL for a replica: the claim's own value;
+/// else the consumer's `ack_wait` (rounded up) plus a margin, because a
+/// message held longer than `ack_wait` is redelivered anyway, so no message a
+/// worker may still finish needs more; else that rule on NATS's default.
+pub fn termination_grace_period_seconds(claimed: Option<i64>, ack_wait: Option<Duration>) -> i64 {
+    claimed.unwrap_or_else(|| match ack_wait {
+        Some(ack_wait) => {
+            let seconds = ack_wait
+                .as_secs()
+                .saturating_add(u64::from(ack_wait.subsec_nanos() > 0));
+            i64::try_from(seconds)
+                .unwrap_or(i64::MAX)
+                .saturating_add(TERMINATION_GRACE_MARGIN_SECONDS)
+        }
+        None => DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
     })
 }
 
@@ -375,5 +412,27 @@ mod tests {
         };
         assert_eq!(get(&resources.requests, "cpu").as_deref(), Some("250m"));
         assert_eq!(get(&resources.limits, "memory").as_deref(), Some("2Gi"));
+    }
+
+    #[test]
+    fn the_grace_period_is_the_claims_when_it_states_one() {
+        let default = pod(&EventDrivenService::test());
+        assert_eq!(default.termination_grace_period_seconds, Some(40));
+        let eds = EventDrivenService::test().with_spec(|s| s.termination_grace_period_seconds = Some(95));
+        assert_eq!(pod(&eds).termination_grace_period_seconds, Some(95));
+    }
+
+    #[test]
+    fn the_grace_period_follows_ack_wait_plus_a_margin_unless_the_claim_states_one() {
+        let grace = termination_grace_period_seconds;
+        assert_eq!(
+            grace(None, None),
+            NATS_DEFAULT_ACK_WAIT_SECONDS + TERMINATION_GRACE_MARGIN_SECONDS
+        );
+        assert_eq!(grace(None, Some(Duration::from_secs(60))), 70);
+        // Part of a second still needs the whole second.
+        assert_eq!(grace(None, Some(Duration::from_millis(2_500))), 13);
+        assert_eq!(grace(Some(5), Some(Duration::from_secs(60))), 5);
+        assert_eq!(grace(None, Some(Duration::MAX)), i64::MAX);
     }
 }

@@ -18,13 +18,14 @@ use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
 pub use deployment::{
-    CONTAINER_NAME, ENV_NATS_CONSUMER, ENV_NATS_STREAM, ENV_NATS_URL, INIT_CONTAINER_NAME, PORT_NAME,
-    desired_deployment,
+    CONTAINER_NAME, DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, ENV_NATS_CONSUMER, ENV_NATS_STREAM, ENV_NATS_URL,
+    INIT_CONTAINER_NAME, NATS_DEFAULT_ACK_WAIT_SECONDS, PORT_NAME, TERMINATION_GRACE_MARGIN_SECONDS,
+    desired_deployment, termination_grace_period_seconds,
 };
 pub use resources::{ResourceError, size_resources};
 pub use scaled_object::{
-    ScaleTargetRef, ScaledObject, ScaledObjectCondition, ScaledObjectFallback, ScaledObjectSpec, ScaledObjectStatus,
-    ScaledObjectTrigger, desired_scaled_object,
+    AdvancedConfig, HorizontalPodAutoscalerConfig, ScaleTargetRef, ScaledObject, ScaledObjectCondition,
+    ScaledObjectFallback, ScaledObjectSpec, ScaledObjectStatus, ScaledObjectTrigger, desired_scaled_object,
 };
 pub use service::desired_service;
 pub use service_account::desired_service_account;

@@ -2,11 +2,12 @@
 //! served by the platform's eds scaler through an `external-push` trigger.
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::autoscaling::v2::{HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscalerBehavior};
 use kube::{CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::{Platform, child_metadata};
-use crate::api::EventDrivenService;
+use crate::api::{EventDrivenService, ScaleDown};
 use crate::trigger::{TRIGGER_TYPE, claim_metadata};
 
 /// The part of KEDA's `keda.sh/v1alpha1` ScaledObject we write. Every field we
@@ -36,7 +37,24 @@ pub struct ScaledObjectSpec {
     pub max_replica_count: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<ScaledObjectFallback>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advanced: Option<AdvancedConfig>,
     pub triggers: Vec<ScaledObjectTrigger>,
+}
+
+/// KEDA's `advanced`: we set only the HPA's behaviour.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvancedConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizontal_pod_autoscaler_config: Option<HorizontalPodAutoscalerConfig>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HorizontalPodAutoscalerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -127,6 +145,14 @@ pub fn desired_scaled_object(eds: &EventDrivenService, platform: &Platform) -> S
                 failure_threshold: f.failure_threshold,
                 replicas: f.replicas,
             }),
+            advanced: Some(AdvancedConfig {
+                horizontal_pod_autoscaler_config: Some(HorizontalPodAutoscalerConfig {
+                    behavior: Some(HorizontalPodAutoscalerBehavior {
+                        scale_down: Some(scale_down_rules(&scaling.scale_down)),
+                        scale_up: None,
+                    }),
+                }),
+            }),
             triggers: vec![ScaledObjectTrigger {
                 type_: TRIGGER_TYPE.into(),
                 metadata,
@@ -137,9 +163,32 @@ pub fn desired_scaled_object(eds: &EventDrivenService, platform: &Platform) -> S
     }
 }
 
+/// The period both scale-down limits count over: the claim words them per minute.
+const SCALE_DOWN_PERIOD_SECONDS: i32 = 60;
+
+/// The claim's limits as HPA policies. With two policies the HPA would take
+/// the larger step by default; both are limits, so the stricter one wins.
+fn scale_down_rules(scale_down: &ScaleDown) -> HPAScalingRules {
+    let policy = |type_: &str, value: i32| HPAScalingPolicy {
+        type_: type_.into(),
+        value,
+        period_seconds: SCALE_DOWN_PERIOD_SECONDS,
+    };
+    let mut policies = vec![policy("Percent", scale_down.max_percent_per_minute)];
+    policies.extend(scale_down.max_pods_per_minute.map(|pods| policy("Pods", pods)));
+    HPAScalingRules {
+        select_policy: (policies.len() > 1).then(|| "Min".into()),
+        policies: Some(policies),
+        stabilization_window_seconds: Some(scale_down.stabilization_window_seconds),
+        tolerance: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::api::Fallback;
@@ -175,13 +224,7 @@ mod tests {
         assert_eq!((spec.polling_interval, spec.cooldown_period), (None, None));
         assert_eq!(spec.fallback, None);
         let applied = serde_json::to_value(&spec).unwrap();
-        for absent in [
-            "pollingInterval",
-            "cooldownPeriod",
-            "fallback",
-            "advanced",
-            "idleReplicaCount",
-        ] {
+        for absent in ["pollingInterval", "cooldownPeriod", "fallback", "idleReplicaCount"] {
             assert!(applied.get(absent).is_none(), "{absent} in {applied}");
         }
     }
@@ -264,5 +307,50 @@ mod tests {
             let eds = EventDrivenService::test().with_lag_threshold(threshold);
             assert_eq!(metadata(&eds)["lagThreshold"], text);
         }
+    }
+
+    fn scale_down(eds: &EventDrivenService) -> Value {
+        let spec = serde_json::to_value(desired_scaled_object(eds, &platform()).spec).unwrap();
+        assert_eq!(
+            spec["advanced"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["horizontalPodAutoscalerConfig"],
+            "only the behaviour: {spec}"
+        );
+        let behavior = &spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"];
+        assert!(behavior.get("scaleUp").is_none(), "{behavior}");
+        behavior["scaleDown"].clone()
+    }
+
+    #[test]
+    fn scale_down_defaults_suit_queue_workers() {
+        assert_eq!(
+            scale_down(&EventDrivenService::test()),
+            json!({
+                "stabilizationWindowSeconds": 300,
+                "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}],
+            })
+        );
+    }
+
+    #[test]
+    fn scale_down_limits_from_the_claim_and_the_stricter_one_wins() {
+        let eds = EventDrivenService::test().with_spec(|s| {
+            s.scaling.scale_down = ScaleDown {
+                stabilization_window_seconds: 0,
+                max_percent_per_minute: 100,
+                max_pods_per_minute: Some(2),
+            }
+        });
+        assert_eq!(
+            scale_down(&eds),
+            json!({
+                "stabilizationWindowSeconds": 0,
+                "selectPolicy": "Min",
+                "policies": [
+                    {"type": "Percent", "value": 100, "periodSeconds": 60},
+                    {"type": "Pods", "value": 2, "periodSeconds": 60},
+                ],
+            })
+        );
     }
 }

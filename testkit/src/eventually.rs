@@ -8,7 +8,18 @@ const EVERY: Duration = Duration::from_millis(200);
 /// Runs `probe` every 200 ms until it gives a value (`Some` or `Ok`), and
 /// returns that value; after `timeout`, fails the test with `what` and the
 /// last answer seen.
-pub async fn eventually<O: Outcome>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> O) -> O::Value {
+pub async fn eventually<O: Outcome>(what: &str, timeout: Duration, probe: impl AsyncFnMut() -> O) -> O::Value {
+    eventually_every(EVERY, what, timeout, probe).await
+}
+
+/// As [`eventually`], probing every `every` (a test that times what it
+/// waits for probes more often).
+pub async fn eventually_every<O: Outcome>(
+    every: Duration,
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> O,
+) -> O::Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match probe().await.into_result() {
@@ -16,7 +27,7 @@ pub async fn eventually<O: Outcome>(what: &str, timeout: Duration, mut probe: im
             Err(last) if tokio::time::Instant::now() > deadline => {
                 panic!("{what}: not within {timeout:?}; last seen: {last}")
             }
-            Err(_) => tokio::time::sleep(EVERY).await,
+            Err(_) => tokio::time::sleep(every).await,
         }
     }
 }

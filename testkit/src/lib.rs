@@ -32,4 +32,4 @@ pub mod scaler;
 pub mod scenario;
 
 mod eventually;
-pub use eventually::{Outcome, eventually};
+pub use eventually::{Outcome, eventually, eventually_every};
