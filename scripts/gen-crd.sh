@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates the committed EventDrivenService CRD from the Rust types in src/api,
-# and the Helm chart's copy of it.
+# Regenerates the committed EventDrivenService CRD and Crossplane XRD from the
+# Rust types in src/api, and the Helm chart's copy of the CRD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p apis
+mkdir -p apis/crossplane
 cargo run --quiet -- crd > apis/eventdrivenservices.platform.bizmatters.io.yaml
-cp apis/eventdrivenservices.platform.bizmatters.io.yaml deploy/helm/eds/crds/
+cp apis/eventdrivenservices.platform.bizmatters.io.yaml deploy/helm/eds/files/
+cargo run --quiet -- xrd > apis/crossplane/definition.yaml

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::controller::{ControllerConfig, LeaderConfig};
+use crate::function::FunctionConfig;
 use crate::lag::{ConsumerKey, JetStreamLag, LagError};
 use crate::nats::{ConnectionSettings, Connections, DEFAULT_CONNECTION, NatsConfig, TlsSettings};
 use crate::render::{DEFAULT_SCALER_ADDRESS, Platform};
@@ -43,12 +44,21 @@ pub enum Command {
     Lag(LagArgs),
     /// Print the EventDrivenService CustomResourceDefinition.
     Crd,
+    /// Serve a Crossplane composition function that composes
+    /// EventDrivenService composites into the same children.
+    Function(FunctionArgs),
+    /// Print the Crossplane CompositeResourceDefinition for EventDrivenService.
+    Xrd,
 }
 
 /// Parses the command line, runs the subcommand and maps failure to exit 1.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init_logging(args.log_format, "info");
+    let level = match &args.command {
+        Command::Function(function) if function.debug => "debug",
+        _ => "info",
+    };
+    telemetry::init_logging(args.log_format, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -73,6 +83,11 @@ async fn run(command: Command) -> Result<()> {
         Command::Lag(args) => lag(args).await,
         Command::Crd => {
             print!("{}", crate::api::crd_yaml()?);
+            Ok(())
+        }
+        Command::Function(args) => crate::runtime::run_function(args.try_into()?).await,
+        Command::Xrd => {
+            print!("{}", crate::function::xrd::xrd_yaml()?);
             Ok(())
         }
     }
@@ -406,6 +421,57 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Duration::try_from(duration).map_err(|_| format!("{text:?}: a duration must not be negative"))
 }
 
+/// `eds function` flags, named as Crossplane's function runtime passes them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FunctionArgs {
+    /// Address to serve gRPC on; `:9443` is every interface.
+    #[arg(long, default_value = ":9443")]
+    pub address: String,
+    /// Serve plaintext gRPC, for `crossplane render` on a workstation.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Directory with `tls.crt`, `tls.key` and `ca.crt`: serve mutual TLS and
+    /// accept only clients with a certificate that `ca.crt` signed.
+    #[arg(long, env = "TLS_SERVER_CERTS_DIR")]
+    pub tls_certs_dir: Option<PathBuf>,
+    /// Log at debug level.
+    #[arg(long, short = 'd')]
+    pub debug: bool,
+}
+
+impl TryFrom<FunctionArgs> for FunctionConfig {
+    type Error = Error;
+
+    fn try_from(args: FunctionArgs) -> Result<Self> {
+        // Crossplane's runtime always sets TLS_SERVER_CERTS_DIR; --insecure
+        // (a workstation) wins over it.
+        let tls_certs_dir = match (args.tls_certs_dir, args.insecure) {
+            (_, true) => None,
+            (Some(dir), false) => Some(dir),
+            (None, false) => {
+                return Err(Error::Config(
+                    "eds function needs --tls-certs-dir (or TLS_SERVER_CERTS_DIR), or --insecure".into(),
+                ));
+            }
+        };
+        Ok(FunctionConfig {
+            address: parse_go_address(&args.address)?,
+            tls_certs_dir,
+        })
+    }
+}
+
+/// `:9443` (Go's way of saying every interface, as Crossplane's functions
+/// take it) or `host:port`.
+fn parse_go_address(address: &str) -> Result<SocketAddr> {
+    let full = match address.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => address.to_string(),
+    };
+    full.parse()
+        .map_err(|e| Error::Config(format!("--address {address:?}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -476,5 +542,28 @@ mod tests {
         assert_eq!(config.leader.lease_duration, Duration::from_secs(30));
         assert_eq!(config.platform, Platform::default());
         assert!(!config.leader.identity.is_empty());
+    }
+
+    #[test]
+    fn function_flags_are_the_ones_crossplane_passes() {
+        let config = |argv: &[&str]| {
+            let Command::Function(args) = Args::parse_from(argv).command else {
+                panic!("not the function")
+            };
+            FunctionConfig::try_from(args)
+        };
+        let served = config(&["eds", "function", "--tls-certs-dir", "/tls/server"]).unwrap();
+        assert_eq!(served.address, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(
+            served.tls_certs_dir.as_deref(),
+            Some(std::path::Path::new("/tls/server"))
+        );
+
+        let local = config(&["eds", "function", "--insecure", "--address", "127.0.0.1:7443"]).unwrap();
+        assert_eq!(local.address, "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(local.tls_certs_dir, None);
+
+        let err = config(&["eds", "function", "--insecure", "--address", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("--address \"nowhere\""), "{err}");
     }
 }

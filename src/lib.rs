@@ -2,7 +2,7 @@
 //! on their real backlog.
 //!
 //! Dependencies point one way: [`cli`] -> [`runtime`] -> {[`controller`],
-//! [`scaler`]} -> {[`render`], [`trigger`], [`lag`]} -> {[`api`], [`nats`]},
+//! [`scaler`], [`function`]} -> {[`render`], [`trigger`], [`lag`]} -> {[`api`], [`nats`]},
 //! with [`telemetry`] and [`error`] as leaves.
 //!
 //! - [`scaler`]: KEDA external scaler (gRPC) serving consumer lag.
@@ -10,6 +10,8 @@
 //! - [`trigger`]: the KEDA trigger metadata render writes and the scaler reads.
 //! - [`api`], [`render`], [`controller`]: the `EventDrivenService` resource,
 //!   the pure functions that render its children, and the kube-rs controller.
+//! - [`function`]: the same children composed by Crossplane, as a
+//!   composition function.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod error;
+pub mod function;
 pub mod lag;
 pub mod nats;
 pub mod render;

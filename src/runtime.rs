@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::controller::{ClaimController, ControllerConfig};
+use crate::function::{self, FunctionConfig};
 use crate::lag::LagCache;
 use crate::scaler::{Scaler, ScalerConfig};
 use crate::telemetry::{self, Metric};
@@ -37,6 +38,18 @@ pub async fn run_scaler(config: ScalerConfig) -> Result<()> {
         scaler.serve(grpc, tls, shutdown_signal()),
     )
     .await
+}
+
+/// `eds function`: serves Crossplane's RunFunction until SIGINT or SIGTERM.
+pub async fn run_function(config: FunctionConfig) -> Result<()> {
+    let tls = config.tls_certs_dir.as_deref().map(function::tls_config).transpose()?;
+    let listener = TcpListener::bind(config.address).await.map_err(|source| Error::Bind {
+        server: "function",
+        addr: config.address,
+        source,
+    })?;
+    tracing::info!(address = %config.address, tls = tls.is_some(), "composition function serving");
+    function::serve(listener, tls, shutdown_signal()).await
 }
 
 /// `eds controller`: waits for the Lease, then reconciles until SIGINT or

@@ -167,6 +167,7 @@ fn chart_renders_with_default_values() {
     let docs = chart::render("eds-system", &[]);
     let objects: BTreeSet<String> = docs.iter().map(chart::id).collect();
     let expected: BTreeSet<String> = [
+        "CustomResourceDefinition/eventdrivenservices.platform.bizmatters.io",
         "ServiceAccount/eds-controller",
         "ServiceAccount/eds-scaler",
         "ClusterRole/eds-controller",
@@ -401,7 +402,7 @@ fn values_schema_refuses_bad_values() {
 fn chart_crd_is_the_generated_one() {
     let name = "eventdrivenservices.platform.bizmatters.io.yaml";
     let generated = repo::path("apis").join(name);
-    let copy = chart::dir().join("crds").join(name);
+    let copy = chart::dir().join("files").join(name);
     assert!(
         read(&generated) == read(&copy),
         "{} differs from {}: run scripts/gen-crd.sh",
@@ -461,4 +462,45 @@ fn chart_controller_roles_are_the_tested_ones() {
             "the chart's {kind} must grant exactly what the controller's RBAC test proves enough (deploy/rbac/{file})"
         );
     }
+}
+
+/// Where Crossplane serves the API (`eds function`), the chart installs the
+/// scaler alone: no controller, none of its RBAC, and no CRD (the XRD defines
+/// the same API). By default the CRD is in, and kept when the release goes.
+#[test]
+fn scaler_only_mode_leaves_out_the_controller_and_the_crd() {
+    let ids = |docs: &[Value]| docs.iter().map(chart::id).collect::<BTreeSet<String>>();
+    let default = chart::render("eds-system", &[]);
+    let crd = default
+        .iter()
+        .find(|d| d["kind"] == "CustomResourceDefinition")
+        .expect("the CRD by default");
+    assert_eq!(crd["metadata"]["name"], "eventdrivenservices.platform.bizmatters.io");
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    let generated = chart::documents(&read(&repo::path(eds::api::CRD_FILE))).remove(0);
+    assert_eq!(crd["spec"], generated["spec"], "the chart's CRD is the generated one");
+
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("scaler-only.yaml");
+    std::fs::write(&values, "crd:\n  install: false\ncontroller:\n  enabled: false\n").unwrap();
+    let scaler_only = chart::render("eds-system", &[values]);
+    let left_out: Vec<String> = ids(&default).difference(&ids(&scaler_only)).cloned().collect();
+    assert!(
+        scaler_only.iter().all(|d| {
+            d["kind"] != "CustomResourceDefinition"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] != "controller"
+        }),
+        "scaler-only still has {:?}",
+        ids(&scaler_only)
+    );
+    assert!(
+        left_out.iter().any(|i| i.starts_with("ClusterRole/")) && left_out.iter().any(|i| i.starts_with("Deployment/")),
+        "{left_out:?}"
+    );
+    let scaler = scaler_only
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the scaler Deployment");
+    assert_eq!(scaler["metadata"]["labels"]["app.kubernetes.io/component"], "scaler");
+    assert!(ids(&scaler_only).iter().any(|i| i.starts_with("Service/")));
 }

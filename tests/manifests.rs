@@ -31,7 +31,6 @@ fn manifest_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     walk(&repo::path("deploy"), &mut files);
     files.retain(|f| !f.starts_with(chart::dir()) && !f.starts_with(repo::path("deploy/values")));
-    walk(&chart::dir().join("crds"), &mut files);
     walk(&repo::path("examples"), &mut files);
     files.sort();
     files

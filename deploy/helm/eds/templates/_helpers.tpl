@@ -261,3 +261,9 @@ readinessProbe:
   timeoutSeconds: 2
   failureThreshold: 2
 {{- end }}
+
+{{/* The components this release runs: the controller only where the eds
+controller serves the API (controller.enabled), the scaler always. */}}
+{{- define "eds.components" -}}
+{{- if .Values.controller.enabled }}controller scaler{{ else }}scaler{{ end }}
+{{- end }}
