@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
-use kube::core::GroupVersionKind;
-use kube::discovery::{Scope, pinned_kind};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use testkit::chart;
 use testkit::control_plane as cluster;
@@ -34,33 +32,6 @@ fn manifest_files() -> Vec<PathBuf> {
     walk(&repo::path("examples"), &mut files);
     files.sort();
     files
-}
-
-/// Server-side apply with `dryRun=All`: every admission step runs, nothing is
-/// stored. Objects without a namespace land in `namespace`.
-async fn dry_run(client: &Client, doc: &Value, namespace: &str) -> Result<(), String> {
-    let object: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
-    let types = object.types.clone().ok_or("no apiVersion or kind")?;
-    let gvk = GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
-    let (resource, caps) = pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| format!("unknown kind: {e}"))?;
-    let name = object.metadata.name.clone().ok_or("no metadata.name")?;
-    let api: Api<DynamicObject> = match caps.scope {
-        Scope::Cluster => Api::all_with(client.clone(), &resource),
-        Scope::Namespaced => {
-            let ns = object.metadata.namespace.as_deref().unwrap_or(namespace);
-            ensure_namespace(client, ns, &[]).await;
-            Api::namespaced_with(client.clone(), ns, &resource)
-        }
-    };
-    // Strict: a field the schema does not know is an error, not silently pruned.
-    let mut params = PatchParams::apply("eds-kit").force().dry_run();
-    params.field_validation = Some(ValidationDirective::Strict);
-    api.patch(&name, &params, &Patch::Apply(&object))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 async fn ensure_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
@@ -158,7 +129,10 @@ async fn every_manifest_passes_server_side_dry_run() {
 
     let mut failures = Vec::new();
     for (label, doc) in manifests.iter().chain(&pods) {
-        if let Err(e) = dry_run(&client, doc, &ns).await {
+        if let Some(namespace) = doc["metadata"]["namespace"].as_str() {
+            ensure_namespace(&client, namespace, &[]).await;
+        }
+        if let Err(e) = cluster::dry_run(&client, doc, &ns).await {
             failures.push(format!("{label}: {}: {e}", chart::id(doc)));
         }
     }
@@ -178,6 +152,8 @@ async fn every_manifest_passes_server_side_dry_run() {
     let mut bad = pods[0].1.clone();
     bad["metadata"]["name"] = json!("may-run-as-root");
     bad["spec"]["securityContext"]["runAsNonRoot"] = json!(false);
-    let refused = dry_run(&client, &bad, &ns).await.expect_err("Pod Security refuses it");
+    let refused = cluster::dry_run(&client, &bad, &ns)
+        .await
+        .expect_err("Pod Security refuses it");
     assert!(refused.contains("PodSecurity \"restricted"), "{refused}");
 }

@@ -46,7 +46,7 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::config::AuthInfo;
 use kube::core::{GroupVersionKind, ObjectMeta};
 use kube::discovery::{Scope, pinned_kind};
@@ -272,6 +272,34 @@ pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) ->
         applied.push(result);
     }
     applied
+}
+
+/// Server-side apply with `dryRun=All` and strict field validation: every
+/// admission step runs, nothing is stored, and a field the schema does not
+/// know is an error rather than pruned. Namespaced objects without a
+/// namespace land in `namespace`, which must exist. The API server's refusal
+/// as text.
+pub async fn dry_run(client: &Client, doc: &serde_json::Value, namespace: &str) -> Result<(), String> {
+    let object: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let types = object.types.clone().ok_or("no apiVersion or kind")?;
+    let gvk = GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
+    let (resource, caps) = pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("unknown kind: {e}"))?;
+    let name = object.metadata.name.clone().ok_or("no metadata.name")?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+        Scope::Namespaced => {
+            let ns = object.metadata.namespace.as_deref().unwrap_or(namespace);
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+    };
+    let mut params = PatchParams::apply(MANAGER).force().dry_run();
+    params.field_validation = Some(ValidationDirective::Strict);
+    api.patch(&name, &params, &Patch::Apply(&object))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Starts the peers on a thread of its own: callers may be inside an async
