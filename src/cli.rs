@@ -364,6 +364,14 @@ pub struct LagArgs {
     /// JetStream domain.
     #[arg(long)]
     pub js_domain: Option<String>,
+    /// Target lag per replica (the trigger's lagThreshold), to show the
+    /// metric KEDA gets.
+    #[arg(long, default_value = "5", value_parser = crate::trigger::LagThreshold::parse)]
+    pub lag_threshold: crate::trigger::LagThreshold,
+    /// Un-acknowledged messages one replica holds (the trigger's
+    /// concurrency), to show the replica cap.
+    #[arg(long, default_value = "1", value_parser = crate::trigger::parse_concurrency)]
+    pub concurrency: std::num::NonZeroU32,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -385,6 +393,7 @@ async fn lag(args: LagArgs) -> Result<()> {
     }
     let key = ConsumerKey::new(name, args.js_domain.as_deref(), &args.stream, &args.consumer);
     let state = JetStreamLag::new(connections).consumer_state(&key).await?;
+    let metric = crate::trigger::scale_metric(&state, args.lag_threshold.get(), args.concurrency);
     if args.json {
         println!(
             "{}",
@@ -393,6 +402,8 @@ async fn lag(args: LagArgs) -> Result<()> {
                 "pending": state.pending, "ackPending": state.ack_pending,
                 "redelivered": state.redelivered, "waiting": state.waiting,
                 "lag": state.lag(), "filterSubjects": state.filter_subjects,
+                "maxAckPending": state.max_ack_pending, "concurrency": args.concurrency.get(),
+                "replicaCap": metric.replica_cap, "metric": metric.value,
             })
         );
     } else {
@@ -403,6 +414,26 @@ async fn lag(args: LagArgs) -> Result<()> {
         println!("redelivered  {}", state.redelivered);
         println!("waiting      {}", state.waiting);
         println!("lag          {}  (pending + ack-pending)", state.lag());
+        match (state.max_ack_pending, metric.replica_cap) {
+            (Some(limit), Some(cap)) => {
+                println!("max-ack-pending {limit}");
+                println!(
+                    "replica cap  {cap}  (ceil(max-ack-pending {limit} / concurrency {}))",
+                    args.concurrency
+                );
+            }
+            _ => println!("max-ack-pending unlimited: no replica cap"),
+        }
+        if metric.is_capped() {
+            println!(
+                "metric       {}  (capped: {} replicas x lagThreshold {}; the true lag is above)",
+                metric.value,
+                metric.replica_cap.unwrap_or_default(),
+                args.lag_threshold
+            );
+        } else {
+            println!("metric       {}  (the lag)", metric.value);
+        }
     }
     Ok(())
 }

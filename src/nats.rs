@@ -12,7 +12,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::telemetry::{Kind, Metric};
+use crate::telemetry::Metric;
 use crate::{Error, Result};
 
 /// The name of the connection built from the `--nats-*` flags.
@@ -35,12 +35,11 @@ pub struct NatsConfig {
 }
 
 /// `1 while the named NATS connection is up`, written on connection events.
-pub const CONNECTED: Metric = Metric {
-    name: "eds_nats_connected",
-    kind: Kind::Gauge,
-    labels: &["connection"],
-    help: "1 while the named NATS connection is up.",
-};
+pub const CONNECTED: Metric = Metric::gauge(
+    "eds_nats_connected",
+    &["connection"],
+    "1 while the named NATS connection is up.",
+);
 
 /// One connection's settings, as written in the config file (camelCase).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -166,7 +166,7 @@ mod tests {
         let all: Vec<&Metric> = METRICS
             .iter()
             .flat_map(|m| m.iter())
-            .chain(&crate::lag::metrics::CONSUMER_GAUGES)
+            .chain(&crate::lag::metrics::SCRAPE_TIME)
             .collect();
         let mut names: Vec<&str> = all.iter().map(|m| m.name).collect();
         names.sort_unstable();

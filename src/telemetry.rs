@@ -66,6 +66,27 @@ pub struct Metric {
 }
 
 impl Metric {
+    pub const fn counter(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Self {
+        Metric::new(name, Kind::Counter, labels, help)
+    }
+
+    pub const fn gauge(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Self {
+        Metric::new(name, Kind::Gauge, labels, help)
+    }
+
+    pub const fn histogram(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Self {
+        Metric::new(name, Kind::Histogram, labels, help)
+    }
+
+    const fn new(name: &'static str, kind: Kind, labels: &'static [&'static str], help: &'static str) -> Self {
+        Metric {
+            name,
+            kind,
+            labels,
+            help,
+        }
+    }
+
     /// Registers the help text (and, for `*_seconds`, the unit) with the
     /// installed recorder.
     pub fn describe(&self) {

@@ -6,11 +6,12 @@
 //! know are checked strictly, and an error names the key.
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::num::NonZeroU32;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::EventDrivenService;
-use crate::lag::ConsumerKey;
+use crate::lag::{ConsumerKey, ConsumerState};
 use crate::nats::{Connections, DEFAULT_CONNECTION};
 
 /// KEDA's trigger type for an external scaler that pushes activity changes.
@@ -25,6 +26,13 @@ pub const LAG_THRESHOLD: &str = "lagThreshold";
 pub const ACTIVATION_LAG_THRESHOLD: &str = "activationLagThreshold";
 pub const NATS_CONNECTION: &str = "natsConnection";
 pub const JS_DOMAIN: &str = "jsDomain";
+pub const CONCURRENCY: &str = "concurrency";
+
+/// The most un-acknowledged messages one replica may hold, when a trigger
+/// does not say.
+pub const DEFAULT_CONCURRENCY: NonZeroU32 = NonZeroU32::MIN;
+/// Above this a "concurrency" is a mistake, not a worker.
+pub const MAX_CONCURRENCY: u32 = 1_000_000;
 
 /// Target lag per replica: a finite number above 0. Claims write it as an
 /// integer or a decimal string, trigger metadata as a string; both are read
@@ -86,6 +94,37 @@ pub struct Trigger {
     pub key: ConsumerKey,
     pub lag_threshold: LagThreshold,
     pub activation_lag_threshold: f64,
+    /// The most un-acknowledged messages one replica holds at once, its
+    /// client's prefetch included.
+    pub concurrency: NonZeroU32,
+}
+
+/// What `GetMetrics` reports for one reading, and why.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScaleMetric {
+    /// The true backlog: pending + ack-pending.
+    pub lag: u64,
+    /// The value KEDA gets: the lag, or less where more replicas could not
+    /// take more work.
+    pub value: f64,
+    /// The replicas that can hold work at once, when the consumer's
+    /// `max_ack_pending` limits them.
+    pub replica_cap: Option<u64>,
+}
+
+impl ScaleMetric {
+    /// The metric stops at the cap: the lag is more than the capped replicas
+    /// would be asked to carry.
+    pub fn is_capped(&self) -> bool {
+        self.value < self.lag as f64
+    }
+}
+
+/// `ceil(max_ack_pending / concurrency)`: once that many replicas each hold
+/// `concurrency` messages, the server hands out no more, so further replicas
+/// would sit idle. `None` when the consumer sets no limit.
+pub fn replica_cap(max_ack_pending: Option<u64>, concurrency: NonZeroU32) -> Option<u64> {
+    max_ack_pending.map(|limit| limit.div_ceil(u64::from(concurrency.get())))
 }
 
 /// A metadata problem, naming the key.
@@ -146,10 +185,15 @@ impl Trigger {
                 format!("must be 0 or more, got {activation_lag_threshold}"),
             ));
         }
+        let concurrency = match metadata.get(CONCURRENCY).map(|s| s.trim()) {
+            None | Some("") => DEFAULT_CONCURRENCY,
+            Some(text) => parse_concurrency(text).map_err(|message| bad(CONCURRENCY, message))?,
+        };
         Ok(Trigger {
             key: ConsumerKey::new(connection, domain, stream, consumer),
             lag_threshold,
             activation_lag_threshold,
+            concurrency,
         })
     }
 
@@ -157,6 +201,15 @@ impl Trigger {
     /// letters, digits and `-` only.
     pub fn metric_name(&self) -> String {
         metric_name(&self.key.stream, &self.key.consumer)
+    }
+
+    /// The metric KEDA scales on: `min(lag, R_cap × target)`, where `R_cap`
+    /// is [`replica_cap`] and `target` the target in force (`lagThreshold`).
+    /// The HPA asks for `ceil(metric / target)` replicas, so it never asks for
+    /// more than `R_cap`. This is the one replica ceiling the scaler applies:
+    /// a feature that changes the target must pass the new target here.
+    pub fn scale_metric(&self, state: &ConsumerState) -> ScaleMetric {
+        scale_metric(state, self.lag_threshold.get(), self.concurrency)
     }
 
     /// `IsActive`: the lag is above the activation threshold.
@@ -185,6 +238,9 @@ pub fn claim_metadata(eds: &EventDrivenService, scaler_address: &str, tls: bool)
     if let Some(connection) = &nats.connection {
         metadata.insert(NATS_CONNECTION.to_string(), connection.clone());
     }
+    if let Some(concurrency) = scaling.concurrency {
+        metadata.insert(CONCURRENCY.to_string(), concurrency.to_string());
+    }
     if tls {
         metadata.insert(ENABLE_TLS.to_string(), "true".to_string());
     }
@@ -197,6 +253,33 @@ fn threshold_text(threshold: &IntOrString) -> String {
     match threshold {
         IntOrString::Int(n) => n.to_string(),
         IntOrString::String(s) => s.clone(),
+    }
+}
+
+/// See [`Trigger::scale_metric`]; `target` is the per-replica target in force.
+pub fn scale_metric(state: &ConsumerState, target: f64, concurrency: NonZeroU32) -> ScaleMetric {
+    let lag = state.lag();
+    let replica_cap = replica_cap(state.max_ack_pending, concurrency);
+    let value = match replica_cap {
+        Some(cap) => (lag as f64).min(cap as f64 * target),
+        None => lag as f64,
+    };
+    ScaleMetric {
+        lag,
+        value,
+        replica_cap,
+    }
+}
+
+/// A positive whole number, at most [`MAX_CONCURRENCY`].
+pub fn parse_concurrency(text: &str) -> Result<NonZeroU32, String> {
+    let value: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a positive whole number"))?;
+    match NonZeroU32::new(value) {
+        Some(n) if value <= MAX_CONCURRENCY => Ok(n),
+        Some(_) => Err(format!("must be at most {MAX_CONCURRENCY}, got {value}")),
+        None => Err("must be at least 1, got 0".to_string()),
     }
 }
 
@@ -301,6 +384,42 @@ mod tests {
         assert_eq!(t.key, ConsumerKey::new("default", None, "ORDERS", "workers"));
         assert_eq!(t.lag_threshold, LagThreshold::DEFAULT);
         assert_eq!(t.activation_lag_threshold, 0.0);
+        assert_eq!(t.concurrency.get(), 1);
+    }
+
+    fn state(pending: u64, ack_pending: u64, max_ack_pending: Option<u64>) -> ConsumerState {
+        ConsumerState {
+            pending,
+            ack_pending,
+            max_ack_pending,
+            ..ConsumerState::default()
+        }
+    }
+
+    #[test]
+    fn the_metric_stops_at_the_replica_cap() {
+        let one = NonZeroU32::new(1).unwrap();
+        let two = NonZeroU32::new(2).unwrap();
+        // max_ack_pending 4, one message per replica: 4 replicas can work.
+        let m = scale_metric(&state(96, 4, Some(4)), 5.0, one);
+        assert_eq!((m.lag, m.value, m.replica_cap), (100, 20.0, Some(4)));
+        assert!(m.is_capped());
+        assert_eq!(crate::lag::desired_replicas(m.value as u64, 5.0, 0, 10), 4);
+        // Two per replica: 2 replicas.
+        let m = scale_metric(&state(96, 4, Some(4)), 5.0, two);
+        assert_eq!((m.value, m.replica_cap), (10.0, Some(2)));
+        // An odd limit rounds up: 5 slots at 2 each need 3 replicas.
+        assert_eq!(replica_cap(Some(5), two), Some(3));
+        // Below the cap, the metric is the lag.
+        let m = scale_metric(&state(3, 0, Some(4)), 5.0, one);
+        assert_eq!(m.value, 3.0);
+        assert!(!m.is_capped());
+        // No limit: the lag, however large.
+        let m = scale_metric(&state(1_000_000, 0, None), 5.0, one);
+        assert_eq!((m.value, m.replica_cap), (1_000_000.0, None));
+        // A fractional target keeps ceil(metric / target) at the cap.
+        let m = scale_metric(&state(500, 0, Some(3)), 2.5, one);
+        assert_eq!((m.value / 2.5).ceil(), 3.0);
     }
 
     #[test]
@@ -345,6 +464,26 @@ mod tests {
                 "activationLagThreshold",
             ),
             (&[("stream", "S"), ("consumer", "C"), ("jsDomain", "a.b")], "jsDomain"),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "0")],
+                "concurrency",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "-2")],
+                "concurrency",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "1.5")],
+                "concurrency",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "many")],
+                "concurrency",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("concurrency", "1000001")],
+                "concurrency",
+            ),
         ];
         for (pairs, key) in cases {
             let err = parse(pairs).unwrap_err();
@@ -382,7 +521,10 @@ mod tests {
         let eds = EventDrivenService::test()
             .with_connection("hub-eu")
             .with_lag_threshold(IntOrString::String("2.5".into()))
-            .with_spec(|s| s.scaling.activation_lag_threshold = 4);
+            .with_spec(|s| {
+                s.scaling.activation_lag_threshold = 4;
+                s.scaling.concurrency = Some(8);
+            });
         let metadata: HashMap<String, String> = claim_metadata(&eds, "scaler:9090", true).into_iter().collect();
         let trigger = Trigger::parse_with_connection(&metadata, &metadata[NATS_CONNECTION]).unwrap();
         assert_eq!(
@@ -391,6 +533,7 @@ mod tests {
         );
         assert_eq!(trigger.lag_threshold.get(), 2.5);
         assert_eq!(trigger.activation_lag_threshold, 4.0);
+        assert_eq!(trigger.concurrency.get(), 8);
         assert_eq!(metadata[ENABLE_TLS], "true");
         assert_eq!(metadata[SCALER_ADDRESS], "scaler:9090");
     }

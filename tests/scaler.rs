@@ -722,3 +722,53 @@ async fn lag_command_prints_the_breakdown() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 }
+
+/// A consumer's max_ack_pending caps the replicas that can hold work: the
+/// metric stops at `ceil(max_ack_pending / concurrency) × lagThreshold`,
+/// while activity and the true lag are untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metric_stops_at_the_replica_cap() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "CAPPED", &["capped.>"]).await;
+    for (name, max_ack_pending) in [("limited", 4), ("unlimited", -1)] {
+        s.create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    publish(&js, "capped.job", 100).await;
+
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), fast(), None).await;
+    let mut client = scaler.client().await;
+    let with = |consumer: &str, concurrency: &str| {
+        scaled_object(&[
+            ("stream", "CAPPED"),
+            ("consumer", consumer),
+            ("lagThreshold", "5"),
+            ("concurrency", concurrency),
+        ])
+    };
+    // 4 un-acknowledged at most: 4 replicas of 1, or 2 replicas of 2.
+    assert_eq!(lag_of(&mut client, &with("limited", "1")).await.unwrap(), 20);
+    assert_eq!(lag_of(&mut client, &with("limited", "2")).await.unwrap(), 10);
+    // No limit: the lag itself.
+    assert_eq!(lag_of(&mut client, &with("unlimited", "1")).await.unwrap(), 100);
+    // Activity follows the true lag.
+    let active = client.is_active(with("limited", "2")).await.unwrap().into_inner();
+    assert!(active.result);
+    // What the HPA would ask for stays at the cap, not at maxReplicas.
+    let value = lag_of(&mut client, &with("limited", "1")).await.unwrap();
+    assert_eq!(eds::lag::desired_replicas(value as u64, 5.0, 0, 10), 4);
+    println!("lag 100, max_ack_pending 4: metric {value} -> 4 replicas (10 without the cap)");
+
+    for bad in ["0", "-1", "1.5", "lots"] {
+        let err = lag_of(&mut client, &with("limited", bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert!(err.message().contains("concurrency"), "{bad}: {}", err.message());
+    }
+}

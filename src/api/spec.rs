@@ -233,6 +233,14 @@ pub struct Scaling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
 
+    /// The most un-acknowledged messages one replica holds at once, its
+    /// client's prefetch included (1 when unset). With the consumer's
+    /// `max_ack_pending`, it caps the replicas worth running at
+    /// `ceil(max_ack_pending / concurrency)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000000").message("scaling.concurrency must be between 1 and 1000000"))]
+    pub concurrency: Option<i32>,
+
     /// How fast the HPA may remove replicas (from `maxReplicas` down to 1;
     /// KEDA itself takes the last one away after `cooldownPeriod`).
     #[serde(default)]
@@ -330,6 +338,7 @@ impl Default for Scaling {
             polling_interval: None,
             cooldown_period: None,
             fallback: None,
+            concurrency: None,
             scale_down: ScaleDown::default(),
         }
     }

@@ -6,6 +6,12 @@
 //! measured by the candidate's own clock: clocks of different nodes are never
 //! compared. A holder that cannot renew for two thirds of `duration` gives up
 //! before any candidate may take over, so two leaders never overlap.
+//!
+//! Why not a crate: kube-lease-manager (0.13) supports kube 5 and is the
+//! candidate to replace this file. It needs Rust 1.89 (this crate says
+//! 1.88), and the swap must keep what tests/controller.rs checks of this
+//! one: the Lease handed over at once on shutdown, readiness from the last
+//! Lease request, and no overlap between an old and a new leader.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -1,30 +1,20 @@
 //! The controller's metrics (the Grafana dashboard uses these names).
-use crate::telemetry::{Kind, Metric};
+use crate::telemetry::Metric;
 
-pub const RECONCILES: Metric = Metric {
-    name: "eds_reconcile_total",
-    kind: Kind::Counter,
-    labels: &["result"],
-    help: "Reconciles by result: ok or error.",
-};
-pub const RECONCILE_DURATION: Metric = Metric {
-    name: "eds_reconcile_duration_seconds",
-    kind: Kind::Histogram,
-    labels: &[],
-    help: "Time one reconcile took.",
-};
-pub const RECONCILE_ERRORS: Metric = Metric {
-    name: "eds_reconcile_errors_total",
-    kind: Kind::Counter,
-    labels: &["error"],
-    help: "Failed reconciles by error kind.",
-};
-pub const CHILD_APPLIES: Metric = Metric {
-    name: "eds_child_applies_total",
-    kind: Kind::Counter,
-    labels: &["kind"],
-    help: "Children written (created, changed or repaired) by kind.",
-};
+pub const RECONCILES: Metric =
+    Metric::counter("eds_reconcile_total", &["result"], "Reconciles by result: ok or error.");
+pub const RECONCILE_DURATION: Metric =
+    Metric::histogram("eds_reconcile_duration_seconds", &[], "Time one reconcile took.");
+pub const RECONCILE_ERRORS: Metric = Metric::counter(
+    "eds_reconcile_errors_total",
+    &["error"],
+    "Failed reconciles by error kind.",
+);
+pub const CHILD_APPLIES: Metric = Metric::counter(
+    "eds_child_applies_total",
+    &["kind"],
+    "Children written (created, changed or repaired) by kind.",
+);
 pub const SERVICE_LAG: Metric = service_gauge("eds_service_lag", "A claim's consumer lag when last read.");
 pub const SERVICE_REPLICAS: Metric = service_gauge("eds_service_replicas", "A claim's Deployment replicas.");
 pub const SERVICE_DESIRED_REPLICAS: Metric = service_gauge(
@@ -32,21 +22,11 @@ pub const SERVICE_DESIRED_REPLICAS: Metric = service_gauge(
     "Replicas the lag asks for: ceil(lag / lagThreshold), within min and max.",
 );
 pub const SERVICE_MAX_REPLICAS: Metric = service_gauge("eds_service_max_replicas", "A claim's scaling.maxReplicas.");
-pub const LEADER: Metric = Metric {
-    name: "eds_leader",
-    kind: Kind::Gauge,
-    labels: &[],
-    help: "1 while this replica holds the leader lease.",
-};
+pub const LEADER: Metric = Metric::gauge("eds_leader", &[], "1 while this replica holds the leader lease.");
 
 /// Per-claim gauges, labelled by the claim's namespace and name.
 const fn service_gauge(name: &'static str, help: &'static str) -> Metric {
-    Metric {
-        name,
-        kind: Kind::Gauge,
-        labels: &["namespace", "name"],
-        help,
-    }
+    Metric::gauge(name, &["namespace", "name"], help)
 }
 
 pub const ALL: &[Metric] = &[

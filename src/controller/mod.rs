@@ -19,7 +19,6 @@ pub mod drift;
 pub mod leader;
 pub mod metrics;
 mod reconcile;
-pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

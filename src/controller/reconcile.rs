@@ -22,11 +22,11 @@ use super::metrics::{
     RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_DESIRED_REPLICAS, SERVICE_LAG, SERVICE_MAX_REPLICAS,
     SERVICE_REPLICAS,
 };
-use super::status::{Observed, desired_status, keda_conditions};
 use super::{ControllerConfig, FIELD_MANAGER};
 use crate::api::{EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim};
 use crate::lag::{ConsumerKey, LagCache, desired_replicas};
 use crate::nats::DEFAULT_CONNECTION;
+use crate::render::status::{Observed, desired_status, keda_conditions};
 use crate::render::{Children, Platform, desired_children};
 use crate::trigger::LagThreshold;
 use crate::{Error, Result};

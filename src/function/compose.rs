@@ -12,11 +12,11 @@ use serde_json::{Map, Value, json};
 
 use super::structs::{from_json, to_json};
 use crate::api::{CONDITION_DEPLOYMENT_AVAILABLE, CONDITION_SCALER_READY, check_claim};
-use crate::controller::status::{Observed, desired_status, keda_conditions};
 use crate::function::proto::{
     Condition, Ready, Resource, ResponseMeta, Result as StepResult, RunFunctionRequest, RunFunctionResponse, Severity,
     State, Status, Target,
 };
+use crate::render::status::{Observed, desired_status, keda_conditions};
 use crate::render::{Children, Platform, desired_children};
 
 /// How long Crossplane may reuse a response for the same request.

@@ -9,7 +9,7 @@
 //! failed has no samples: an absent series, never a stale or made-up number.
 use std::fmt::Write;
 
-use super::metrics::CONSUMER_GAUGES;
+use super::metrics::{CONSUMER_GAUGES, CONSUMER_MAX_ACK_PENDING};
 use super::{ConsumerKey, ConsumerState};
 use crate::telemetry::Metric;
 
@@ -18,6 +18,7 @@ use crate::telemetry::Metric;
 pub struct Sample {
     pub key: ConsumerKey,
     pub values: [u64; 5],
+    pub max_ack_pending: Option<u64>,
 }
 
 impl Sample {
@@ -31,6 +32,7 @@ impl Sample {
                 state.redelivered,
                 state.waiting,
             ],
+            max_ack_pending: state.max_ack_pending,
         }
     }
 }
@@ -48,6 +50,17 @@ pub fn render(mut samples: Vec<Sample>, out: &mut String) {
         let _ = writeln!(out, "# TYPE {name} gauge");
         for (sample, labels) in samples.iter().zip(&labels) {
             let _ = writeln!(out, "{name}{{{labels}}} {}", sample.values[i]);
+        }
+        out.push('\n');
+    }
+    if samples.iter().any(|s| s.max_ack_pending.is_some()) {
+        let Metric { name, help, .. } = CONSUMER_MAX_ACK_PENDING;
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (sample, labels) in samples.iter().zip(&labels) {
+            if let Some(limit) = sample.max_ack_pending {
+                let _ = writeln!(out, "{name}{{{labels}}} {limit}");
+            }
         }
         out.push('\n');
     }
@@ -95,8 +108,36 @@ mod tests {
             ack_pending,
             redelivered: 1,
             waiting: 2,
+            max_ack_pending: None,
             filter_subjects: vec![],
         }
+    }
+
+    #[test]
+    fn max_ack_pending_only_where_the_consumer_sets_a_limit() {
+        let limited = ConsumerState {
+            max_ack_pending: Some(4),
+            ..state(1, 1)
+        };
+        let samples = vec![
+            Sample::new(ConsumerKey::new("default", None, "ORDERS", "limited"), &limited),
+            Sample::new(ConsumerKey::new("default", None, "ORDERS", "unlimited"), &state(1, 1)),
+        ];
+        let mut out = String::new();
+        render(samples, &mut out);
+        assert!(
+            out.contains(
+                "\neds_consumer_max_ack_pending{connection=\"default\",stream=\"ORDERS\",consumer=\"limited\"} 4\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("\neds_consumer_max_ack_pending{").count(), 1, "{out}");
+        let mut none = String::new();
+        render(
+            vec![Sample::new(ConsumerKey::new("default", None, "S", "c"), &state(0, 0))],
+            &mut none,
+        );
+        assert!(!none.contains("max_ack_pending"), "{none}");
     }
 
     #[test]

@@ -141,6 +141,9 @@ struct InfoConfig {
     filter_subject: Option<String>,
     #[serde(default)]
     filter_subjects: Option<Vec<String>>,
+    /// -1 (or absent, or 0) is unlimited.
+    #[serde(default)]
+    max_ack_pending: Option<i64>,
 }
 
 /// Turns a `CONSUMER.INFO` reply into a state or a precise error.
@@ -171,15 +174,21 @@ pub fn parse_consumer_info(payload: &[u8], connection: &str, key: &ConsumerKey) 
         });
     }
     let mut filter_subjects = Vec::new();
+    let mut max_ack_pending = None;
     if let Some(config) = reply.config {
         filter_subjects.extend(config.filter_subject.filter(|s| !s.is_empty()));
         filter_subjects.extend(config.filter_subjects.unwrap_or_default());
+        max_ack_pending = config
+            .max_ack_pending
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|n| *n > 0);
     }
     Ok(ConsumerState {
         pending: reply.num_pending,
         ack_pending: reply.num_ack_pending,
         redelivered: reply.num_redelivered,
         waiting: reply.num_waiting,
+        max_ack_pending,
         filter_subjects,
     })
 }
@@ -202,6 +211,21 @@ mod tests {
         assert_eq!((s.pending, s.ack_pending, s.redelivered, s.waiting), (40, 3, 1, 2));
         assert_eq!(s.lag(), 43);
         assert_eq!(s.filter_subjects, vec!["orders.eu.>", "orders.us.>"]);
+        assert_eq!(s.max_ack_pending, None, "no limit in the config");
+    }
+
+    #[test]
+    fn max_ack_pending_is_a_limit_only_when_positive() {
+        for (config, expected) in [
+            (r#"{"max_ack_pending":4}"#, Some(4)),
+            (r#"{"max_ack_pending":-1}"#, None),
+            (r#"{"max_ack_pending":0}"#, None),
+            (r#"{}"#, None),
+        ] {
+            let payload = format!(r#"{{"config":{config},"num_pending":1}}"#);
+            let s = parse_consumer_info(payload.as_bytes(), "default", &key()).unwrap();
+            assert_eq!(s.max_ack_pending, expected, "{config}");
+        }
     }
 
     #[test]

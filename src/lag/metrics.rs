@@ -1,38 +1,29 @@
 //! The lag side's metrics: NATS requests, the cache and push watchers
 //! (`eds_nats_connected` is [`crate::nats::CONNECTED`]). The per-consumer `eds_consumer_*` gauges are written at scrape
 //! time from the cache (see [`super::exposition`]).
-use crate::telemetry::{Kind, Metric};
+use crate::telemetry::Metric;
 
-pub const NATS_REQUESTS: Metric = Metric {
-    name: "eds_nats_requests_total",
-    kind: Kind::Counter,
-    labels: &["connection", "result"],
-    help: "JetStream API requests by connection and result.",
-};
-pub const NATS_REQUEST_DURATION: Metric = Metric {
-    name: "eds_nats_request_duration_seconds",
-    kind: Kind::Histogram,
-    labels: &["connection"],
-    help: "JetStream API request latency by connection.",
-};
-pub const CACHE_REQUESTS: Metric = Metric {
-    name: "eds_lag_cache_requests_total",
-    kind: Kind::Counter,
-    labels: &["result"],
-    help: "Lag lookups by result: hit, miss or coalesced.",
-};
-pub const PUSH_WATCHERS: Metric = Metric {
-    name: "eds_push_watchers",
-    kind: Kind::Gauge,
-    labels: &[],
-    help: "Consumers watched for push activation.",
-};
-pub const PUSH_NOTIFIERS: Metric = Metric {
-    name: "eds_push_notifiers",
-    kind: Kind::Gauge,
-    labels: &[],
-    help: "Streams with a shared new-message notifier task (one notifier consumer each).",
-};
+pub const NATS_REQUESTS: Metric = Metric::counter(
+    "eds_nats_requests_total",
+    &["connection", "result"],
+    "JetStream API requests by connection and result.",
+);
+pub const NATS_REQUEST_DURATION: Metric = Metric::histogram(
+    "eds_nats_request_duration_seconds",
+    &["connection"],
+    "JetStream API request latency by connection.",
+);
+pub const CACHE_REQUESTS: Metric = Metric::counter(
+    "eds_lag_cache_requests_total",
+    &["result"],
+    "Lag lookups by result: hit, miss or coalesced.",
+);
+pub const PUSH_WATCHERS: Metric = Metric::gauge("eds_push_watchers", &[], "Consumers watched for push activation.");
+pub const PUSH_NOTIFIERS: Metric = Metric::gauge(
+    "eds_push_notifiers",
+    &[],
+    "Streams with a shared new-message notifier task (one notifier consumer each).",
+);
 
 /// The labels of every `eds_consumer_*` gauge (`domain` only when set).
 const CONSUMER_LABELS: &[&str] = &["connection", "domain", "stream", "consumer"];
@@ -52,13 +43,25 @@ pub const CONSUMER_GAUGES: [Metric; 5] = [
     consumer_gauge("eds_consumer_waiting", "Pull requests waiting on the consumer."),
 ];
 
+/// Written only for consumers that set a limit: an unlimited consumer has no
+/// series (there is no number to report).
+pub const CONSUMER_MAX_ACK_PENDING: Metric = consumer_gauge(
+    "eds_consumer_max_ack_pending",
+    "The consumer's max_ack_pending, where it sets a limit: with a trigger's concurrency it caps the replicas that can hold work.",
+);
+
+/// Every gauge written at scrape time from the cache.
+pub const SCRAPE_TIME: [Metric; 6] = [
+    CONSUMER_GAUGES[0],
+    CONSUMER_GAUGES[1],
+    CONSUMER_GAUGES[2],
+    CONSUMER_GAUGES[3],
+    CONSUMER_GAUGES[4],
+    CONSUMER_MAX_ACK_PENDING,
+];
+
 const fn consumer_gauge(name: &'static str, help: &'static str) -> Metric {
-    Metric {
-        name,
-        kind: Kind::Gauge,
-        labels: CONSUMER_LABELS,
-        help,
-    }
+    Metric::gauge(name, CONSUMER_LABELS, help)
 }
 
 /// Every metric recorded through the registry.

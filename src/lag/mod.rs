@@ -65,6 +65,9 @@ pub struct ConsumerState {
     pub ack_pending: u64,
     pub redelivered: u64,
     pub waiting: u64,
+    /// The consumer's `max_ack_pending`, when it sets a limit (the server
+    /// hands out no more messages once this many are un-acknowledged).
+    pub max_ack_pending: Option<u64>,
     /// The consumer's subject filter (empty: the whole stream).
     pub filter_subjects: Vec<String>,
 }

@@ -8,6 +8,7 @@ pub mod resources;
 mod scaled_object;
 mod service;
 mod service_account;
+pub mod status;
 
 use std::collections::BTreeMap;
 

@@ -8,21 +8,21 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::metrics::{PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
-use crate::lag::{ConsumerKey, LagCache, LagError, Watchers, watch::Subscription};
+use crate::lag::{ConsumerKey, ConsumerState, LagCache, LagError, Watchers, watch::Subscription};
 use crate::nats::Connections;
 use crate::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
     ScaledObjectRef, external_scaler_server::ExternalScaler,
 };
-use crate::trigger::{Trigger, is_active};
+use crate::trigger::{ScaleMetric, Trigger, is_active};
 
 /// What the scaler needs from the lag side: a reading fresh enough to
 /// serve, and the readings of a consumer as they come (push activation).
 pub trait LagProvider: Send + Sync + 'static {
     type Readings: Readings;
 
-    /// The consumer's lag, or why it could not be read.
-    fn lag(&self, key: &ConsumerKey) -> impl Future<Output = Result<u64, LagError>> + Send;
+    /// The consumer's counts and limits, or why they could not be read.
+    fn consumer_state(&self, key: &ConsumerKey) -> impl Future<Output = Result<ConsumerState, LagError>> + Send;
 
     /// Readings of the consumer from now on; `activation_threshold` tells
     /// the source which changes matter.
@@ -45,8 +45,8 @@ pub struct NatsLag {
 impl LagProvider for NatsLag {
     type Readings = Subscription;
 
-    async fn lag(&self, key: &ConsumerKey) -> Result<u64, LagError> {
-        self.cache.get(key).await.result.map(|state| state.lag())
+    async fn consumer_state(&self, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
+        self.cache.get(key).await.result
     }
 
     fn subscribe(&self, key: &ConsumerKey, activation_threshold: f64) -> Subscription {
@@ -81,8 +81,11 @@ impl<L: LagProvider> LagScaler<L> {
         Trigger::parse(&so.scaler_metadata, &self.connections).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
-    async fn lag(&self, trigger: &Trigger) -> Result<u64, Status> {
-        self.source.lag(&trigger.key).await.map_err(|e| lag_status(&e))
+    async fn consumer_state(&self, trigger: &Trigger) -> Result<ConsumerState, Status> {
+        self.source
+            .consumer_state(&trigger.key)
+            .await
+            .map_err(|e| lag_status(&e))
     }
 }
 
@@ -96,6 +99,16 @@ pub fn lag_status(error: &LagError) -> Status {
         LagError::Timeout { .. } => Status::deadline_exceeded(message),
         LagError::Disconnected { .. } | LagError::Unavailable { .. } => Status::unavailable(message),
         LagError::Api { .. } | LagError::Internal(_) => Status::internal(message),
+    }
+}
+
+/// The integer form older KEDA reads: the exact lag, or the capped value
+/// rounded up (so `ceil(metric / target)` still reaches the cap).
+fn metric_integer(metric: &ScaleMetric) -> i64 {
+    if metric.is_capped() {
+        metric.value.ceil() as i64
+    } else {
+        i64::try_from(metric.lag).unwrap_or(i64::MAX)
     }
 }
 
@@ -118,9 +131,10 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let started = Instant::now();
         let result = async {
             let trigger = self.trigger(Some(request.get_ref()))?;
-            let lag = self.lag(&trigger).await?;
+            // Activity follows the true lag, never the capped metric.
+            let state = self.consumer_state(&trigger).await?;
             Ok(Response::new(IsActiveResponse {
-                result: trigger.is_active(lag),
+                result: trigger.is_active(state.lag()),
             }))
         }
         .await;
@@ -164,7 +178,7 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let result = async {
             let request = request.get_ref();
             let trigger = self.trigger(request.scaled_object_ref.as_ref())?;
-            let lag = self.lag(&trigger).await?;
+            let metric = trigger.scale_metric(&self.consumer_state(&trigger).await?);
             // KEDA asks by the name it got from GetMetricSpec; answer with it.
             let metric_name = if request.metric_name.is_empty() {
                 trigger.metric_name()
@@ -174,8 +188,8 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
             Ok(Response::new(GetMetricsResponse {
                 metric_values: vec![MetricValue {
                     metric_name,
-                    metric_value: i64::try_from(lag).unwrap_or(i64::MAX),
-                    metric_value_float: lag as f64,
+                    metric_value: metric_integer(&metric),
+                    metric_value_float: metric.value,
                 }],
             }))
         }
@@ -204,7 +218,7 @@ impl<L: LagProvider> LagScaler<L> {
         let trigger = self.trigger(Some(so))?;
         // A consumer that does not exist is an error now, not a silent stream.
         if let Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) =
-            self.source.lag(&trigger.key).await
+            self.source.consumer_state(&trigger.key).await
         {
             return Err(lag_status(&e));
         }
@@ -288,14 +302,24 @@ mod tests {
     /// Lag from a table, and push readings from a channel the test feeds.
     #[derive(Default)]
     struct FakeLag {
-        lag: Mutex<HashMap<String, Result<u64, LagError>>>,
+        lag: Mutex<HashMap<String, Result<ConsumerState, LagError>>>,
         pushes: Mutex<Option<mpsc::UnboundedReceiver<Option<u64>>>>,
     }
 
     impl FakeLag {
         fn with(consumer: &str, lag: Result<u64, LagError>) -> Self {
+            Self::with_state(
+                consumer,
+                lag.map(|pending| ConsumerState {
+                    pending,
+                    ..ConsumerState::default()
+                }),
+            )
+        }
+
+        fn with_state(consumer: &str, state: Result<ConsumerState, LagError>) -> Self {
             let fake = FakeLag::default();
-            fake.lag.lock().unwrap().insert(consumer.into(), lag);
+            fake.lag.lock().unwrap().insert(consumer.into(), state);
             fake
         }
     }
@@ -315,7 +339,7 @@ mod tests {
     impl LagProvider for Arc<FakeLag> {
         type Readings = FakeReadings;
 
-        async fn lag(&self, key: &ConsumerKey) -> Result<u64, LagError> {
+        async fn consumer_state(&self, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
             let table = self.lag.lock().unwrap();
             table.get(&*key.consumer).cloned().unwrap_or_else(|| {
                 Err(LagError::ConsumerNotFound {
@@ -368,6 +392,35 @@ mod tests {
             reply.metric_values[0].metric_name,
             crate::trigger::metric_name("S", "c")
         );
+    }
+
+    #[tokio::test]
+    async fn get_metrics_stops_at_the_replica_cap_and_is_active_does_not() {
+        let saturated = ConsumerState {
+            pending: 96,
+            ack_pending: 4,
+            max_ack_pending: Some(4),
+            ..ConsumerState::default()
+        };
+        let (scaler, _) = scaler(FakeLag::with_state("c", Ok(saturated)));
+        for (concurrency, lag_threshold, metric) in [("1", "5", 20.0), ("2", "5", 10.0), ("3", "2.5", 5.0)] {
+            let trigger = so(&[
+                ("stream", "S"),
+                ("consumer", "c"),
+                ("concurrency", concurrency),
+                ("lagThreshold", lag_threshold),
+            ]);
+            let reply = scaler
+                .get_metrics(metrics(trigger.clone(), "m"))
+                .await
+                .unwrap()
+                .into_inner();
+            let value = &reply.metric_values[0];
+            assert_eq!(value.metric_value_float, metric, "concurrency {concurrency}");
+            assert_eq!(value.metric_value, metric.ceil() as i64);
+            let active = scaler.is_active(Request::new(trigger)).await.unwrap().into_inner();
+            assert!(active.result, "activity follows the true lag");
+        }
     }
 
     #[tokio::test]

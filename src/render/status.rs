@@ -5,12 +5,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
+use super::{ScaledObjectCondition, ScaledObjectStatus};
 use crate::Error;
 use crate::api::{
     CONDITION_DEPLOYMENT_AVAILABLE, CONDITION_READY, CONDITION_RECONCILED, CONDITION_SCALER_READY, EventDrivenService,
     EventDrivenServiceStatus,
 };
-use crate::render::{ScaledObjectCondition, ScaledObjectStatus};
 
 /// What one reconcile saw.
 #[derive(Clone, Debug)]
