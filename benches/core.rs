@@ -4,9 +4,6 @@
 //!
 //! Short by design (small samples, 2 s measurements): the whole file runs in
 //! about a minute on two cores. `scripts/bench.sh` runs it with the rest.
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
@@ -19,8 +16,8 @@ use eds::render::{Platform, desired_children, parse_claims, render_text};
 use eds::scaler::Tuning;
 use eds::trigger::Trigger;
 use eds::trigger::metric_name;
-use support::nats::NatsServer;
-use support::scaler::RunningScaler;
+use testkit::nats::NatsServer;
+use testkit::scaler::RunningScaler;
 use tokio::runtime::Runtime;
 use tonic::Request;
 
@@ -73,8 +70,8 @@ fn get_metrics(c: &mut Criterion) {
     eds::runtime::prometheus();
     let nats = NatsServer::start();
     runtime.block_on(async {
-        let js = support::js::js(&nats.url()).await;
-        support::js::work_with_lag(&js, 7).await;
+        let js = testkit::js::js(&nats.url()).await;
+        testkit::js::work_with_lag(&js, 7).await;
     });
     let request = GetMetricsRequest {
         scaled_object_ref: Some(ScaledObjectRef {

@@ -3,13 +3,17 @@
 #   machine.txt  the machine: cores, CPU model, memory, load before the run
 #   core.txt     criterion micro-benchmarks (benches/core.rs)
 #   load.md      the load benchmark's tables (benches/load); load.json has every figure
+#   e2e-activation.md  publish -> replicas 1 through real KEDA on a control
+#                plane, eds's push beside KEDA's built-in trigger (benches/e2e_activation.rs)
 #
 #   scripts/bench.sh
 #
-# It builds the pinned nats-server and the KEDA baseline harness if they are
-# not cached, then builds everything in release mode (cargo's bench profile).
+# It builds the pinned nats-server, the KEDA baseline harness and the control
+# plane's peers (etcd, Kubernetes, KEDA) if they are not cached, then builds
+# everything in release mode (cargo's bench profile).
 # Optional: EDS_BENCH_SIZES (default 1,100,1000,10000) and EDS_BENCH_WINDOW_SECS
-# (default 30) shorten a run; docs/benchmarks.md explains the figures.
+# (default 30) shorten a run, EDS_BENCH_E2E_TRIALS (default 3) sets the
+# end-to-end trials per path; docs/benchmarks.md explains the figures.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,7 +22,7 @@ out=${EDS_BENCH_OUT:-$root/target/bench}
 export EDS_BENCH_OUT=$out
 mkdir -p "$out"
 
-scripts/tools.sh nats keda-bench
+scripts/tools.sh nats keda-bench etcd kube keda
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -32,8 +36,9 @@ scripts/tools.sh nats keda-bench
   echo "go: $(go version)"
 } | tee "$out/machine.txt"
 
-cargo bench --bench core --bench load --no-run
+cargo bench --features control-plane --bench core --bench load --bench e2e_activation --no-run
 cargo bench --bench core 2>&1 | tee "$out/core.txt"
 cargo bench --bench load
+cargo bench --features control-plane --bench e2e_activation
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
 echo "results in $out"

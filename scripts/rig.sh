@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The end-to-end rig, by hand: etcd, kube-apiserver and kube-controller-manager,
 # KEDA's operator and metrics adapter, a nats-server, `eds scaler` and
-# `eds controller`, all on loopback (the harness the e2e tests use). Claim files
-# given as arguments are applied, each object to the namespace it names (created
-# first; `default` for an object that names none), and their streams and
-# durable consumers are created on the rig's NATS. Ctrl-C stops everything.
+# `eds controller`, all on loopback (the harness the e2e tests use, from the
+# dev-only `testkit` crate). Claim files given as arguments are applied, each
+# object to the namespace it names (created first; `default` for an object
+# that names none), and their streams and durable consumers are created on the
+# rig's NATS. `status` (or Enter) shows every claim and says whether every peer
+# still runs, with the log of one that exited. Ctrl-C stops everything.
 #
 #   scripts/rig.sh [CLAIM.yaml ...]
 set -euo pipefail
@@ -12,5 +14,6 @@ claims=()
 for claim in "$@"; do claims+=("$(realpath "$claim")"); done
 cd "$(dirname "$0")/.."
 scripts/tools.sh nats etcd kube keda
-cargo build --quiet --features control-plane --bin eds --example rig
-exec cargo run --quiet --features control-plane --example rig -- "${claims[@]}"
+cargo build --quiet --bin eds
+cargo build --quiet -p testkit --example rig
+exec cargo run --quiet -p testkit --example rig -- "${claims[@]}"

@@ -4,8 +4,6 @@
 //!
 //! Each test has its own namespace and runs the built `eds controller` binary
 //! restricted to it, with its own Lease there and its own /metrics.
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,10 +20,13 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use support::js;
-use support::kube as cluster;
-use support::nats::NatsServer;
-use support::process::{Peer, free_port, http_get};
+use testkit::control_plane as cluster;
+use testkit::eventually;
+use testkit::js;
+use testkit::nats::NatsServer;
+use testkit::process::{Peer, free_port};
+use testkit::prometheus::Scrape;
+use testkit::{http, repo};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Where the controller's NATS connection points when a test reads no lag:
@@ -67,49 +68,15 @@ impl Controller {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info");
         let mut peer = Peer::spawn(identity, command, &dir.path().join("controller.log"));
-        peer.wait_until("ready", WAIT, |_| http_get_quiet(port, "/readyz") == Some(200));
+        peer.wait_http_ok(port, "/readyz", WAIT);
         Controller { peer, port, _dir: dir }
     }
 
-    /// The sum of every sample of `name` whose labels include `labels`
-    /// (`key="value"` pairs); `None` when there is no such sample.
-    fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
-        let (_, text) = http_get(self.port, "/metrics");
-        let samples: Vec<f64> = text
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| line.rsplit_once(' '))
-            .filter(|(series, _)| {
-                let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-                metric == name && labels.iter().all(|l| rest.contains(l))
-            })
-            .filter_map(|(_, value)| value.parse().ok())
-            .collect();
-        (!samples.is_empty()).then(|| samples.iter().sum())
-    }
-}
-
-fn http_get_quiet(port: u16, path: &str) -> Option<u16> {
-    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    Some(http_get(port, path).0)
-}
-
-/// Polls `check` until it returns `Some`, or fails the test after `timeout`
-/// with `what` and the last value seen.
-async fn eventually<T, S: std::fmt::Debug>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Result<T, S>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if tokio::time::Instant::now() > deadline => {
-                panic!("{what}: not after {timeout:?}; last seen: {last:?}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
+    /// The sum of every sample of `name` whose labels include `labels`;
+    /// `None` when there is no such sample.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let scrape = http::get(self.port, "/metrics").expect("the controller's /metrics");
+        Scrape::parse(&scrape.body).sum(name, labels)
     }
 }
 
@@ -176,7 +143,7 @@ async fn children_now(client: &Client, namespace: &str, name: &str) -> Maybe {
 
 /// One test's corner of the shared control plane: a fresh namespace and a
 /// controller reconciling it.
-struct Scene {
+struct Scenario {
     client: Client,
     ns: String,
     controller: Controller,
@@ -184,13 +151,13 @@ struct Scene {
     _cluster: cluster::Shared,
 }
 
-impl Scene {
-    async fn new(name: &str, nats_url: &str) -> Scene {
+impl Scenario {
+    async fn new(name: &str, nats_url: &str) -> Scenario {
         let cp = cluster::shared();
         let client = cp.client().await;
         let ns = cp.namespace(&client, name).await;
         let controller = Controller::start(&cp.kubeconfig(), &ns, name, nats_url);
-        Scene {
+        Scenario {
             client,
             ns,
             controller,
@@ -283,7 +250,7 @@ async fn the_design_example_is_accepted_and_rendered_into_its_children() {
         &[("pod-security.kubernetes.io/enforce", "restricted")],
     )
     .await;
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/design-example.yaml");
+    let example = repo::path("examples/design-example.yaml");
     cluster::apply_file(&client, &example, None).await;
     let _controller = Controller::start(&cp.kubeconfig(), "my-namespace", "design", NO_NATS);
 
@@ -409,9 +376,9 @@ async fn the_api_server_refuses_every_invalid_claim_with_its_message() {
 
 #[tokio::test]
 async fn an_image_change_rolls_the_deployment() {
-    let scene = Scene::new("rollout", NO_NATS).await;
-    let before = scene.run(claim("", "worker")).await.deployment;
-    let sets = scene.api::<ReplicaSet>();
+    let scenario = Scenario::new("rollout", NO_NATS).await;
+    let before = scenario.run(claim("", "worker")).await.deployment;
+    let sets = scenario.api::<ReplicaSet>();
     let first_rs = eventually("a first ReplicaSet", WAIT, async || {
         let sets = sets.list(&Default::default()).await.unwrap();
         (sets.items.len() == 1)
@@ -421,7 +388,7 @@ async fn an_image_change_rolls_the_deployment() {
     .await;
 
     let new_image = "ghcr.io/acme/orders-worker:2.0.0";
-    scene
+    scenario
         .api::<EventDrivenService>()
         .patch(
             "worker",
@@ -431,7 +398,7 @@ async fn an_image_change_rolls_the_deployment() {
         .await
         .unwrap();
     let after = eventually("the Deployment runs the new image", WAIT, async || {
-        let d = scene.api::<Deployment>().get("worker").await.unwrap();
+        let d = scenario.api::<Deployment>().get("worker").await.unwrap();
         let running = image(&d);
         (running == new_image).then_some(d).ok_or(running)
     })
@@ -453,13 +420,13 @@ async fn an_image_change_rolls_the_deployment() {
 
 #[tokio::test]
 async fn drift_is_repaired_and_deleted_children_come_back() {
-    let scene = Scene::new("drift", NO_NATS).await;
-    let original = scene.run(claim("", "worker")).await;
+    let scenario = Scenario::new("drift", NO_NATS).await;
+    let original = scenario.run(claim("", "worker")).await;
 
     // Someone else edits fields we own, with their own field manager...
     let worker = container(&original.deployment.spec.as_ref().unwrap().template);
     let meddler = PatchParams::default();
-    scene
+    scenario
         .api::<Deployment>()
         .patch(
             "worker",
@@ -470,7 +437,7 @@ async fn drift_is_repaired_and_deleted_children_come_back() {
         )
         .await
         .unwrap();
-    scene
+    scenario
         .api::<ServiceAccount>()
         .patch(
             "worker",
@@ -481,11 +448,11 @@ async fn drift_is_repaired_and_deleted_children_come_back() {
         .unwrap();
     // ...and deletes two children outright.
     let gone = DeleteParams::default();
-    scene.api::<Service>().delete("worker", &gone).await.unwrap();
-    scene.api::<ScaledObject>().delete("worker", &gone).await.unwrap();
+    scenario.api::<Service>().delete("worker", &gone).await.unwrap();
+    scenario.api::<ScaledObject>().delete("worker", &gone).await.unwrap();
 
     eventually("drift is undone and deleted children are back", WAIT, async || {
-        let now = children(&scene.client, &scene.ns, "worker").await;
+        let now = children(&scenario.client, &scenario.ns, "worker").await;
         let repaired = (
             image(&now.deployment) == image(&original.deployment),
             now.service_account.automount_service_account_token == Some(false),
@@ -499,7 +466,7 @@ async fn drift_is_repaired_and_deleted_children_come_back() {
 
 #[tokio::test]
 async fn an_object_someone_else_made_is_not_taken_over() {
-    let scene = Scene::new("taken", NO_NATS).await;
+    let scenario = Scenario::new("taken", NO_NATS).await;
     // A ServiceAccount of the claim's name, made by someone else, with a
     // field we would set to another value.
     let theirs: ServiceAccount = serde_json::from_value(json!({
@@ -507,14 +474,14 @@ async fn an_object_someone_else_made_is_not_taken_over() {
         "automountServiceAccountToken": true
     }))
     .unwrap();
-    scene
+    scenario
         .api::<ServiceAccount>()
         .create(&PostParams::default(), &theirs)
         .await
         .unwrap();
-    create(&scene.client, &claim(&scene.ns, "worker")).await;
+    create(&scenario.client, &claim(&scenario.ns, "worker")).await;
 
-    let claim = scene
+    let claim = scenario
         .claim_where("Reconciled False", |c| is(c, "Reconciled", "False"))
         .await;
     let (_, message) = condition(&claim, "Reconciled").unwrap();
@@ -522,11 +489,11 @@ async fn an_object_someone_else_made_is_not_taken_over() {
         message.contains("ServiceAccount") && message.contains("conflict"),
         "{message}"
     );
-    let sa = scene.api::<ServiceAccount>().get("worker").await.unwrap();
+    let sa = scenario.api::<ServiceAccount>().get("worker").await.unwrap();
     assert_eq!(sa.automount_service_account_token, Some(true), "their value stands");
     assert!(sa.owner_references().is_empty(), "not adopted");
     // The other children are still made.
-    children_now(&scene.client, &scene.ns, "worker")
+    children_now(&scenario.client, &scenario.ns, "worker")
         .await
         .1
         .expect("the Deployment");
@@ -534,9 +501,9 @@ async fn an_object_someone_else_made_is_not_taken_over() {
 
 #[tokio::test]
 async fn deleting_the_claim_deletes_every_child() {
-    let scene = Scene::new("cascade", NO_NATS).await;
-    scene.run(claim("", "worker")).await;
-    scene
+    let scenario = Scenario::new("cascade", NO_NATS).await;
+    scenario.run(claim("", "worker")).await;
+    scenario
         .api::<EventDrivenService>()
         .delete("worker", &DeleteParams::default())
         .await
@@ -544,7 +511,7 @@ async fn deleting_the_claim_deletes_every_child() {
     eventually(
         "the garbage collector removes every child",
         WAIT,
-        async || match children_now(&scene.client, &scene.ns, "worker").await {
+        async || match children_now(&scenario.client, &scenario.ns, "worker").await {
             (None, None, None, None) => Ok(()),
             left => Err(left),
         },
@@ -554,11 +521,11 @@ async fn deleting_the_claim_deletes_every_child() {
 
 #[tokio::test]
 async fn a_keda_style_replica_change_survives_reconciles() {
-    let scene = Scene::new("replicas", NO_NATS).await;
-    scene.run(claim("", "worker")).await;
+    let scenario = Scenario::new("replicas", NO_NATS).await;
+    scenario.run(claim("", "worker")).await;
 
     // What KEDA's HPA does: write the scale subresource as its own manager.
-    let deployments = scene.api::<Deployment>();
+    let deployments = scenario.api::<Deployment>();
     deployments
         .patch_scale(
             "worker",
@@ -568,7 +535,7 @@ async fn a_keda_style_replica_change_survives_reconciles() {
         .await
         .unwrap();
     // A claim change makes the controller apply the Deployment again.
-    scene
+    scenario
         .api::<EventDrivenService>()
         .patch(
             "worker",
@@ -578,7 +545,7 @@ async fn a_keda_style_replica_change_survives_reconciles() {
         .await
         .unwrap();
     // With zero replicas the Deployment is available.
-    scene
+    scenario
         .claim_where("status shows 0 replicas, available", |c| {
             c.status.as_ref().and_then(|s| s.replicas) == Some(0) && is(c, "DeploymentAvailable", "True")
         })
@@ -614,26 +581,25 @@ async fn the_status_reports_lag_from_nats_and_readiness_from_keda_and_the_deploy
     js::pull_consumer(&stream, "orders-workers", "", Duration::from_secs(30)).await;
     js::publish(&js, "orders.new", 12).await;
 
-    let scene = Scene::new("status", &nats.url()).await;
+    let scenario = Scenario::new("status", &nats.url()).await;
     // Threshold 5, at most 10 replicas: 12 pending messages ask for 3.
-    scene.run(claim("", "worker").with_replicas(0, 10)).await;
+    scenario.run(claim("", "worker").with_replicas(0, 10)).await;
     let lag = |n: i64| move |c: &EventDrivenService| c.status.as_ref().and_then(|s| s.lag) == Some(n);
-    let claim = scene.claim_where("lag 12 in the status", lag(12)).await;
+    let claim = scenario.claim_where("lag 12 in the status", lag(12)).await;
     assert!(is(&claim, "ScalerReady", "Unknown"), "no KEDA yet: {:?}", claim.status);
     assert!(is(&claim, "Ready", "False"));
-    let ns_label = format!(r#"namespace="{}""#, scene.ns);
-    let labels = [r#"name="worker""#, ns_label.as_str()];
-    let metric = |name: &str| scene.controller.metric(name, &labels);
+    let labels = [("name", "worker"), ("namespace", scenario.ns.as_str())];
+    let metric = |name: &str| scenario.controller.metric(name, &labels);
     assert_eq!(metric("eds_service_lag"), Some(12.0));
     assert_eq!(metric("eds_service_desired_replicas"), Some(3.0));
     assert_eq!(metric("eds_service_max_replicas"), Some(10.0));
 
     js::publish(&js, "orders.new", 8).await;
-    scene.claim_where("lag 20 in the status", lag(20)).await;
+    scenario.claim_where("lag 20 in the status", lag(20)).await;
 
     // KEDA reports the ScaledObject ready and active; the Deployment is
     // available once scaled to zero (no kubelet runs pods here).
-    scene
+    scenario
         .api::<ScaledObject>()
         .patch_status(
             "worker",
@@ -648,7 +614,7 @@ async fn the_status_reports_lag_from_nats_and_readiness_from_keda_and_the_deploy
         )
         .await
         .unwrap();
-    scene
+    scenario
         .api::<Deployment>()
         .patch_scale(
             "worker",
@@ -657,7 +623,7 @@ async fn the_status_reports_lag_from_nats_and_readiness_from_keda_and_the_deploy
         )
         .await
         .unwrap();
-    let claim = scene.claim_where("Ready", |c| is(c, "Ready", "True")).await;
+    let claim = scenario.claim_where("Ready", |c| is(c, "Ready", "True")).await;
     let (_, scaler) = condition(&claim, "ScalerReady").unwrap();
     assert!(scaler.contains("active: True"), "{scaler}");
     assert!(is(&claim, "DeploymentAvailable", "True"));
@@ -665,13 +631,15 @@ async fn the_status_reports_lag_from_nats_and_readiness_from_keda_and_the_deploy
 
 #[tokio::test]
 async fn nothing_is_written_when_nothing_changed() {
-    let scene = Scene::new("quiet", NO_NATS).await;
-    scene.run(claim("", "worker")).await;
-    scene.claim_where("reconciled", |c| is(c, "Reconciled", "True")).await;
+    let scenario = Scenario::new("quiet", NO_NATS).await;
+    scenario.run(claim("", "worker")).await;
+    scenario
+        .claim_where("reconciled", |c| is(c, "Reconciled", "True"))
+        .await;
 
     let versions = async || {
-        let c = children(&scene.client, &scene.ns, "worker").await;
-        let claim = scene.api::<EventDrivenService>().get("worker").await.unwrap();
+        let c = children(&scenario.client, &scenario.ns, "worker").await;
+        let claim = scenario.api::<EventDrivenService>().get("worker").await.unwrap();
         [
             claim.resource_version(),
             c.service_account.resource_version(),
@@ -691,8 +659,8 @@ async fn nothing_is_written_when_nothing_changed() {
     })
     .await;
 
-    let metric = |name: &str, labels: &[&str]| scene.controller.metric(name, labels).unwrap_or(0.0);
-    let reconciles = || metric("eds_reconcile_total", &[r#"result="ok""#]);
+    let metric = |name: &str, labels: &[(&str, &str)]| scenario.controller.metric(name, labels).unwrap_or(0.0);
+    let reconciles = || metric("eds_reconcile_total", &[("result", "ok")]);
     let applies = || metric("eds_child_applies_total", &[]);
     let (reconciles_before, applies_before) = (reconciles(), applies());
     // --lag-interval 1s: about five resyncs.
@@ -708,15 +676,15 @@ async fn nothing_is_written_when_nothing_changed() {
 
 #[tokio::test]
 async fn failures_are_events_on_the_claim_and_back_off() {
-    let scene = Scene::new("failing", NO_NATS).await;
-    let (client, ns, controller) = (&scene.client, &scene.ns, &scene.controller);
+    let scenario = Scenario::new("failing", NO_NATS).await;
+    let (client, ns, controller) = (&scenario.client, &scenario.ns, &scenario.controller);
     // The schema accepts this override; rendering refuses it, since the CPU
     // request is above the size's limit.
     let bad = claim(ns, "worker")
         .with_spec(|s| s.resources = Some(serde_json::from_value(json!({"requests": {"cpu": "8"}})).unwrap()));
     create(client, &bad).await;
 
-    let claim = scene
+    let claim = scenario
         .claim_where("Reconciled False", |c| is(c, "Reconciled", "False"))
         .await;
     let (_, message) = condition(&claim, "Reconciled").unwrap();
@@ -737,7 +705,7 @@ async fn failures_are_events_on_the_claim_and_back_off() {
     // next five seconds hold one or two more, where a fixed 1 s retry would
     // hold five.
     let errors = eventually("failures are counted", WAIT, async || {
-        let n = controller.metric("eds_reconcile_errors_total", &[r#"error="invalid_claim""#]);
+        let n = controller.metric("eds_reconcile_errors_total", &[("error", "invalid_claim")]);
         n.filter(|n| *n >= 3.0).ok_or(n)
     })
     .await;
@@ -753,7 +721,7 @@ async fn failures_are_events_on_the_claim_and_back_off() {
 
 /// The shipped RBAC files.
 fn rbac_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac").join(name)
+    repo::path("deploy/rbac").join(name)
 }
 
 /// (apiGroup, resource[/subresource], verb) for every permission a role file

@@ -4,7 +4,6 @@
 //! and reaches a running `eds function --insecure` through the Development
 //! runtime. The XRD, the Composition and the Function pass server-side
 //! dry-run on a real API server with Crossplane's own CRDs.
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,14 +13,10 @@ use eds::api::EventDrivenService;
 use eds::api::fixtures::{invalid_cases, valid_claim};
 use eds::render::{Platform, render_text};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::{Scope, pinned_kind};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
-use support::kube as cluster;
-use support::process::{Peer, free_port, tool};
+use testkit::control_plane as cluster;
+use testkit::process::{Peer, free_port, tool};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -245,27 +240,6 @@ fn the_function_package_metadata_builds_into_a_package() {
     assert!(dir.path().join("function-eds.xpkg").metadata().unwrap().len() > 0);
 }
 
-/// Server-side apply with `dryRun=All`: every admission step runs, nothing is
-/// stored.
-async fn dry_run(client: &Client, doc: &Value) -> Result<(), String> {
-    let object: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
-    let types = object.types.clone().ok_or("no apiVersion or kind")?;
-    let gvk = GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
-    let (resource, caps) = pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| format!("unknown kind: {e}"))?;
-    let name = object.metadata.name.clone().ok_or("no metadata.name")?;
-    let api: Api<DynamicObject> = match caps.scope {
-        Scope::Cluster => Api::all_with(client.clone(), &resource),
-        Scope::Namespaced => Api::namespaced_with(client.clone(), "default", &resource),
-    };
-    let params = PatchParams::apply("eds-crossplane-test").force().dry_run();
-    api.patch(&name, &params, &Patch::Apply(&object))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_xrd_composition_and_function_pass_server_side_dry_run() {
     let cp = cluster::shared();
@@ -283,7 +257,7 @@ async fn the_xrd_composition_and_function_pass_server_side_dry_run() {
     for file in ["definition.yaml", "composition.yaml", "function.yaml"] {
         let path = root().join("apis/crossplane").join(file);
         for doc in documents(&read(&path)) {
-            dry_run(&client, &doc)
+            cluster::dry_run(&client, &doc, "default")
                 .await
                 .unwrap_or_else(|e| panic!("{file}: {} refused: {e}", doc["kind"]));
         }
@@ -292,7 +266,7 @@ async fn the_xrd_composition_and_function_pass_server_side_dry_run() {
     // composite type is refused.
     let mut broken = documents(&read(&root().join("apis/crossplane/composition.yaml"))).remove(0);
     broken["spec"].as_object_mut().unwrap().remove("compositeTypeRef");
-    let err = dry_run(&client, &broken)
+    let err = cluster::dry_run(&client, &broken, "default")
         .await
         .expect_err("a Composition without compositeTypeRef");
     assert!(err.contains("compositeTypeRef"), "{err}");

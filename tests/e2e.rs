@@ -1,48 +1,39 @@
 //! End to end: a claim scales on JetStream lag through real KEDA on a real
-//! control plane (slow tier). One rig per test binary (`support::rig`), a
+//! control plane (slow tier). One rig per test binary (`testkit::rig`), a
 //! namespace and a stream per scenario.
 //!
-//! Measured figures are printed; run with `-- --nocapture` to see them.
-mod support;
+//! Measured figures are printed; run with `-- --nocapture` to see them. How
+//! long KEDA's built-in `nats-jetstream` trigger takes to activate, beside
+//! ours, is a benchmark (`benches/e2e_activation.rs`), not a test.
 
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
 use base64::Engine as _;
 use eds::api::{CONDITION_SCALER_READY, EventDrivenService};
+use eds::lag::desired_replicas;
 use eds::proto::external_scaler_client::ExternalScalerClient;
 use eds::scaler::Tuning;
-use eds::trigger::metric_name;
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::GroupVersionKind;
-use serde::Deserialize as _;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::certs::Pki;
-use support::js;
-use support::keda;
-use support::kube::apply_yaml;
-use support::process::{http_get, tool};
-use support::rig::{self, Rig, SharedRig};
-use support::scaler::{metrics_request, scaled_object};
+use testkit::certs::Pki;
+use testkit::control_plane::apply_yaml;
+use testkit::prometheus::Scrape;
+use testkit::rig::{self, Rig, SharedRig};
+use testkit::scaler::{metrics_request, scaled_object};
+use testkit::scenario::{ALL_CHILDREN, LAG_THRESHOLD, Scenario, WORKER, bare_deployment};
+use testkit::{chart, eventually, http, keda, promql};
 use tokio::sync::RwLock;
 use tonic::Code;
 
-/// Claim, Deployment and consumer name in every scenario.
-const WORKER: &str = "worker";
-/// Every claim's `lagThreshold`.
-const LAG_THRESHOLD: i64 = 5;
 /// Push activation: publish to `spec.replicas == 1`.
 const PUSH_ACTIVATION_BOUND: Duration = Duration::from_secs(5);
-/// KEDA's built-in trigger at pollingInterval 30 takes up to 30 s, plus
-/// its own scale-up.
-const POLLING_ACTIVATION_BOUND: Duration = Duration::from_secs(45);
+/// KEDA's manager exits when a cache of a kind it watches has not synced
+/// after this long (its CloudEventSource cache, when that CRD is missing).
+const KEDA_CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Scenarios share the rig's nats-server and controller; the two that stop
 /// one of them (the NATS outage, and the TLS scenario, which runs a controller
@@ -58,7 +49,7 @@ fn rig() -> SharedRig {
 #[tokio::test]
 async fn claim_gets_ready_scaled_object_and_hpa() {
     let _peers = PEERS.read().await;
-    let s = Scenario::new("ready").await;
+    let s = Scenario::new(rig(), "ready").await;
     s.apply_claim("minReplicas: 0\n    maxReplicas: 7\n    scaleDown:\n      maxPodsPerMinute: 3")
         .await;
 
@@ -117,7 +108,7 @@ async fn claim_gets_ready_scaled_object_and_hpa() {
 #[tokio::test]
 async fn push_activation_scales_from_zero() {
     let _peers = PEERS.read().await;
-    let s = Scenario::new("push").await;
+    let s = Scenario::new(rig(), "push").await;
     s.apply_claim("minReplicas: 0\n    pollingInterval: 30").await;
     s.wait_scaled_object_ready().await;
     s.wait_replicas(0, Duration::from_secs(30)).await;
@@ -130,58 +121,13 @@ async fn push_activation_scales_from_zero() {
     println!("activation, external-push (StreamIsActive), pollingInterval 30: publish -> replicas 1 in {took:?}");
 }
 
-/// 2b. The same with KEDA's built-in `nats-jetstream` trigger, which polls
-///     nats-server's HTTP monitoring every pollingInterval (30 s).
-#[tokio::test]
-async fn builtin_polling_activation_for_comparison() {
-    let _peers = PEERS.read().await;
-    let s = Scenario::new("polled").await;
-    let rig = &s.rig;
-    apply_yaml(&s.client, &bare_deployment(WORKER), Some(&s.ns)).await;
-    apply_yaml(
-        &s.client,
-        &format!(
-            r#"apiVersion: keda.sh/v1alpha1
-kind: ScaledObject
-metadata:
-  name: {WORKER}
-spec:
-  scaleTargetRef:
-    name: {WORKER}
-  minReplicaCount: 0
-  maxReplicaCount: 10
-  pollingInterval: 30
-  triggers:
-  - type: nats-jetstream
-    metadata:
-      natsServerMonitoringEndpoint: "{monitoring}"
-      account: "$G"
-      stream: "{stream}"
-      consumer: {WORKER}
-      lagThreshold: "{LAG_THRESHOLD}"
-"#,
-            monitoring = rig.nats_monitoring,
-            stream = s.stream,
-        ),
-        Some(&s.ns),
-    )
-    .await;
-    s.wait_scaled_object_ready().await;
-    s.wait_replicas(0, Duration::from_secs(30)).await;
-
-    let published = Instant::now();
-    s.publish(1).await;
-    let took = s.time_to_replicas(1, published, POLLING_ACTIVATION_BOUND).await;
-    println!("activation, built-in nats-jetstream, pollingInterval 30: publish -> replicas 1 in {took:?}");
-}
-
 /// 3. The external metric KEDA serves through the API server's aggregation
 ///    layer is pending + ack-pending, and the HPA controller scales 1 -> N
 ///    with N = ceil(lag / lagThreshold), clamped to maxReplicas.
 #[tokio::test]
 async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
     let _peers = PEERS.read().await;
-    let s = Scenario::new("metric").await;
+    let s = Scenario::new(rig(), "metric").await;
     s.apply_claim("minReplicas: 0\n    maxReplicas: 10\n    pollingInterval: 2")
         .await;
     s.wait_scaled_object_ready().await;
@@ -194,15 +140,15 @@ async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
     let (pending, ack_pending) = s.nats_lag().await;
     assert_eq!((pending, ack_pending), (18, 3));
     s.wait_external_metric(21.0).await;
-    s.wait_replicas(desired_replicas(21, 10), Duration::from_secs(30)).await;
-    s.wait_hpa_desired(desired_replicas(21, 10)).await;
+    s.wait_replicas(replicas_for(21, 10), Duration::from_secs(30)).await;
+    s.wait_hpa_desired(replicas_for(21, 10)).await;
 
     // 61 would need 13 replicas; maxReplicas caps it. (The HPA adds at most
     // 100% or 4 replicas per 15 s, so this step takes that long.)
     s.publish(40).await;
     s.wait_external_metric(61.0).await;
-    s.wait_replicas(desired_replicas(61, 10), Duration::from_secs(45)).await;
-    s.wait_hpa_desired(desired_replicas(61, 10)).await;
+    s.wait_replicas(replicas_for(61, 10), Duration::from_secs(45)).await;
+    s.wait_hpa_desired(replicas_for(61, 10)).await;
 }
 
 /// 4. Once the backlog is drained the consumer goes inactive, and after the
@@ -212,7 +158,7 @@ async fn drained_backlog_scales_to_zero_after_the_cooldown() {
     const POLLING: u64 = 2;
     const COOLDOWN: u64 = 5;
     let _peers = PEERS.read().await;
-    let s = Scenario::new("drain").await;
+    let s = Scenario::new(rig(), "drain").await;
     s.apply_claim(&format!(
         "minReplicas: 0\n    pollingInterval: {POLLING}\n    cooldownPeriod: {COOLDOWN}"
     ))
@@ -248,7 +194,7 @@ async fn drained_backlog_scales_to_zero_after_the_cooldown() {
 async fn nats_outage_falls_back_and_recovers() {
     const FALLBACK: i32 = 3;
     let _peers = PEERS.write().await;
-    let s = Scenario::new("outage").await;
+    let s = Scenario::new(rig(), "outage").await;
     s.apply_claim(&format!(
         "minReplicas: 1\n    maxReplicas: 10\n    pollingInterval: 2\n    fallback:\n      failureThreshold: 2\n      replicas: {FALLBACK}"
     ))
@@ -310,7 +256,7 @@ async fn nats_outage_falls_back_and_recovers() {
     // Real numbers drive scaling again: 30 messages want 6 replicas.
     s.publish(30).await;
     s.wait_external_metric(30.0).await;
-    s.wait_replicas(desired_replicas(30, 10), Duration::from_secs(30)).await;
+    s.wait_replicas(replicas_for(30, 10), Duration::from_secs(30)).await;
 }
 
 /// 6. Deleting the claim removes the Deployment, Service, ServiceAccount,
@@ -318,7 +264,7 @@ async fn nats_outage_falls_back_and_recovers() {
 #[tokio::test]
 async fn deleting_the_claim_removes_every_child() {
     let _peers = PEERS.read().await;
-    let s = Scenario::new("delete").await;
+    let s = Scenario::new(rig(), "delete").await;
     s.apply_claim("minReplicas: 1").await;
     s.wait_scaled_object_ready().await;
     s.wait_hpa().await;
@@ -341,7 +287,7 @@ async fn deleting_the_claim_removes_every_child() {
 #[tokio::test]
 async fn invalid_claim_is_refused_and_creates_nothing() {
     let _peers = PEERS.read().await;
-    let s = Scenario::new("invalid").await;
+    let s = Scenario::new(rig(), "invalid").await;
     for (scaling, field, message) in [
         (
             "minReplicas: 5\n    maxReplicas: 2",
@@ -390,7 +336,7 @@ async fn invalid_claim_is_refused_and_creates_nothing() {
 async fn keda_reaches_the_scaler_over_mutual_tls() {
     const REFUSED: &str = "no-client-cert";
     let _peers = PEERS.write().await;
-    let s = Scenario::new("tls").await;
+    let s = Scenario::new(rig(), "tls").await;
     let rig = &s.rig;
     let dir = rig.dir().join(&s.ns);
     std::fs::create_dir_all(&dir).unwrap();
@@ -420,14 +366,14 @@ async fn keda_reaches_the_scaler_over_mutual_tls() {
         Some(keda::NAMESPACE),
     )
     .await;
-    let shipped = chart_grpc_tls(&s.client, &s.ns, &secret, true).await;
+    let shipped = chart_grpc_tls(&s.ns, &secret, true);
     let authentication = apply_cluster_trigger_authentication(&s.client, &shipped).await;
     assert_eq!(
         controller_env(&shipped, "EDS_SCALER_TRIGGER_AUTHENTICATION").as_deref(),
         Some(authentication.as_str()),
         "the chart's controller points triggers at the chart's ClusterTriggerAuthentication"
     );
-    let no_client_cert = chart_grpc_tls(&s.client, &format!("{}-{REFUSED}", s.ns), &secret, false).await;
+    let no_client_cert = chart_grpc_tls(&format!("{}-{REFUSED}", s.ns), &secret, false);
     let no_client_cert = apply_cluster_trigger_authentication(&s.client, &no_client_cert).await;
 
     let _paused = rig.pause_controller();
@@ -454,12 +400,12 @@ async fn keda_reaches_the_scaler_over_mutual_tls() {
     println!(
         "activation over mutual TLS, external-push (StreamIsActive), pollingInterval 30: publish -> replicas 1 in {took:?}"
     );
-    let (_, metrics) = http_get(scaler.http_port, "/metrics");
+    let metrics = http::get(scaler.http_port, "/metrics").expect("the TLS scaler's /metrics");
+    let pushed = Scrape::parse(&metrics.body).sum("eds_push_activations_total", &[]);
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("eds_push_activations_total ") && !l.ends_with(" 0")),
-        "the TLS scaler pushed the activation:\n{metrics}"
+        pushed.is_some_and(|n| n > 0.0),
+        "the TLS scaler pushed the activation:\n{}",
+        metrics.body
     );
 
     // The same trigger without KEDA's client certificate.
@@ -520,6 +466,30 @@ async fn keda_reaches_the_scaler_over_mutual_tls() {
         .expect("delete the namespace");
 }
 
+/// 9. KEDA keeps working after it has run longer than its manager's cache
+///    sync timeout: a manager that waits for a kind whose CRD is missing
+///    exits then, and nothing scales after that. This test waits (without
+///    holding the peers, so the other scenarios run meanwhile) until KEDA has
+///    been up for longer, then checks that every peer still runs and that a
+///    new claim still scales from zero.
+#[tokio::test]
+async fn claims_still_scale_after_keda_has_run_past_its_cache_sync_timeout() {
+    let keda_started = rig().keda_started();
+    let long_enough = keda_started + KEDA_CACHE_SYNC_TIMEOUT + Duration::from_secs(15);
+    tokio::time::sleep_until(long_enough.into()).await;
+    let _peers = PEERS.read().await;
+    // Fails with the operator's log if it exited.
+    let s = Scenario::new(rig(), "later").await;
+    s.apply_claim("minReplicas: 0\n    maxReplicas: 4\n    pollingInterval: 2")
+        .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+    s.publish(12).await;
+    s.wait_replicas(replicas_for(12, 4), Duration::from_secs(45)).await;
+    s.rig.assert_running();
+    println!("KEDA up for {:?}: a new claim still scales", keda_started.elapsed());
+}
+
 /// The platform kit's dashboard and alerts query only metrics that the
 /// running scaler and controller really export: both are scraped after a
 /// claim has been reconciled, activated by a push, and another claim has
@@ -527,7 +497,7 @@ async fn keda_reaches_the_scaler_over_mutual_tls() {
 #[tokio::test]
 async fn dashboard_and_alerts_query_metrics_the_running_platform_exports() {
     let _peers = PEERS.read().await;
-    let s = Scenario::new("scrape").await;
+    let s = Scenario::new(rig(), "scrape").await;
     s.apply_claim("minReplicas: 0\n    pollingInterval: 5").await;
     s.wait_scaled_object_ready().await;
     s.publish(3).await;
@@ -542,80 +512,42 @@ async fn dashboard_and_alerts_query_metrics_the_running_platform_exports() {
     )
     .await;
 
-    let wanted = support::promql::kit_metric_names();
+    let wanted = promql::kit_metric_names();
     assert!(wanted.len() > 10, "the kit queries {wanted:?}");
     let port = |addr: &str| addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
     let (scaler, controller) = (port(&s.rig.scaler_http), port(&s.rig.controller_http));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = "the kit's metric names in a live scrape of the scaler and the controller";
+    eventually(what, Duration::from_secs(60), async || {
         let mut exported = std::collections::BTreeSet::new();
         for port in [scaler, controller] {
-            let (code, body) = http_get(port, "/metrics");
-            assert_eq!(code, 200);
-            exported.extend(scraped_names(&body));
+            let scrape = http::get(port, "/metrics").expect("/metrics");
+            assert_eq!(scrape.code, 200);
+            exported.extend(Scrape::parse(&scrape.body).names());
         }
-        let missing: Vec<&String> = wanted.difference(&exported).collect();
-        if missing.is_empty() {
-            println!("the kit's {} metric names are all in a live scrape", wanted.len());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the kit queries {missing:?}, which the running scaler and controller do not export"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Metric names with samples in a Prometheus text scrape; a histogram's
-/// `_bucket`, `_sum` and `_count` series count as its base name.
-fn scraped_names(body: &str) -> impl Iterator<Item = String> + '_ {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|line| {
-            let name = line.split(['{', ' ']).next().unwrap_or_default();
-            ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .unwrap_or(name)
-                .to_string()
-        })
+        let missing: Vec<String> = wanted.difference(&exported).cloned().collect();
+        missing.is_empty().then_some(()).ok_or(missing)
+    })
+    .await;
+    println!("the kit's {} metric names are all in a live scrape", wanted.len());
 }
 
 /// The chart's ClusterTriggerAuthentication and controller Deployment for
 /// release `release` with `scaler.grpcTLS` on, KEDA's side in Secret
-/// `secret`; rendered for the rig's Kubernetes version.
-async fn chart_grpc_tls(client: &Client, release: &str, secret: &str, client_auth: bool) -> Vec<Value> {
-    let version = client.apiserver_version().await.expect("the API server's version");
-    let out = std::process::Command::new(tool("helm"))
-        .args(["template", release])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/eds"))
-        .args([
-            "--namespace",
-            rig::SYSTEM_NAMESPACE,
-            "--kube-version",
-            &version.git_version,
-        ])
-        .args(["--show-only", "templates/cluster-trigger-authentication.yaml"])
-        .args(["--show-only", "templates/controller-deployment.yaml"])
+/// `secret`; rendered for the control plane's Kubernetes version.
+fn chart_grpc_tls(release: &str, secret: &str, client_auth: bool) -> Vec<Value> {
+    let args = [
+        "--show-only=templates/cluster-trigger-authentication.yaml".to_string(),
+        "--show-only=templates/controller-deployment.yaml".to_string(),
         // The chart requires an image; the rig runs the binary instead.
-        .args(["--set", "image.repository=registry.example.com/platform/eds"])
-        .args(["--set", "scaler.grpcTLS.enabled=true"])
+        "--set=image.repository=registry.example.com/platform/eds".to_string(),
+        "--set=scaler.grpcTLS.enabled=true".to_string(),
         // The scaler's own Secret: the rig's scaler reads files instead.
-        .args(["--set", "scaler.grpcTLS.secretName=eds-scaler-grpc-tls"])
-        .args(["--set", &format!("scaler.grpcTLS.clientAuth={client_auth}")])
-        .args(["--set", &format!("scaler.grpcTLS.kedaClientSecretName={secret}")])
-        .output()
-        .expect("running helm");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_yaml::Deserializer::from_slice(&out.stdout)
-        .map(|document| Value::deserialize(document).expect("a YAML document"))
-        .filter(|v| !v.is_null())
-        .collect()
+        "--set=scaler.grpcTLS.secretName=eds-scaler-grpc-tls".to_string(),
+        format!("--set=scaler.grpcTLS.clientAuth={client_auth}"),
+        format!("--set=scaler.grpcTLS.kedaClientSecretName={secret}"),
+    ];
+    let text = chart::template(release, rig::SYSTEM_NAMESPACE, &args).unwrap_or_else(|e| panic!("helm template: {e}"));
+    chart::documents(&text)
 }
 
 /// Applies the ClusterTriggerAuthentication of `objects`; its name.
@@ -636,28 +568,6 @@ fn controller_env(objects: &[Value], name: &str) -> Option<String> {
     var["value"].as_str().map(str::to_string)
 }
 
-/// A Deployment of nothing but a container image, for a ScaledObject to target.
-fn bare_deployment(name: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      automountServiceAccountToken: false
-      containers:
-      - name: worker
-        image: registry.example/worker:1
-"#
-    )
-}
-
 /// NATS stopped until dropped, so a failing test leaves it running for the
 /// others.
 struct NatsOutage<'a>(&'a Rig);
@@ -675,288 +585,9 @@ impl Drop for NatsOutage<'_> {
     }
 }
 
-/// `ceil(lag / lagThreshold)`, clamped to `1..=max`.
-fn desired_replicas(lag: i64, max: i32) -> i32 {
-    let wanted = (lag as f64 / LAG_THRESHOLD as f64).ceil() as i32;
-    wanted.clamp(1, max)
-}
-
-/// What a claim owns, directly or through its ScaledObject.
-const ALL_CHILDREN: [&str; 5] = [
-    "Deployment",
-    "Service",
-    "ServiceAccount",
-    "ScaledObject",
-    "HorizontalPodAutoscaler",
-];
-
-/// A scenario: a namespace, a stream named after it with a durable pull
-/// consumer, and clients for both.
-struct Scenario {
-    rig: SharedRig,
-    client: Client,
-    ns: String,
-    /// The stream, named after the namespace; its subjects are `<stream>.>`.
-    stream: String,
-    js: jetstream::Context,
-}
-
-impl Scenario {
-    async fn new(prefix: &str) -> Scenario {
-        let rig = rig();
-        let client = rig.client().await;
-        let ns = rig.control_plane().namespace(&client, prefix).await;
-        let js = js::js(&rig.nats_url).await;
-        let stream = ns.clone();
-        let created = js::stream_with(&js, &stream, &[&format!("{stream}.>")]).await;
-        // Messages taken without an ack stay ack-pending for the test.
-        js::pull_consumer(&created, WORKER, "", Duration::from_secs(600)).await;
-        Scenario {
-            rig,
-            client,
-            ns,
-            stream,
-            js,
-        }
-    }
-
-    /// The claim as a service team writes it, with `scaling` lines (indented
-    /// four spaces) after `lagThreshold`.
-    fn claim(&self, scaling: &str) -> String {
-        format!(
-            r#"apiVersion: platform.bizmatters.io/v1alpha1
-kind: EventDrivenService
-metadata:
-  name: {WORKER}
-spec:
-  image: registry.example/worker:1
-  size: micro
-  nats:
-    stream: "{stream}"
-    consumer: {WORKER}
-  scaling:
-    lagThreshold: "{LAG_THRESHOLD}"
-    {scaling}
-"#,
-            stream = self.stream,
-        )
-    }
-
-    async fn apply_claim(&self, scaling: &str) {
-        apply_yaml(&self.client, &self.claim(scaling), Some(&self.ns)).await;
-    }
-
-    async fn publish(&self, n: usize) {
-        js::publish(&self.js, &format!("{}.job", self.stream), n).await;
-    }
-
-    /// The consumer's (pending, ack-pending) as NATS reports them.
-    async fn nats_lag(&self) -> (u64, usize) {
-        let mut consumer: consumer::PullConsumer = self
-            .js
-            .get_consumer_from_stream(WORKER, self.stream.as_str())
-            .await
-            .expect("consumer");
-        let info = consumer.info().await.expect("consumer info");
-        (info.num_pending, info.num_ack_pending)
-    }
-
-    /// Takes `n` messages as a worker would; acks them or leaves them in flight.
-    async fn take(&self, n: usize, ack: bool) {
-        let consumer: consumer::PullConsumer = self
-            .js
-            .get_consumer_from_stream(WORKER, self.stream.as_str())
-            .await
-            .expect("consumer");
-        let mut taken = 0;
-        while taken < n {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(n - taken)
-                .messages()
-                .await
-                .expect("fetch");
-            while let Some(message) = batch.next().await {
-                let message = message.expect("message");
-                if ack {
-                    message.double_ack().await.expect("ack");
-                }
-                taken += 1;
-            }
-        }
-    }
-
-    /// The HPA's name for our metric: KEDA prefixes the trigger's index.
-    fn hpa_metric(&self) -> String {
-        format!("s0-{}", metric_name(&self.stream, WORKER))
-    }
-
-    fn scaled_objects(&self) -> Api<DynamicObject> {
-        let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
-        Api::namespaced_with(self.client.clone(), &self.ns, &ApiResource::from_gvk(&gvk))
-    }
-
-    async fn scaled_object_condition(&self, type_: &str) -> Option<Value> {
-        let so = self.scaled_objects().get(WORKER).await.ok()?;
-        so.data["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == type_)
-            .cloned()
-    }
-
-    async fn wait_scaled_object_ready(&self) {
-        eventually("the ScaledObject Ready", Duration::from_secs(30), async || {
-            let ready = self.scaled_object_condition("Ready").await?;
-            (ready["status"] == "True").then_some(())
-        })
-        .await;
-    }
-
-    async fn wait_hpa(&self) -> HorizontalPodAutoscaler {
-        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), &self.ns);
-        let name = format!("keda-hpa-{WORKER}");
-        eventually("KEDA's HPA", Duration::from_secs(30), async || {
-            hpas.get(&name).await.ok()
-        })
-        .await
-    }
-
-    async fn replicas(&self) -> Option<i32> {
-        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.ns);
-        deployments.get(WORKER).await.ok()?.spec?.replicas
-    }
-
-    async fn wait_replicas(&self, want: i32, timeout: Duration) {
-        eventually(&format!("spec.replicas == {want}"), timeout, async || {
-            (self.replicas().await == Some(want)).then_some(())
-        })
-        .await;
-    }
-
-    async fn wait_hpa_desired(&self, want: i32) {
-        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), &self.ns);
-        let name = format!("keda-hpa-{WORKER}");
-        eventually(
-            &format!("HPA desiredReplicas == {want}"),
-            Duration::from_secs(30),
-            async || {
-                let desired = hpas.get(&name).await.ok()?.status?.desired_replicas;
-                (desired == want).then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// KEDA's health record of our trigger: `Happy` or `Failing`.
-    async fn trigger_health(&self) -> Option<String> {
-        let so = self.scaled_objects().get(WORKER).await.ok()?;
-        so.data["status"]["health"][self.hpa_metric()]["status"]
-            .as_str()
-            .map(str::to_string)
-    }
-
-    /// The external metric as the HPA controller reads it: through the API
-    /// server's aggregation layer, from KEDA's metrics adapter.
-    async fn external_metric(&self) -> Result<f64, String> {
-        let path = format!(
-            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{}",
-            self.ns,
-            self.hpa_metric()
-        );
-        let selector = ListParams::default().labels(&format!("scaledobject.keda.sh/name={WORKER}"));
-        let request = kube::core::Request::new(path).list(&selector).expect("request");
-        let list: Value = self.client.request(request).await.map_err(|e| e.to_string())?;
-        let items = list["items"].as_array().ok_or_else(|| format!("no items: {list}"))?;
-        let [item] = items.as_slice() else {
-            return Err(format!("not one value: {list}"));
-        };
-        parse_quantity(item["value"].as_str().unwrap_or_default())
-    }
-
-    /// Waits until the served metric is `want`, reporting the last answer.
-    async fn wait_external_metric(&self, want: f64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let served = self.external_metric().await;
-            if served == Ok(want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the external metric is not {want} after 30s: last {served:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The kinds in [`ALL_CHILDREN`] that exist now.
-    async fn children(&self) -> Vec<&'static str> {
-        let ns = &self.ns;
-        let client = &self.client;
-        let hpa = format!("keda-hpa-{WORKER}");
-        let exists = [
-            Api::<Deployment>::namespaced(client.clone(), ns)
-                .get_opt(WORKER)
-                .await
-                .map(|o| o.is_some()),
-            Api::<Service>::namespaced(client.clone(), ns)
-                .get_opt(WORKER)
-                .await
-                .map(|o| o.is_some()),
-            Api::<ServiceAccount>::namespaced(client.clone(), ns)
-                .get_opt(WORKER)
-                .await
-                .map(|o| o.is_some()),
-            self.scaled_objects().get_opt(WORKER).await.map(|o| o.is_some()),
-            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
-                .get_opt(&hpa)
-                .await
-                .map(|o| o.is_some()),
-        ];
-        ALL_CHILDREN
-            .iter()
-            .zip(exists)
-            .filter(|(_, exists)| *exists.as_ref().expect("reading a child"))
-            .map(|(kind, _)| *kind)
-            .collect()
-    }
-
-    /// Polls `spec.replicas` every 20 ms until it is `want`; the time since
-    /// `since`, which must stay within `bound`.
-    async fn time_to_replicas(&self, want: i32, since: Instant, bound: Duration) -> Duration {
-        loop {
-            if self.replicas().await == Some(want) {
-                return since.elapsed();
-            }
-            assert!(
-                since.elapsed() < bound,
-                "spec.replicas did not reach {want} within {bound:?} (now {:?})",
-                self.replicas().await
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Polls `probe` every 200 ms until it returns a value.
-async fn eventually<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A Kubernetes quantity as KEDA writes metric values: an integer, or
-/// thousandths with an `m` suffix.
-fn parse_quantity(text: &str) -> Result<f64, String> {
-    let parsed = match text.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map(|v| v / 1000.0),
-        None => text.parse::<f64>(),
-    };
-    parsed.map_err(|e| format!("metric value {text:?}: {e}"))
+/// The replicas KEDA's HPA settles on for `lag`: eds's own formula, from 1
+/// (KEDA owns 0 <-> 1) to `max`.
+fn replicas_for(lag: u64, max: u32) -> i32 {
+    let replicas = desired_replicas(lag, LAG_THRESHOLD as f64, 1, max);
+    i32::try_from(replicas).expect("a replica count")
 }

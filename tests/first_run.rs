@@ -1,7 +1,6 @@
 //! What a new user meets first, against a real nats-server: the demo's
 //! output, the scaler's first call after start-up, files the configuration
 //! names, and `eds lag`'s answer.
-mod support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -10,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use eds::lag::{ConsumerKey, JetStreamLag, LagError};
 use eds::nats::{Connections, NatsConfig};
-use support::js::{js, publish, pull_consumer, stream_with};
-use support::nats::NatsServer;
-use support::process::tool;
+use testkit::js::{js, publish, pull_consumer, stream_with};
+use testkit::nats::NatsServer;
+use testkit::process::tool;
 
 fn eds(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_eds"))

@@ -1,7 +1,6 @@
 //! `eds function` over the wire: Crossplane's RunFunction contract (tag, ttl,
 //! pass-through of what the step does not own, Fatal results naming the field)
 //! and the mutual TLS Crossplane's function runtime sets up.
-mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +11,7 @@ use eds::function::proto::function_runner_service_client::FunctionRunnerServiceC
 use eds::function::proto::{Ready, RequestMeta, Resource, RunFunctionRequest, RunFunctionResponse, Severity, State};
 use eds::function::structs::{from_json, to_json};
 use serde_json::{Value, json};
-use support::certs::Pki;
+use testkit::certs::Pki;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
@@ -218,7 +217,7 @@ async fn mutual_tls_accepts_only_clients_the_ca_signed() {
     let function = RunningFunction::start(Some(eds::function::tls_config(&certs).unwrap())).await;
 
     let ca = Certificate::from_pem(std::fs::read(&pki.ca_pem).unwrap());
-    let identity = |leaf: &support::certs::Leaf| Identity::from_pem(read(&leaf.cert), read(&leaf.key));
+    let identity = |leaf: &testkit::certs::Leaf| Identity::from_pem(read(&leaf.cert), read(&leaf.key));
     let connect = |tls: ClientTlsConfig| {
         let endpoint = Endpoint::from_shared(format!("https://localhost:{}", function.addr.port()))
             .unwrap()

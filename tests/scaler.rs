@@ -1,5 +1,4 @@
 //! The scaler against a real nats-server, over real gRPC.
-mod support;
 
 use std::time::{Duration, Instant};
 
@@ -8,9 +7,10 @@ use eds::nats::NatsConfig;
 use eds::proto::ScaledObjectRef;
 use eds::scaler::Tuning;
 use futures::StreamExt;
-use support::js::{js, publish, pull_consumer, stream_of_consumers, stream_with};
-use support::nats::NatsServer;
-use support::scaler::{RunningScaler, lag_of, scaled_object, wait_lag};
+use testkit::eventually;
+use testkit::js::{js, publish, pull_consumer, stream_of_consumers, stream_with};
+use testkit::nats::NatsServer;
+use testkit::scaler::{RunningScaler, lag_of, scaled_object, wait_lag};
 use tonic::Code;
 
 fn fast() -> Tuning {
@@ -70,7 +70,7 @@ async fn in_flight_and_redelivered_work_counts_as_lag() {
         taken.push(message.unwrap());
     }
     assert_eq!(taken.len(), 4);
-    assert_eq!(wait_lag(&mut client, &so, 10).await, 10);
+    wait_lag(&mut client, &so, 10).await;
     let key = eds::lag::ConsumerKey::new("default", None, "JOBS", "workers");
     let reader = eds::lag::JetStreamLag::new(scaler.scaler.connections.clone());
     let state = reader.consumer_state(&key).await.unwrap();
@@ -80,7 +80,7 @@ async fn in_flight_and_redelivered_work_counts_as_lag() {
     taken[0].ack().await.unwrap();
     taken[1].ack_with(AckKind::Ack).await.unwrap();
     taken[2].ack_with(AckKind::Nak(None)).await.unwrap();
-    assert_eq!(wait_lag(&mut client, &so, 8).await, 8);
+    wait_lag(&mut client, &so, 8).await;
 
     // The last one's ack wait expires: redelivered, and still counted once.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -96,7 +96,7 @@ async fn in_flight_and_redelivered_work_counts_as_lag() {
         redelivered >= 2,
         "NAK'd and expired messages come again ({redelivered})"
     );
-    assert_eq!(wait_lag(&mut client, &so, 8).await, 8);
+    wait_lag(&mut client, &so, 8).await;
     let state = reader.consumer_state(&key).await.unwrap();
     assert!(state.redelivered >= 1, "{state:?}");
     assert_eq!(state.lag(), 8);
@@ -130,7 +130,7 @@ async fn messages_larger_than_the_codec_buffer_pass_both_ways() {
     // reply far above it must still arrive whole.
     let nats = NatsServer::start();
     let js = js(&nats.url()).await;
-    support::js::work_with_lag(&js, 4).await;
+    testkit::js::work_with_lag(&js, 4).await;
     let scaler = RunningScaler::start(NatsConfig::for_url(nats.url())).await;
     let mut client = scaler.client().await;
     let note = "x".repeat(64 * 1024);
@@ -245,16 +245,16 @@ async fn metric_spec_and_activity() {
 
     assert!(!client.is_active(so.clone()).await.unwrap().into_inner().result);
     publish(&js, "svc.a", 3).await;
-    assert_eq!(wait_lag(&mut client, &so, 3).await, 3);
+    wait_lag(&mut client, &so, 3).await;
     assert!(
         !client.is_active(so.clone()).await.unwrap().into_inner().result,
         "3 is not above 3"
     );
     publish(&js, "svc.a", 1).await;
-    assert_eq!(wait_lag(&mut client, &so, 4).await, 4);
+    wait_lag(&mut client, &so, 4).await;
     assert!(client.is_active(so.clone()).await.unwrap().into_inner().result);
     let reply = client
-        .get_metrics(support::scaler::metrics_request(so.clone()))
+        .get_metrics(testkit::scaler::metrics_request(so.clone()))
         .await
         .unwrap()
         .into_inner();
@@ -314,14 +314,17 @@ async fn callers_share_reads_and_fresh_values_skip_nats() {
     };
     let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), tuning, None).await;
 
-    // 300 concurrent KEDA calls on a cold cache: one NATS request.
-    let mut calls = Vec::new();
+    // 300 concurrent KEDA calls on a cold cache: one NATS request. The
+    // clients connect first, so the calls land within one cache TTL even on
+    // a busy machine.
+    let mut clients = Vec::new();
     for _ in 0..300 {
-        let mut client = scaler.client().await;
-        calls.push(tokio::spawn(async move {
-            lag_of(&mut client, &so("HOT", "c")).await.unwrap()
-        }));
+        clients.push(scaler.client().await);
     }
+    let calls: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| tokio::spawn(async move { lag_of(&mut client, &so("HOT", "c")).await.unwrap() }))
+        .collect();
     for call in calls {
         assert_eq!(call.await.unwrap(), 42);
     }
@@ -371,17 +374,13 @@ async fn nats_down_is_an_error_within_the_bound_and_recovery_is_automatic() {
     assert!(matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded));
 
     nats.start_again();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match lag_of(&mut client, &so).await {
-            Ok(lag) => {
-                assert_eq!(lag, 6);
-                break;
-            }
-            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let lag = eventually(
+        "the lag again after NATS is back",
+        Duration::from_secs(15),
+        async || lag_of(&mut client, &so).await,
+    )
+    .await;
+    assert_eq!(lag, 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -479,11 +478,10 @@ async fn push_stream_survives_a_nats_restart() {
     wait_push(&mut pushed, false, Duration::from_secs(2)).await;
 
     nats.restart();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scaler.scaler.connections.all_connected().is_err() {
-        assert!(Instant::now() < deadline, "scaler did not reconnect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the scaler reconnected", Duration::from_secs(10), async || {
+        scaler.scaler.connections.all_connected()
+    })
+    .await;
     let js_client = js(&nats.url()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let published = Instant::now();
@@ -518,31 +516,24 @@ async fn closed_push_streams_are_cleaned_up() {
     assert_eq!(scaler.scaler.watchers.len(), 2, "a2 still watches a");
     drop(a2);
     drop(b);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !scaler.scaler.watchers.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "watchers left: {}",
-            scaler.scaler.watchers.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("no watchers left", Duration::from_secs(5), async || {
+        let left = scaler.scaler.watchers.len();
+        (left == 0).then_some(()).ok_or(left)
+    })
+    .await;
     // Their notifier goes too, so the stream carries no leftovers.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while scaler.scaler.watchers.notifiers() > 0 {
-        assert!(Instant::now() < deadline, "notifier tasks left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    no_notifiers_left(&scaler).await;
     let mut stream = js.get_stream("GONE").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let consumers = stream.info().await.unwrap().state.consumer_count;
-        if consumers == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{consumers} consumers left on the stream");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_consumer_count(&mut stream, 2).await;
+}
+
+/// Waits until the scaler runs no notifier task.
+async fn no_notifiers_left(scaler: &RunningScaler) {
+    eventually("no notifier tasks left", Duration::from_secs(5), async || {
+        let left = scaler.scaler.watchers.notifiers();
+        (left == 0).then_some(()).ok_or(left)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -595,18 +586,12 @@ fn notices_only() -> Tuning {
 
 /// Waits until the stream holds `want` consumers, then checks it stays so.
 async fn wait_consumer_count(stream: &mut async_nats::jetstream::stream::Stream, want: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("{want} consumers on the stream");
+    eventually(&what, Duration::from_secs(10), async || {
         let count = stream.info().await.unwrap().state.consumer_count;
-        if count == want {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{count} consumers on the stream, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (count == want).then_some(()).ok_or(count)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(stream.info().await.unwrap().state.consumer_count, want);
 }
@@ -655,14 +640,7 @@ async fn idle_consumers_share_one_notifier_per_stream() {
     // Once every consumer is active, the notifier goes: the teams' own
     // durables are left, `late` included.
     wait_consumer_count(&mut s, CONSUMERS + 1).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while scaler.scaler.watchers.notifiers() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the notifier outlived its consumers' idleness"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    no_notifiers_left(&scaler).await;
 }
 
 /// Consumers whose filters overlap (or that read the whole stream) share a

@@ -1,15 +1,14 @@
 //! NATS auth, TLS, accounts and domains; gRPC TLS and mutual TLS.
-mod support;
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use eds::nats::{NatsConfig, TlsSettings};
 use eds::scaler::{GrpcTls, Tuning};
-use support::certs::Pki;
-use support::js::work_with_lag;
-use support::nats::NatsServer;
-use support::scaler::{RunningScaler, lag_of, scaled_object};
+use testkit::certs::Pki;
+use testkit::js::work_with_lag;
+use testkit::nats::NatsServer;
+use testkit::scaler::{RunningScaler, lag_of, scaled_object};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 fn work() -> eds::proto::ScaledObjectRef {

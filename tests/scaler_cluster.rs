@@ -1,14 +1,17 @@
 //! A 3-node JetStream cluster on loopback: the consumer leader moves and the
 //! lag the scaler reports stays right, with no leader discovery of ours.
-mod support;
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use eds::nats::NatsConfig;
 use eds::scaler::Tuning;
-use support::nats::{NatsCluster, eventually};
-use support::scaler::{RunningScaler, lag_of, scaled_object};
+use testkit::eventually;
+use testkit::nats::NatsCluster;
+use testkit::scaler::{RunningScaler, lag_of, scaled_object};
+
+/// How long a cluster may take to elect leaders, or to settle after a change.
+const SETTLE: Duration = Duration::from_secs(30);
 
 async fn consumer_leader(js: &jetstream::Context) -> Result<String, async_nats::Error> {
     let stream = js.get_stream("REPL").await?;
@@ -32,7 +35,7 @@ async fn lag_stays_right_while_the_consumer_leader_moves() {
         .await
         .unwrap();
     let js = jetstream::new(client.clone());
-    eventually("create the R3 stream", || {
+    eventually("create the R3 stream", SETTLE, || {
         js.create_stream(stream::Config {
             name: "REPL".into(),
             subjects: vec!["repl.>".into()],
@@ -42,7 +45,7 @@ async fn lag_stays_right_while_the_consumer_leader_moves() {
     })
     .await;
     let s = js.get_stream("REPL").await.unwrap();
-    eventually("create the durable", || {
+    eventually("create the durable", SETTLE, || {
         s.create_consumer(consumer::pull::Config {
             durable_name: Some("workers".into()),
             ack_policy: consumer::AckPolicy::Explicit,
@@ -69,13 +72,13 @@ async fn lag_stays_right_while_the_consumer_leader_moves() {
     assert_eq!(lag_of(&mut grpc, &so).await.unwrap(), 25);
 
     // Ask the leader to step down: another server takes the consumer.
-    let before = eventually("the consumer leader", || consumer_leader(&js)).await;
+    let before = eventually("the consumer leader", SETTLE, || consumer_leader(&js)).await;
     let reply = client
         .request("$JS.API.CONSUMER.LEADER.STEPDOWN.REPL.workers", "".into())
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&reply.payload).contains("\"success\":true"));
-    let after = eventually("a new leader", || async {
+    let after = eventually("a new leader", SETTLE, || async {
         match consumer_leader(&js).await {
             Ok(leader) if leader != before => Ok(leader),
             other => Err(format!("{other:?}")),
@@ -91,7 +94,7 @@ async fn lag_stays_right_while_the_consumer_leader_moves() {
     let victim = after.trim_start_matches('n').parse::<usize>().unwrap();
     cluster.servers[victim].stop();
     let started = Instant::now();
-    let lag = eventually("lag after the leader died", || {
+    let lag = eventually("lag after the leader died", SETTLE, || {
         let mut grpc = grpc.clone();
         let so = so.clone();
         async move { lag_of(&mut grpc, &so).await }
@@ -102,16 +105,15 @@ async fn lag_stays_right_while_the_consumer_leader_moves() {
         started.elapsed()
     );
     assert_eq!(lag, 25);
-    eventually("publish to the degraded cluster", || async {
+    eventually("publish to the degraded cluster", SETTLE, || async {
         js.publish("repl.job", "more".into()).await?.await.map_err(|e| e.into()) as Result<_, async_nats::Error>
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("lag 26 after one more message", SETTLE, async || {
         match lag_of(&mut grpc, &so).await {
-            Ok(26) => break,
-            other => assert!(Instant::now() < deadline, "lag after one more message: {other:?}"),
+            Ok(26) => Ok(()),
+            other => Err(other),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }

@@ -1,23 +1,23 @@
 //! The scaler's HTTP side: Prometheus metrics, liveness and readiness.
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use eds::nats::NatsConfig;
-use support::nats::NatsServer;
-use support::process::http_get;
-use support::scaler::{RunningScaler, lag_of, scaled_object};
+use testkit::eventually;
+use testkit::http::get_async;
+use testkit::nats::NatsServer;
+use testkit::scaler::{RunningScaler, lag_of, scaled_object};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_readiness() {
     // The recorder must exist before the scaler creates its counters.
     eds::runtime::prometheus();
     let mut nats = NatsServer::start();
-    let js = support::js::js(&nats.url()).await;
-    let s = support::js::stream_with(&js, "OBS", &["obs.>"]).await;
-    support::js::pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
-    support::js::publish(&js, "obs.x", 1).await;
+    let js = testkit::js::js(&nats.url()).await;
+    let s = testkit::js::stream_with(&js, "OBS", &["obs.>"]).await;
+    testkit::js::pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    testkit::js::publish(&js, "obs.x", 1).await;
 
     let scaler = RunningScaler::start(NatsConfig::for_url(nats.url())).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -38,10 +38,9 @@ async fn metrics_health_and_readiness() {
     let mut pushed = client.stream_is_active(so.clone()).await.unwrap().into_inner();
     assert!(pushed.message().await.unwrap().unwrap().result);
 
-    let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
+    let metrics = get_async(port, "/metrics").await.unwrap();
+    assert_eq!(metrics.code, 200);
+    let body = metrics.body;
     for needle in [
         r#"eds_consumer_lag{connection="default",stream="OBS",consumer="c"} 1"#,
         r#"eds_consumer_pending{connection="default",stream="OBS",consumer="c"} 1"#,
@@ -64,23 +63,17 @@ async fn metrics_health_and_readiness() {
     // consumer whose read failed.
     assert_eq!(body.matches("# TYPE eds_consumer_lag gauge").count(), 1, "{body}");
     assert!(!body.contains(r#"consumer="gone""#), "{body}");
-    assert_eq!(http_get_async(port, "/healthz").await, (200, "ok".to_string()));
-    assert_eq!(http_get_async(port, "/readyz").await.0, 200);
+    let healthz = get_async(port, "/healthz").await.unwrap();
+    assert_eq!((healthz.code, healthz.body.as_str()), (200, "ok"));
+    assert_eq!(get_async(port, "/readyz").await.unwrap().code, 200);
 
     nats.stop();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (code, body) = http_get_async(port, "/readyz").await;
-        if code == 503 {
-            assert!(body.contains("default"), "{body}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "/readyz still {code}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(http_get_async(port, "/healthz").await.0, 200, "alive, just not ready");
-}
-
-async fn http_get_async(port: u16, path: &'static str) -> (u16, String) {
-    tokio::task::spawn_blocking(move || http_get(port, path)).await.unwrap()
+    let not_ready = eventually("/readyz 503 without NATS", Duration::from_secs(5), async || {
+        let readyz = get_async(port, "/readyz").await.unwrap();
+        (readyz.code == 503).then_some(readyz.body.clone()).ok_or(readyz)
+    })
+    .await;
+    assert!(not_ready.contains("default"), "{not_ready}");
+    let healthz = get_async(port, "/healthz").await.unwrap();
+    assert_eq!(healthz.code, 200, "alive, just not ready");
 }

@@ -1,17 +1,16 @@
 //! The reference worker (`examples/worker`) scales in cleanly on a real
 //! nats-server: sent SIGTERM mid-batch, it loses no message and leaves none
 //! waiting for `ack_wait`.
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{Consumer, Info, pull};
-use support::js::{js, publish, pull_consumer, stream_with};
-use support::nats::NatsServer;
-use support::process::Peer;
+use testkit::eventually_every;
+use testkit::js::{js, publish, pull_consumer, stream_with};
+use testkit::nats::NatsServer;
+use testkit::process::Peer;
 
 /// Far longer than any wait below: a message that waits for it fails the test.
 const ACK_WAIT: Duration = Duration::from_secs(60);
@@ -89,21 +88,18 @@ async fn info(consumer: &Consumer<pull::Config>) -> Info {
 }
 
 async fn wait_for(consumer: &Consumer<pull::Config>, what: &str, check: impl Fn(&Info) -> bool) -> Info {
-    let deadline = Instant::now() + HAND_OVER_BOUND;
-    loop {
+    eventually_every(Duration::from_millis(20), what, HAND_OVER_BOUND, async || {
         let info = info(consumer).await;
         if check(&info) {
-            return info;
+            Ok(info)
+        } else {
+            Err(format!(
+                "pending {}, ack pending {}, ack floor {}",
+                info.num_pending, info.num_ack_pending, info.ack_floor.stream_sequence
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "not {what} after {HAND_OVER_BOUND:?}: pending {}, ack pending {}, ack floor {}",
-            info.num_pending,
-            info.num_ack_pending,
-            info.ack_floor.stream_sequence
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Stream `WORK`, durable `workers` with a long ack_wait, and `n` messages.

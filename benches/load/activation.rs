@@ -8,7 +8,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use crate::driver::{Keda, ScaledObject};
 use crate::stats::SplitMix;
-use crate::support::js::{pull_consumer, stream_with};
+use testkit::js::{pull_consumer, stream_with};
 
 /// Long enough that no message is redelivered during a trial.
 const ACK_WAIT: Duration = Duration::from_secs(60);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::support::process::tool;
+use testkit::process::tool;
 
 /// What the harness prints: the same figures as ours.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

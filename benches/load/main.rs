@@ -14,9 +14,6 @@
 //! - `EDS_BENCH_SCALER_WRAPPER`: a command to run the scaler under, e.g.
 //!   `heaptrack -o target/bench/heap` (its CPU and RSS figures are then the
 //!   wrapper's, not the scaler's).
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 mod activation;
 mod baseline;
 mod driver;
@@ -36,8 +33,8 @@ use tokio::time::Instant;
 
 use driver::{Keda, ScaledObject};
 use stats::Summary;
-use support::nats::NatsServer;
-use support::process::{Peer, free_port};
+use testkit::nats::NatsServer;
+use testkit::process::{Peer, free_port};
 
 /// KEDA's defaults: the ScaledObject pollingInterval and the HPA sync period.
 const POLLING_INTERVAL: Duration = Duration::from_secs(30);
@@ -213,7 +210,7 @@ pub struct Activation {
 async fn start_nats() -> (NatsServer, u16, jetstream::Context, stream::Stream) {
     let monitor_port = free_port();
     let nats = NatsServer::start_with(&format!("http: 127.0.0.1:{monitor_port}\nmax_payload: 8MB"));
-    let js = support::js::js(&nats.url()).await;
+    let js = testkit::js::js(&nats.url()).await;
     let load = js
         .create_stream(stream::Config {
             name: STREAM.into(),
@@ -327,7 +324,7 @@ async fn grow(js: &jetstream::Context, load: &stream::Stream, from: usize, to: u
     futures::stream::iter(from..to)
         .map(|i| async move {
             let name = format!("{CONSUMER_PREFIX}{i}");
-            support::js::pull_consumer(load, &name, &format!("load.{i}"), Duration::from_secs(30)).await
+            testkit::js::pull_consumer(load, &name, &format!("load.{i}"), Duration::from_secs(30)).await
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()

@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use crate::support::process::http_get;
+use testkit::http;
+use testkit::prometheus::Scrape;
 
 /// CPU time and memory of one process.
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,9 +88,9 @@ struct ConnEntry {
 /// The counters of the connection whose client name starts with `prefix`
 /// (the scaler names its connections `eds-scaler/<connection>`).
 pub fn connection(monitor_port: u16, prefix: &str) -> ConnStats {
-    let (code, body) = http_get(monitor_port, "/connz?limit=10000");
-    assert_eq!(code, 200, "/connz: {body}");
-    let connz: Connz = serde_json::from_str(&body).expect("/connz is JSON");
+    let connz = http::get(monitor_port, "/connz?limit=10000").expect("nats-server's /connz");
+    assert_eq!(connz.code, 200, "/connz: {}", connz.body);
+    let connz: Connz = serde_json::from_str(&connz.body).expect("/connz is JSON");
     let found: Vec<&ConnEntry> = connz
         .connections
         .iter()
@@ -100,39 +101,29 @@ pub fn connection(monitor_port: u16, prefix: &str) -> ConnStats {
 }
 
 /// The scaler's Prometheus exposition at one instant.
-pub struct Exposition(String);
+pub struct Exposition(Scrape);
 
 impl Exposition {
     pub fn scrape(http_port: u16) -> Self {
-        let (code, body) = http_get(http_port, "/metrics");
-        assert_eq!(code, 200, "/metrics: {body}");
-        Exposition(body)
+        let metrics = http::get(http_port, "/metrics").expect("the scaler's /metrics");
+        assert_eq!(metrics.code, 200, "/metrics: {}", metrics.body);
+        Exposition(Scrape::parse(&metrics.body))
     }
 
     /// Cumulative bucket counts of histogram `metric` over the series whose
     /// labels include every pair of `select`, summed across the rest.
     fn buckets(&self, metric: &str, select: &[(&str, &str)]) -> BTreeMap<u64, (f64, u64)> {
-        let prefix = format!("{metric}_bucket{{");
         let mut buckets = BTreeMap::new();
-        for line in self.0.lines() {
-            let Some((labels, count)) = line.strip_prefix(&prefix).and_then(|rest| rest.split_once("} ")) else {
-                continue;
-            };
-            let label = |name: &str| {
-                labels
-                    .split(',')
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix("=\""))
-                    .map(|v| v.trim_end_matches('"'))
-            };
-            if select.iter().any(|(k, v)| label(k) != Some(v)) {
-                continue;
-            }
-            let bound = match label("le") {
-                Some("+Inf") | None => f64::INFINITY,
-                Some(le) => le.parse().unwrap_or(f64::INFINITY),
-            };
+        for sample in self.0.select(&format!("{metric}_bucket"), select) {
+            let bound = sample.labels.get("le").map_or(f64::INFINITY, |le| {
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                }
+            });
             let entry = buckets.entry(bound.to_bits()).or_insert((bound, 0));
-            entry.1 += count.trim().parse::<u64>().unwrap_or(0);
+            entry.1 += sample.value as u64;
         }
         buckets
     }

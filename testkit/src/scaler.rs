@@ -1,5 +1,4 @@
 //! The scaler in process, served over real TCP, and a real tonic client.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +11,8 @@ use eds::scaler::{Scaler, Tuning};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, ServerTlsConfig};
+
+use crate::eventually;
 
 pub struct RunningScaler {
     pub addr: SocketAddr,
@@ -95,15 +96,11 @@ pub async fn lag_of(client: &mut ExternalScalerClient<Channel>, so: &ScaledObjec
     Ok(value.metric_value)
 }
 
-/// Polls `lag_of` until it equals `want` (the cache TTL makes new values
-/// visible within a second), returning the last value seen.
-pub async fn wait_lag(client: &mut ExternalScalerClient<Channel>, so: &ScaledObjectRef, want: i64) -> i64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = lag_of(client, so).await.unwrap_or(-1);
-        if got == want || tokio::time::Instant::now() > deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits until `lag_of` is `want` (the cache TTL makes new values visible
+/// within a second).
+pub async fn wait_lag(client: &mut ExternalScalerClient<Channel>, so: &ScaledObjectRef, want: i64) {
+    eventually(&format!("lag {want}"), Duration::from_secs(10), async || {
+        lag_of(client, so).await.ok().filter(|lag| *lag == want)
+    })
+    .await;
 }

@@ -2,8 +2,8 @@
 //! kube-controller-manager on loopback, with generated certificates, RBAC on
 //! and the API server's default admission plugins.
 //!
-//! ```ignore
-//! use support::kube as cluster;
+//! ```text
+//! use testkit::control_plane as cluster;
 //! let cp = cluster::shared();                    // one per test binary
 //! let client = cp.client().await;                // admin (system:masters)
 //! let ns = cp.namespace(&client, "drift").await; // a fresh namespace per test
@@ -15,7 +15,8 @@
 //!   CRDs (`.tools/keda-crds/`, from `scripts/tools.sh keda`) installed and
 //!   Established. Its processes die with the test binary and its directory is
 //!   removed after it. The guard it returns prints the peers' logs when the
-//!   test holding it fails.
+//!   test holding it fails; a peer that exited by itself fails the next test
+//!   that asks for the control plane, with its log.
 //! - [`ControlPlane::client`], [`ControlPlane::client_for`]: clients for admin
 //!   and for a ServiceAccount (a TokenRequest token, so RBAC sees exactly what a
 //!   pod would).
@@ -35,9 +36,6 @@
 //! hardened clusters do: setting `blockOwnerDeletion` needs a permission), and
 //! has the aggregation layer set up, so an extension API server (KEDA's
 //! metrics adapter) can be registered.
-//!
-//! The module shares its name with the `kube` crate, hence `as cluster`.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,7 +46,7 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::config::AuthInfo;
 use kube::core::{GroupVersionKind, ObjectMeta};
 use kube::discovery::{Scope, pinned_kind};
@@ -57,8 +55,9 @@ use kube::{Client, Config};
 use rcgen::KeyPair;
 use serde::Deserialize as _;
 
-use super::certs::{Leaf, Pki};
-use super::process::{Peer, free_port, remove_at_exit, tool};
+use crate::certs::{Leaf, Pki};
+use crate::process::{Peer, free_port, remove_at_exit, tool};
+use crate::repo;
 
 /// The field manager the harness applies YAML with.
 const MANAGER: &str = "eds-test";
@@ -67,7 +66,9 @@ const STARTUP: Duration = Duration::from_secs(60);
 /// The control plane shared by every test of this binary. See the module docs.
 pub fn shared() -> Shared {
     static SHARED: OnceLock<ControlPlane> = OnceLock::new();
-    Shared(SHARED.get_or_init(boot))
+    let cp = SHARED.get_or_init(boot);
+    cp.assert_running();
+    Shared(cp)
 }
 
 /// The shared control plane, for one test: prints the peers' logs if the test
@@ -169,15 +170,26 @@ impl ControlPlane {
 
     /// Prints the tail of every peer's log.
     pub fn print_logs(&self) {
-        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        for peer in peers.iter() {
-            let log = peer.log();
-            let tail: Vec<&str> = log.lines().rev().take(100).collect();
-            eprintln!("----- {} log (last {} lines) -----", peer.name, tail.len());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+        for peer in self.peers().iter_mut() {
+            peer.print_log();
         }
+    }
+
+    /// Fails the test, with its log, if a peer exited by itself.
+    pub fn assert_running(&self) {
+        for peer in self.peers().iter_mut() {
+            peer.assert_running();
+        }
+    }
+
+    /// Each peer's name and state (see [`Peer::state`]), with the tail of
+    /// its log when it exited by itself.
+    pub fn report(&self) -> Vec<String> {
+        self.peers().iter_mut().map(Peer::report).collect()
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, Vec<Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Audit events (JSON, one per request) of every ServiceAccount in
@@ -262,6 +274,34 @@ pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) ->
     applied
 }
 
+/// Server-side apply with `dryRun=All` and strict field validation: every
+/// admission step runs, nothing is stored, and a field the schema does not
+/// know is an error rather than pruned. Namespaced objects without a
+/// namespace land in `namespace`, which must exist. The API server's refusal
+/// as text.
+pub async fn dry_run(client: &Client, doc: &serde_json::Value, namespace: &str) -> Result<(), String> {
+    let object: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let types = object.types.clone().ok_or("no apiVersion or kind")?;
+    let gvk = GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
+    let (resource, caps) = pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("unknown kind: {e}"))?;
+    let name = object.metadata.name.clone().ok_or("no metadata.name")?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+        Scope::Namespaced => {
+            let ns = object.metadata.namespace.as_deref().unwrap_or(namespace);
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+    };
+    let mut params = PatchParams::apply(MANAGER).force().dry_run();
+    params.field_validation = Some(ValidationDirective::Strict);
+    api.patch(&name, &params, &Patch::Apply(&object))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Starts the peers on a thread of its own: callers may be inside an async
 /// runtime, and startup needs one of its own.
 fn boot() -> ControlPlane {
@@ -342,7 +382,7 @@ async fn boot_async() -> Result<ControlPlane, String> {
         &dir.join("kube-controller-manager.log"),
     );
     manager.wait_for_log("Proceeding to collect garbage", STARTUP);
-    cp.peers.lock().unwrap().insert(0, manager);
+    cp.peers().insert(0, manager);
     eprintln!("control plane at {} ready in {:?}", cp.url, started.elapsed());
     Ok(cp)
 }
@@ -363,7 +403,7 @@ async fn wait_ready(cp: &ControlPlane, client: &Client) -> Result<(), String> {
                     cp.print_logs();
                     panic!("kube-apiserver not ready after {STARTUP:?}: {result:?}");
                 }
-                let mut peers = cp.peers.lock().unwrap();
+                let mut peers = cp.peers();
                 for peer in peers.iter_mut() {
                     if !peer.is_running() {
                         if peer.log().contains("address already in use") {
@@ -381,18 +421,28 @@ async fn wait_ready(cp: &ControlPlane, client: &Client) -> Result<(), String> {
 }
 
 async fn install_crds(client: &Client) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let keda = root.join(".tools/keda-crds");
-    assert!(
-        keda.is_dir(),
-        "{} is missing: run `scripts/tools.sh keda`",
-        keda.display()
-    );
+    let keda = repo::path(".tools/keda-crds");
     let mut files = yaml_files(&keda);
-    files.extend(yaml_files(&root.join("apis")));
+    // Every CRD the pinned KEDA ships: its manager waits for a cache of each
+    // kind it watches and exits when one never syncs (after 2 minutes).
+    for group in KEDA_CRD_GROUPS {
+        assert!(
+            files.iter().any(|f| file_name(f).starts_with(&format!("{group}_"))),
+            "no {group} CRDs in {}: run `scripts/tools.sh keda`",
+            keda.display()
+        );
+    }
+    files.extend(yaml_files(&repo::path("apis")));
     for file in files {
         apply_file(client, &file, None).await;
     }
+}
+
+/// The API groups of KEDA's CRDs (`<group>_<plural>.yaml` in its module).
+const KEDA_CRD_GROUPS: [&str; 2] = ["keda.sh", "eventing.keda.sh"];
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap_or_default().to_string_lossy().into_owned()
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -451,7 +501,7 @@ fn apiserver_command(dir: &Path, credentials: &Credentials, port: u16, etcd_port
         // metrics adapter. No `--enable-aggregator-routing`: its endpoint
         // resolver refuses ExternalName Services, and an ExternalName Service
         // for `localhost` is how an APIService reaches a loopback process
-        // (Endpoints refuse loopback addresses). See `super::keda`.
+        // (Endpoints refuse loopback addresses). See `crate::keda`.
         .arg("--requestheader-client-ca-file")
         .arg(&credentials.front_proxy_ca)
         .args(["--requestheader-allowed-names", "front-proxy-client"])

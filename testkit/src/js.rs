@@ -1,5 +1,4 @@
 //! JetStream fixtures: streams, durable consumers and published work.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -15,7 +15,6 @@
 //!   controller then reads KEDA's external metrics as in a cluster.
 //! - Every port but one is on 127.0.0.1: the adapter's Prometheus listener
 //!   only takes a port (`--port`) and binds every interface.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;
@@ -27,9 +26,9 @@ use kube::api::{Api, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
 
-use super::certs::Pki;
-use super::kube::{ControlPlane, apply_yaml};
-use super::process::{Peer, free_port, tool};
+use crate::certs::Pki;
+use crate::control_plane::{ControlPlane, apply_yaml};
+use crate::process::{Peer, free_port, tool};
 
 /// KEDA's own namespace: the Service the APIService names lives here, and
 /// the operator looks for cluster-wide trigger secrets here.

@@ -4,17 +4,18 @@
 //! A peer also dies with the test process, however that ends: a peer kept in a
 //! `static` is never dropped, and a killed `cargo test` drops nothing. See
 //! [`GUARD`].
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::http;
 
 /// A binary from `.tools/bin`, built by `scripts/tools.sh`.
 pub fn tool(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin").join(name);
+    let path = crate::repo::path(".tools/bin").join(name);
     assert!(
         path.exists(),
         "{} is missing: run `scripts/tools.sh` (the test scripts do this for you)",
@@ -26,31 +27,6 @@ pub fn tool(name: &str) -> PathBuf {
 /// A port that was free a moment ago on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Whether something listens on loopback `port` and answers `GET path` with 200.
-pub fn http_ok(port: u16, path: &str) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get(port, path).0 == 200
-}
-
-/// GET `path` on a loopback HTTP server; returns (status code, body).
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// A running peer.
@@ -115,7 +91,7 @@ impl Peer {
 
     /// Waits until `GET path` on loopback `port` answers 200.
     pub fn wait_http_ok(&mut self, port: u16, path: &str, timeout: Duration) {
-        self.wait_until(&format!("answering GET {path}"), timeout, |_| http_ok(port, path));
+        self.wait_until(&format!("answering GET {path}"), timeout, |_| http::ok(port, path));
     }
 
     /// As [`Self::wait_http_ok`], without panicking: whether it answered
@@ -123,7 +99,7 @@ impl Peer {
     pub fn try_wait_http_ok(&mut self, port: u16, path: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if http_ok(port, path) {
+            if http::ok(port, path) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -185,7 +161,76 @@ impl Peer {
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
+
+    /// How the peer ended, if it exited by itself: not when a test stopped
+    /// it ([`Peer::stop`], [`Peer::terminate`]).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Fails the test, with the peer's log, if the peer exited by itself.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.exited() {
+            let log = self.log_tail(LOG_TAIL);
+            panic!(
+                "{} exited by itself ({status}); a test that needs it cannot pass\n{log}",
+                self.name
+            );
+        }
+    }
+
+    /// Its state in a word: `running`, `stopped` (by a test) or how it exited.
+    pub fn state(&mut self) -> String {
+        if self.child.is_none() {
+            return "stopped".to_string();
+        }
+        match self.exited() {
+            None => "running".to_string(),
+            Some(status) => format!("EXITED ({status})"),
+        }
+    }
+
+    /// The last `lines` lines of the log, under a header with the peer's
+    /// name and state.
+    pub fn log_tail(&mut self, lines: usize) -> String {
+        let log = self.log();
+        let state = self.state();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        let mut out = format!(
+            "----- {} ({}), last {} lines of {} -----\n",
+            self.name,
+            state,
+            tail.len(),
+            self.log.display()
+        );
+        for line in tail.iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str(&format!("----- end of {} log -----\n", self.name));
+        out
+    }
+
+    /// One line, `name: state`; when it exited by itself, the tail of its
+    /// log follows (for a person reading the rig's `status`).
+    pub fn report(&mut self) -> String {
+        match self.exited() {
+            None => {
+                let state = self.state();
+                format!("{}: {state}", self.name)
+            }
+            Some(_) => self.log_tail(20),
+        }
+    }
+
+    /// Prints [`Peer::log_tail`] to stderr (the test's output).
+    pub fn print_log(&mut self) {
+        eprint!("{}", self.log_tail(LOG_TAIL));
+    }
 }
+
+/// How many lines of a peer's log a failure shows.
+pub const LOG_TAIL: usize = 150;
 
 /// Runs the peer under `sh`, which first starts a watcher and then `exec`s the
 /// peer, so the child's pid is the peer's own. The watcher blocks reading the
@@ -233,15 +278,9 @@ pub fn remove_at_exit(dir: &Path) {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        self.stop();
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(200).collect();
-            eprintln!("----- {} log (last {} lines) -----", self.name, tail.len());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-            eprintln!("----- end of {} log -----", self.name);
+            self.print_log();
         }
+        self.stop();
     }
 }

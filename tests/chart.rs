@@ -1,107 +1,17 @@
-//! The platform kit (slow tier): the Helm chart rendered by the pinned Helm,
-//! every manifest of `deploy/` and `examples/` accepted by a real API server,
-//! the stream setup and the documented NATS permissions against a real
-//! nats-server, and the dashboard and alerts against the metrics eds exports.
-mod support;
-
+//! The Helm chart, rendered by the pinned Helm (fast tier: no cluster): its
+//! objects for the default values and with every option on, wired the way
+//! `eds` reads its flags and files; `helm lint`; the values schema refusing
+//! bad values with the field named; and its CRD and controller roles the same
+//! as the tested ones.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
-use bytes::Bytes;
-use eds::nats::NatsConfig;
-use eds::scaler::Tuning;
-use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
-use kube::core::GroupVersionKind;
-use kube::discovery::{Scope, pinned_kind};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
-use support::kube as cluster;
-use support::nats::{NatsCluster, NatsServer, eventually};
-use support::process::tool;
-use support::promql;
-use support::scaler::{RunningScaler, lag_of, scaled_object};
-
-/// The Kubernetes version the chart is rendered for: the harness's.
-const KUBE_VERSION: &str = "v1.35.4";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chart() -> PathBuf {
-    root().join("deploy/helm/eds")
-}
-
-fn full_values() -> PathBuf {
-    root().join("tests/fixtures/chart/full-values.yaml")
-}
-
-/// The image every install must name (the chart has no default).
-fn image_values() -> PathBuf {
-    root().join("tests/fixtures/chart/image-values.yaml")
-}
-
-/// `helm template` of the chart as release `eds`, with an image and then
-/// `values`: the manifests, or Helm's error output.
-fn helm_template(namespace: &str, values: &[PathBuf]) -> Result<String, String> {
-    let mut all = vec![image_values()];
-    all.extend_from_slice(values);
-    helm_template_as("eds", namespace, &all, &[])
-}
-
-/// `helm template` of the chart exactly as given: release name, namespace,
-/// values files in order, and extra arguments.
-fn helm_template_as(release: &str, namespace: &str, values: &[PathBuf], extra: &[&str]) -> Result<String, String> {
-    let mut command = Command::new(tool("helm"));
-    command
-        .args(["template", release])
-        .arg(chart())
-        .args(["--namespace", namespace, "--kube-version", KUBE_VERSION])
-        .args(extra);
-    for file in values {
-        command.arg("--values").arg(file);
-    }
-    let out = command.output().expect("running helm");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).expect("UTF-8 manifests"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn render(namespace: &str, values: &[PathBuf]) -> Vec<Value> {
-    let text = helm_template(namespace, values).unwrap_or_else(|e| panic!("helm template failed:\n{e}"));
-    documents(&text)
-}
-
-fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| Value::deserialize(d).expect("a YAML document"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-fn id(doc: &Value) -> String {
-    format!(
-        "{}/{}",
-        doc["kind"].as_str().unwrap_or("?"),
-        doc["metadata"]["name"].as_str().unwrap_or("?")
-    )
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in {:?}", docs.iter().map(id).collect::<Vec<_>>()))
-}
+use testkit::process::tool;
+use testkit::repo::{self, read};
+use testkit::chart::{documents, id};
+use testkit::{chart, promql};
 
 fn env_of(container: &Value) -> BTreeMap<String, String> {
     container["env"]
@@ -149,7 +59,7 @@ fn resolve_file(docs: &[Value], pod: &Value, container: &Value, path: &str) -> R
         .ok_or_else(|| format!("{path}: volume {} is not defined", mount["name"]))?;
     let has_item = |items: &Value| items.as_array().into_iter().flatten().any(|i| i["path"] == relative);
     if let Some(name) = volume["configMap"]["name"].as_str() {
-        let data = &find(docs, "ConfigMap", name)["data"][relative];
+        let data = &chart::find(docs, "ConfigMap", name)["data"][relative];
         return data
             .as_str()
             .map(|s| Some(s.to_string()))
@@ -182,7 +92,7 @@ fn check_wiring(docs: &[Value]) {
             assert!(
                 known.contains(name),
                 "{}: eds {subcommand} has no flag for {name}",
-                id(deployment)
+                chart::id(deployment)
             );
         }
         let config_path = &env["EDS_NATS_CONFIG"];
@@ -190,7 +100,7 @@ fn check_wiring(docs: &[Value]) {
             .unwrap()
             .expect("the connections file comes from a ConfigMap");
         let connections = eds::nats::parse_config(&config)
-            .unwrap_or_else(|e| panic!("{}: eds refuses {config_path}: {e}\n{config}", id(deployment)));
+            .unwrap_or_else(|e| panic!("{}: eds refuses {config_path}: {e}\n{config}", chart::id(deployment)));
         assert!(connections.contains_key("default"), "{config}");
         let mut files: Vec<String> = Vec::new();
         for settings in connections.values() {
@@ -216,10 +126,10 @@ fn check_wiring(docs: &[Value]) {
                 .map(|(_, path)| path.clone()),
         );
         for file in files {
-            resolve_file(docs, pod, container, &file).unwrap_or_else(|e| panic!("{}: {e}", id(deployment)));
+            resolve_file(docs, pod, container, &file).unwrap_or_else(|e| panic!("{}: {e}", chart::id(deployment)));
         }
         let account = pod["serviceAccountName"].as_str().expect("serviceAccountName");
-        find(docs, "ServiceAccount", account);
+        chart::find(docs, "ServiceAccount", account);
     }
     for service in docs.iter().filter(|d| d["kind"] == "Service") {
         let selector = service["spec"]["selector"].as_object().unwrap();
@@ -235,7 +145,7 @@ fn check_wiring(docs: &[Value]) {
             backends.len(),
             1,
             "{} selects {} Deployments",
-            id(service),
+            chart::id(service),
             backends.len()
         );
         let ports = &backends[0]["spec"]["template"]["spec"]["containers"][0]["ports"];
@@ -247,7 +157,7 @@ fn check_wiring(docs: &[Value]) {
                     .iter()
                     .any(|p| p["name"] == port["targetPort"]),
                 "{}: no container port named {}",
-                id(service),
+                chart::id(service),
                 port["targetPort"]
             );
         }
@@ -256,8 +166,8 @@ fn check_wiring(docs: &[Value]) {
 
 #[test]
 fn chart_renders_with_default_values() {
-    let docs = render("eds-system", &[]);
-    let objects: BTreeSet<String> = docs.iter().map(id).collect();
+    let docs = chart::render("eds-system", &[]);
+    let objects: BTreeSet<String> = docs.iter().map(chart::id).collect();
     let expected: BTreeSet<String> = [
         "CustomResourceDefinition/eventdrivenservices.platform.bizmatters.io",
         "ServiceAccount/eds-controller",
@@ -284,32 +194,32 @@ fn chart_renders_with_default_values() {
     check_wiring(&docs);
 
     for component in ["controller", "scaler"] {
-        let deployment = find(&docs, "Deployment", &format!("eds-{component}"));
+        let deployment = chart::find(&docs, "Deployment", &format!("eds-{component}"));
         assert_eq!(deployment["spec"]["replicas"], 2);
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["image"], "registry.example.com/platform/eds:0.1.0");
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-        let pdb = find(&docs, "PodDisruptionBudget", &format!("eds-{component}"));
+        let pdb = chart::find(&docs, "PodDisruptionBudget", &format!("eds-{component}"));
         let labels = &deployment["spec"]["template"]["metadata"]["labels"];
         for (key, value) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
             assert_eq!(&labels[key], value, "the PDB selects the {component} pods");
         }
     }
-    let scaler = find(&docs, "Deployment", "eds-scaler");
+    let scaler = chart::find(&docs, "Deployment", "eds-scaler");
     assert_eq!(
         scaler["spec"]["template"]["spec"]["automountServiceAccountToken"],
         false
     );
     assert_eq!(
-        find(&docs, "ServiceAccount", "eds-scaler")["automountServiceAccountToken"],
+        chart::find(&docs, "ServiceAccount", "eds-scaler")["automountServiceAccountToken"],
         false
     );
     let controller_env =
-        env_of(&find(&docs, "Deployment", "eds-controller")["spec"]["template"]["spec"]["containers"][0]);
+        env_of(&chart::find(&docs, "Deployment", "eds-controller")["spec"]["template"]["spec"]["containers"][0]);
     assert_eq!(controller_env["EDS_SCALER_ADDRESS"], "eds-scaler.eds-system.svc:9090");
 
-    let policy = find(&docs, "NetworkPolicy", "eds-scaler");
+    let policy = chart::find(&docs, "NetworkPolicy", "eds-scaler");
     assert_eq!(
         policy["spec"]["ingress"],
         json!([{
@@ -318,7 +228,7 @@ fn chart_renders_with_default_values() {
         }]),
         "only KEDA's namespace reaches the scaler, and only its gRPC port"
     );
-    let service = find(&docs, "Service", "eds-scaler");
+    let service = chart::find(&docs, "Service", "eds-scaler");
     assert_eq!(
         service["spec"]["ports"]
             .as_array()
@@ -328,7 +238,7 @@ fn chart_renders_with_default_values() {
             .collect::<Vec<_>>(),
         [("grpc", 9090), ("http", 8080)]
     );
-    let config = find(&docs, "ConfigMap", "eds-nats")["data"]["connections.yaml"]
+    let config = chart::find(&docs, "ConfigMap", "eds-nats")["data"]["connections.yaml"]
         .as_str()
         .unwrap();
     let connections = eds::nats::parse_config(config).unwrap();
@@ -338,9 +248,9 @@ fn chart_renders_with_default_values() {
 
 #[test]
 fn chart_renders_with_every_option_on() {
-    let docs = render("eds-system", &[full_values()]);
+    let docs = chart::render("eds-system", &[chart::full_values()]);
     check_wiring(&docs);
-    let scaler = find(&docs, "Deployment", "eds-scaler");
+    let scaler = chart::find(&docs, "Deployment", "eds-scaler");
     let container = &scaler["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         container["image"],
@@ -349,10 +259,10 @@ fn chart_renders_with_every_option_on() {
     let env = env_of(container);
     assert_eq!(env["EDS_GRPC_TLS_CLIENT_CA"], "/etc/eds/grpc-tls/ca.crt", "mTLS on");
     let controller_env =
-        env_of(&find(&docs, "Deployment", "eds-controller")["spec"]["template"]["spec"]["containers"][0]);
+        env_of(&chart::find(&docs, "Deployment", "eds-controller")["spec"]["template"]["spec"]["containers"][0]);
     assert_eq!(controller_env["EDS_SCALER_ADDRESS"], "eds-scaler.eds-system.svc:9443");
 
-    let config = find(&docs, "ConfigMap", "eds-nats")["data"]["connections.yaml"]
+    let config = chart::find(&docs, "ConfigMap", "eds-nats")["data"]["connections.yaml"]
         .as_str()
         .unwrap();
     let connections = eds::nats::parse_config(config).unwrap();
@@ -371,7 +281,7 @@ fn chart_renders_with_every_option_on() {
         "no secret inline:\n{config}"
     );
 
-    let policy = find(&docs, "NetworkPolicy", "eds-scaler");
+    let policy = chart::find(&docs, "NetworkPolicy", "eds-scaler");
     let rules = policy["spec"]["ingress"].as_array().unwrap();
     assert_eq!(
         rules[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
@@ -383,20 +293,20 @@ fn chart_renders_with_every_option_on() {
     );
     assert_eq!(rules[1]["ports"][0]["port"], "http");
 
-    let monitor = find(&docs, "ServiceMonitor", "eds");
+    let monitor = chart::find(&docs, "ServiceMonitor", "eds");
     assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
-    let rule = find(&docs, "PrometheusRule", "eds");
+    let rule = chart::find(&docs, "PrometheusRule", "eds");
     let file: Value = serde_yaml::from_str(&read(&promql::rules_path())).unwrap();
     assert_eq!(rule["spec"], file, "the rules reach Prometheus untouched by templating");
 }
 
 #[test]
 fn chart_passes_helm_lint() {
-    for values in [vec![image_values()], vec![full_values()]] {
+    for values in [vec![chart::image_values()], vec![chart::full_values()]] {
         let mut command = Command::new(tool("helm"));
         command
-            .args(["lint", "--strict", "--kube-version", KUBE_VERSION])
-            .arg(chart());
+            .args(["lint", "--strict", "--kube-version", chart::KUBE_VERSION])
+            .arg(chart::dir());
         for file in &values {
             command.arg("--values").arg(file);
         }
@@ -413,7 +323,7 @@ fn chart_passes_helm_lint() {
 #[test]
 fn third_party_values_files_are_mappings() {
     for name in ["nats.yaml", "keda.yaml"] {
-        let path = root().join("deploy/values").join(name);
+        let path = repo::path("deploy/values").join(name);
         let values: serde_yaml::Value =
             serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(values.as_mapping().is_some_and(|m| !m.is_empty()), "{}", path.display());
@@ -480,7 +390,7 @@ fn values_schema_refuses_bad_values() {
     for (i, (values, needle)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad-{i}.yaml"));
         std::fs::write(&file, values).unwrap();
-        match helm_template("eds-system", &[file]) {
+        match chart::template("eds", "eds-system", &[format!("--values={}", file.display())]) {
             Ok(_) => panic!("helm accepted bad values:\n{values}"),
             Err(message) => assert!(
                 message.contains(needle),
@@ -493,8 +403,8 @@ fn values_schema_refuses_bad_values() {
 #[test]
 fn chart_crd_is_the_generated_one() {
     let name = "eventdrivenservices.platform.bizmatters.io.yaml";
-    let generated = root().join("apis").join(name);
-    let copy = chart().join("files").join(name);
+    let generated = repo::path("apis").join(name);
+    let copy = chart::dir().join("files").join(name);
     assert!(
         read(&generated) == read(&copy),
         "{} differs from {}: run scripts/gen-crd.sh",
@@ -534,7 +444,7 @@ fn permissions(rules: &Value) -> BTreeSet<(String, String, String, String)> {
 
 #[test]
 fn chart_controller_roles_are_the_tested_ones() {
-    let docs = render("eds-system", &[]);
+    let docs = chart::render("eds-system", &[]);
     for (file, kind, name) in [
         ("controller-clusterrole.yaml", "ClusterRole", "eds-controller"),
         (
@@ -543,17 +453,91 @@ fn chart_controller_roles_are_the_tested_ones() {
             "eds-controller-leader-election",
         ),
     ] {
-        let shipped = documents(&read(&root().join("deploy/rbac").join(file)));
+        let shipped = chart::documents(&read(&repo::path("deploy/rbac").join(file)));
         let shipped = shipped
             .iter()
             .find(|d| d["kind"] == kind)
             .unwrap_or_else(|| panic!("a {kind} in deploy/rbac/{file}"));
         assert_eq!(
-            permissions(&find(&docs, kind, name)["rules"]),
+            permissions(&chart::find(&docs, kind, name)["rules"]),
             permissions(&shipped["rules"]),
             "the chart's {kind} must grant exactly what the controller's RBAC test proves enough (deploy/rbac/{file})"
         );
     }
+}
+
+/// Where Crossplane serves the API (`eds function`), the chart installs the
+/// scaler alone: no controller, none of its RBAC, and no CRD (the XRD defines
+/// the same API). By default the CRD is in, and kept when the release goes.
+#[test]
+fn scaler_only_mode_leaves_out_the_controller_and_the_crd() {
+    let ids = |docs: &[Value]| docs.iter().map(chart::id).collect::<BTreeSet<String>>();
+    let default = chart::render("eds-system", &[]);
+    let crd = default
+        .iter()
+        .find(|d| d["kind"] == "CustomResourceDefinition")
+        .expect("the CRD by default");
+    assert_eq!(crd["metadata"]["name"], "eventdrivenservices.platform.bizmatters.io");
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    let generated = chart::documents(&read(&repo::path(eds::api::CRD_FILE))).remove(0);
+    assert_eq!(crd["spec"], generated["spec"], "the chart's CRD is the generated one");
+
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("scaler-only.yaml");
+    std::fs::write(&values, "crd:\n  install: false\ncontroller:\n  enabled: false\n").unwrap();
+    let scaler_only = chart::render("eds-system", &[values]);
+    let left_out: Vec<String> = ids(&default).difference(&ids(&scaler_only)).cloned().collect();
+    assert!(
+        scaler_only.iter().all(|d| {
+            d["kind"] != "CustomResourceDefinition"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] != "controller"
+        }),
+        "scaler-only still has {:?}",
+        ids(&scaler_only)
+    );
+    assert!(
+        left_out.iter().any(|i| i.starts_with("ClusterRole/")) && left_out.iter().any(|i| i.starts_with("Deployment/")),
+        "{left_out:?}"
+    );
+    let scaler = scaler_only
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the scaler Deployment");
+    assert_eq!(scaler["metadata"]["labels"]["app.kubernetes.io/component"], "scaler");
+    assert!(ids(&scaler_only).iter().any(|i| i.starts_with("Service/")));
+}
+
+// Names at their longest, the image the chart requires, and Argo CD's
+// projects against what each Application creates.
+
+fn root() -> &'static Path {
+    repo::root()
+}
+
+fn image_values() -> PathBuf {
+    chart::image_values()
+}
+
+fn full_values() -> PathBuf {
+    chart::full_values()
+}
+
+/// `helm template` of the chart exactly as given: release name, namespace,
+/// values files in order, and extra arguments.
+fn helm_template_as(release: &str, namespace: &str, values: &[PathBuf], extra: &[&str]) -> Result<String, String> {
+    let args: Vec<String> = values
+        .iter()
+        .map(|file| format!("--values={}", file.display()))
+        .chain(extra.iter().map(|a| a.to_string()))
+        .collect();
+    chart::template(release, namespace, &args)
+}
+
+/// As [`helm_template_as`] for release `eds`, with an image first.
+fn helm_template(namespace: &str, values: &[PathBuf]) -> Result<String, String> {
+    let mut all = vec![image_values()];
+    all.extend_from_slice(values);
+    helm_template_as("eds", namespace, &all, &[])
 }
 
 #[test]
@@ -977,481 +961,3 @@ fn argocd_projects_permit_what_their_applications_create() {
     assert!(glob("team-*", "team-orders") && !glob("team-*", "nats") && glob("*", ""));
 }
 
-#[test]
-fn promql_names_skip_strings_and_fold_histogram_series() {
-    let names = promql::metric_names(
-        r#"histogram_quantile(0.99, sum by (le) (rate(eds_x_seconds_bucket{code!="eds_fake"}[5m]))) / eds_y_total"#,
-    );
-    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["eds_x_seconds", "eds_y_total"]);
-}
-
-#[test]
-fn dashboard_and_alerts_query_only_exported_metrics() {
-    let exported = promql::exported_metric_names();
-    let used = promql::kit_metric_names();
-    let unknown: Vec<&String> = used.difference(&exported).collect();
-    assert!(
-        unknown.is_empty(),
-        "the kit queries metrics eds does not export: {unknown:?}"
-    );
-    // Every alert and every panel target queries at least one eds metric.
-    for expr in promql::rule_expressions() {
-        assert!(!promql::metric_names(&expr).is_empty(), "{expr}");
-    }
-    let queries = promql::dashboard_queries();
-    assert!(queries.len() > 20, "{} queries", queries.len());
-    for query in &queries {
-        assert!(!promql::metric_names(query).is_empty(), "{query}");
-    }
-}
-
-fn promtool(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(tool("promtool"))
-        .args(args)
-        .output()
-        .expect("running promtool");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() { Ok(text) } else { Err(text) }
-}
-
-/// The items of every `inner` list of every item of the `outer` list.
-fn nested<'a>(value: &'a Value, outer: &str, inner: &'a str) -> impl Iterator<Item = &'a Value> {
-    value[outer]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(move |item| item[inner].as_array().into_iter().flatten())
-}
-
-#[test]
-fn alerts_fire_when_they_should_and_only_then() {
-    let rules = promql::rules_path();
-    promtool(&["check", "rules", rules.to_str().unwrap()]).unwrap_or_else(|e| panic!("promtool check rules:\n{e}"));
-    let tests = root().join("tests/fixtures/prometheus-rules-test.yaml");
-    promtool(&["test", "rules", tests.to_str().unwrap()]).unwrap_or_else(|e| panic!("promtool test rules:\n{e}"));
-
-    // Every alert has a case where it fires.
-    let rule_file: Value = serde_yaml::from_str(&read(&rules)).unwrap();
-    let alerts: BTreeSet<&str> = nested(&rule_file, "groups", "rules")
-        .map(|r| r["alert"].as_str().unwrap())
-        .collect();
-    let test_file: Value = serde_yaml::from_str(&read(&tests)).unwrap();
-    let firing: BTreeSet<&str> = nested(&test_file, "tests", "alert_rule_test")
-        .filter(|c| c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()))
-        .map(|c| c["alertname"].as_str().unwrap())
-        .collect();
-    assert_eq!(firing, alerts, "each alert needs a test case in which it fires");
-}
-
-#[test]
-fn dashboard_queries_are_valid_promql() {
-    for query in promql::dashboard_queries() {
-        // Grafana's label_values(selector, label) wraps a series selector.
-        let promql = match query.strip_prefix("label_values(") {
-            Some(rest) => rest
-                .rsplit_once(',')
-                .map(|(selector, _)| selector)
-                .unwrap_or(rest)
-                .to_string(),
-            None => query.clone(),
-        };
-        let promql = promql
-            .replace("$__rate_interval", "5m")
-            .replace("$stream", ".*")
-            .replace("$consumer", ".*")
-            .replace("$namespace", ".*");
-        assert!(
-            !promql.contains('$'),
-            "a dashboard variable the test does not know: {query}"
-        );
-        promtool(&["--experimental", "promql", "format", &promql])
-            .unwrap_or_else(|e| panic!("not PromQL: {query}\n{e}"));
-    }
-}
-
-/// Every `eds_*` string literal in `src/`: the names eds registers.
-fn names_in_source(dir: &Path, out: &mut BTreeSet<String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            names_in_source(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            for literal in read(&path).split('"').skip(1).step_by(2) {
-                if literal.starts_with("eds_") && literal.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-                    out.insert(literal.to_string());
-                }
-            }
-        }
-    }
-}
-
-#[test]
-fn exported_metric_list_matches_the_source() {
-    let mut in_source = BTreeSet::new();
-    names_in_source(&root().join("src"), &mut in_source);
-    let listed = promql::exported_metric_names();
-    let missing: Vec<&String> = listed.difference(&in_source).collect();
-    assert!(
-        missing.is_empty(),
-        "listed in tests/fixtures/exported-metrics.txt but not in src/: {missing:?}"
-    );
-}
-
-/// YAML files of `deploy/` and `examples/` that are Kubernetes manifests: all
-/// of them but the Helm chart's sources (its CRD copy included) and the
-/// values files of `deploy/values/`.
-fn manifest_files() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&root().join("deploy"), &mut files);
-    files.retain(|f| !f.starts_with(chart()) && !f.starts_with(root().join("deploy/values")));
-    walk(&root().join("examples"), &mut files);
-    files.sort();
-    files
-}
-
-/// Server-side apply with `dryRun=All`: every admission step runs, nothing is
-/// stored. Objects without a namespace land in `namespace`.
-async fn dry_run(client: &Client, doc: &Value, namespace: &str) -> Result<(), String> {
-    let object: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
-    let types = object.types.clone().ok_or("no apiVersion or kind")?;
-    let gvk = GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
-    let (resource, caps) = pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| format!("unknown kind: {e}"))?;
-    let name = object.metadata.name.clone().ok_or("no metadata.name")?;
-    let api: Api<DynamicObject> = match caps.scope {
-        Scope::Cluster => Api::all_with(client.clone(), &resource),
-        Scope::Namespaced => {
-            let ns = object.metadata.namespace.as_deref().unwrap_or(namespace);
-            ensure_namespace(client, ns, &[]).await;
-            Api::namespaced_with(client.clone(), ns, &resource)
-        }
-    };
-    // Strict: a field the schema does not know is an error, not silently pruned.
-    let mut params = PatchParams::apply("eds-kit").force().dry_run();
-    params.field_validation = Some(ValidationDirective::Strict);
-    api.patch(&name, &params, &Patch::Apply(&object))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-async fn ensure_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
-    let namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels.iter().copied().collect::<BTreeMap<_, _>>()}
-    }))
-    .unwrap();
-    match Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating namespace {name}: {e}"),
-    }
-}
-
-/// The pod a workload would create, for the Pod Security admission check.
-fn pod_of(doc: &Value) -> Option<Value> {
-    let template = match doc["kind"].as_str()? {
-        "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => &doc["spec"]["template"],
-        "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"],
-        _ => return None,
-    };
-    let name = format!(
-        "{}-{}",
-        doc["kind"].as_str()?.to_lowercase(),
-        doc["metadata"]["name"].as_str()?
-    );
-    Some(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
-    }))
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn every_manifest_passes_server_side_dry_run() {
-    let cp = cluster::shared();
-    let client = cp.client().await;
-    for crds in ["monitoring.coreos.com.yaml", "argoproj.io.yaml"] {
-        cluster::apply_file(&client, &root().join("tests/fixtures/crds").join(crds), None).await;
-    }
-    // Workloads must meet the Restricted profile: the namespace enforces it
-    // and every pod template is submitted as a Pod.
-    let ns = format!("kit-{}", std::process::id());
-    ensure_namespace(&client, &ns, &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
-
-    let mut manifests: Vec<(String, Value)> = Vec::new();
-    for (label, values) in [
-        ("chart (defaults)", vec![]),
-        ("chart (full values)", vec![full_values()]),
-        (
-            "chart (longest names)",
-            vec![
-                full_values(),
-                root().join("tests/fixtures/chart/longest-names-values.yaml"),
-            ],
-        ),
-    ] {
-        manifests.extend(render(&ns, &values).into_iter().map(|d| (label.to_string(), d)));
-    }
-    let files = manifest_files();
-    for file in &files {
-        let label = file.strip_prefix(root()).unwrap().display().to_string();
-        manifests.extend(documents(&read(file)).into_iter().map(|d| (label.clone(), d)));
-    }
-    // What each example claim renders to, as the controller applies it.
-    let examples = root().join("examples");
-    for file in files.iter().filter(|f| f.starts_with(&examples)) {
-        let label = format!("eds render {}", file.strip_prefix(root()).unwrap().display());
-        let rendered = eds::render::render_text(&read(file), &eds::render::Platform::default())
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        manifests.extend(documents(&rendered).into_iter().map(|d| (label.clone(), d)));
-    }
-    let rendered = manifests
-        .iter()
-        .filter(|(label, _)| label.starts_with("eds render"))
-        .count();
-    assert!(
-        rendered >= 20,
-        "five example files render four children per claim: {rendered}"
-    );
-    let pods: Vec<(String, Value)> = manifests
-        .iter()
-        .filter_map(|(label, doc)| pod_of(doc).map(|pod| (format!("{label} {}", id(doc)), pod)))
-        .collect();
-    assert!(pods.len() >= 5, "two charts' two Deployments and the stream setup Job");
-
-    // Pods need their ServiceAccounts to exist; create those for real.
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    for (_, pod) in &pods {
-        let name = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
-        let account = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        match accounts.create(&PostParams::default(), &account).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => panic!("creating ServiceAccount {name}: {e}"),
-        }
-    }
-
-    let mut failures = Vec::new();
-    for (label, doc) in manifests.iter().chain(&pods) {
-        if let Err(e) = dry_run(&client, doc, &ns).await {
-            failures.push(format!("{label}: {}: {e}", id(doc)));
-        }
-    }
-    eprintln!(
-        "dry-run: {} objects (three chart renderings, {} files, and the {rendered} children the example claims render to) and {} pods",
-        manifests.len(),
-        files.len(),
-        pods.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "refused by the API server:\n{}",
-        failures.join("\n")
-    );
-
-    // The check can fail: a pod that may run as root is refused there.
-    let mut bad = pods[0].1.clone();
-    bad["metadata"]["name"] = json!("may-run-as-root");
-    bad["spec"]["securityContext"]["runAsNonRoot"] = json!(false);
-    let refused = dry_run(&client, &bad, &ns).await.expect_err("Pod Security refuses it");
-    assert!(refused.contains("PodSecurity \"restricted"), "{refused}");
-}
-
-/// One JetStream API request; the reply's `error`, if any, as Err.
-async fn js_api(client: &async_nats::Client, subject: String, body: Vec<u8>) -> Result<Value, String> {
-    let reply = client
-        .request(subject.clone(), Bytes::from(body))
-        .await
-        .map_err(|e| format!("{subject}: {e}"))?;
-    let value: Value = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
-    match value.get("error") {
-        Some(error) => Err(format!("{subject}: {error}")),
-        None => Ok(value),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn stream_setup_configs_are_accepted_by_jetstream() {
-    let docs = documents(&read(&root().join("deploy/nats/stream-setup-job.yaml")));
-    let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("the ConfigMap");
-    let stream: Value = serde_json::from_str(config_map["data"]["stream.json"].as_str().unwrap()).unwrap();
-    let consumer: Value = serde_json::from_str(config_map["data"]["consumer.json"].as_str().unwrap()).unwrap();
-    let stream_name = stream["name"].as_str().unwrap();
-    let durable = consumer["durable_name"].as_str().unwrap();
-    let job = docs.iter().find(|d| d["kind"] == "Job").expect("the Job");
-    let script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-        .as_str()
-        .unwrap();
-    assert!(script.contains(&format!("stream={stream_name}\n")), "{script}");
-    assert!(script.contains(&format!("consumer={durable}\n")), "{script}");
-
-    // Three servers: the stream asks for three replicas.
-    let nats = NatsCluster::start(3);
-    let client = async_nats::connect(nats.servers[0].url()).await.unwrap();
-    let body = serde_json::to_vec(&stream).unwrap();
-    eventually("creating the stream", || {
-        js_api(&client, format!("$JS.API.STREAM.CREATE.{stream_name}"), body.clone())
-    })
-    .await;
-    // What `nats stream edit` sends on a re-run: the same config is accepted.
-    js_api(&client, format!("$JS.API.STREAM.UPDATE.{stream_name}"), body)
-        .await
-        .unwrap();
-
-    let request = serde_json::to_vec(&json!({"stream_name": stream_name, "config": consumer})).unwrap();
-    let subject = format!("$JS.API.CONSUMER.CREATE.{stream_name}.{durable}");
-    eventually("creating the consumer", || {
-        js_api(&client, subject.clone(), request.clone())
-    })
-    .await;
-    let info = js_api(&client, subject, request)
-        .await
-        .expect("re-creating with the same config");
-    // The server keeps the settings as written, so a re-run finds nothing to change.
-    for key in [
-        "ack_policy",
-        "ack_wait",
-        "max_deliver",
-        "backoff",
-        "max_ack_pending",
-        "filter_subjects",
-    ] {
-        assert_eq!(info["config"][key], consumer[key], "consumer {key}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn scaler_needs_only_the_documented_nats_permissions() {
-    let permissions = read(&root().join("deploy/nats/eds-permissions.conf"));
-    let nats = NatsServer::start_with(&format!(
-        "{permissions}\nauthorization {{\n  users: [\n    {{user: eds, password: eds-pass, permissions: $EDS_PERMISSIONS}}\n    {{user: admin, password: admin-pass}}\n  ]\n}}\n"
-    ));
-    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pass".into())
-        .connect(nats.url())
-        .await
-        .unwrap();
-    let js = jetstream::new(admin);
-    let work = js
-        .create_stream(stream::Config {
-            name: "WORK".into(),
-            subjects: vec!["work.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    for name in ["busy", "idle"] {
-        work.create_consumer(consumer::pull::Config {
-            durable_name: Some(name.into()),
-            filter_subject: format!("work.{name}"),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    for _ in 0..3 {
-        js.publish("work.busy", "job".into()).await.unwrap().await.unwrap();
-    }
-
-    let mut args = NatsConfig::for_url(nats.url());
-    args.default.user = Some("eds".into());
-    args.default.password = Some("eds-pass".into());
-    let tuning = Tuning {
-        cache_ttl: Duration::from_millis(200),
-        ..Tuning::default()
-    };
-    let scaler = RunningScaler::start_with(args, tuning, None).await;
-    let mut client = scaler.client().await;
-    let busy = scaled_object(&[("stream", "WORK"), ("consumer", "busy")]);
-    assert_eq!(lag_of(&mut client, &busy).await.unwrap(), 3);
-
-    let idle = scaled_object(&[("stream", "WORK"), ("consumer", "idle")]);
-    let mut pushed = client.stream_is_active(idle).await.unwrap().into_inner();
-    let first = pushed.message().await.unwrap().expect("the current activity");
-    assert!(!first.result);
-    // Give the watcher time to set up its notifier (a JetStream consumer of its
-    // own), then wake the consumer.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    js.publish("work.idle", "job".into()).await.unwrap().await.unwrap();
-    let woke = tokio::time::timeout(Duration::from_secs(5), pushed.message())
-        .await
-        .expect("push activation within 5 s")
-        .unwrap()
-        .expect("stream open");
-    assert!(woke.result);
-    // Closing the stream deletes the watcher's consumer: that needs permission
-    // too. The server logs every request the permissions refused.
-    drop(pushed);
-    drop(client);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let log = nats.peer.log();
-    assert!(
-        !log.contains("Violation"),
-        "eds needed more than deploy/nats/eds-permissions.conf grants:\n{}",
-        log.lines()
-            .filter(|l| l.contains("Violation"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
-
-/// Where Crossplane serves the API (`eds function`), the chart installs the
-/// scaler alone: no controller, none of its RBAC, and no CRD (the XRD defines
-/// the same API). By default the CRD is in, and kept when the release goes.
-#[test]
-fn scaler_only_mode_leaves_out_the_controller_and_the_crd() {
-    let ids = |docs: &[Value]| docs.iter().map(id).collect::<BTreeSet<String>>();
-    let default = render("eds-system", &[]);
-    let crd = default
-        .iter()
-        .find(|d| d["kind"] == "CustomResourceDefinition")
-        .expect("the CRD by default");
-    assert_eq!(crd["metadata"]["name"], "eventdrivenservices.platform.bizmatters.io");
-    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
-    let generated = documents(&read(&root().join(eds::api::CRD_FILE))).remove(0);
-    assert_eq!(crd["spec"], generated["spec"], "the chart's CRD is the generated one");
-
-    let dir = tempfile::tempdir().unwrap();
-    let values = dir.path().join("scaler-only.yaml");
-    std::fs::write(&values, "crd:\n  install: false\ncontroller:\n  enabled: false\n").unwrap();
-    let scaler_only = render("eds-system", &[values]);
-    let left_out: Vec<String> = ids(&default).difference(&ids(&scaler_only)).cloned().collect();
-    assert!(
-        scaler_only.iter().all(|d| {
-            d["kind"] != "CustomResourceDefinition"
-                && d["metadata"]["labels"]["app.kubernetes.io/component"] != "controller"
-        }),
-        "scaler-only still has {:?}",
-        ids(&scaler_only)
-    );
-    assert!(
-        left_out.iter().any(|i| i.starts_with("ClusterRole/")) && left_out.iter().any(|i| i.starts_with("Deployment/")),
-        "{left_out:?}"
-    );
-    let scaler = scaler_only
-        .iter()
-        .find(|d| d["kind"] == "Deployment")
-        .expect("the scaler Deployment");
-    assert_eq!(scaler["metadata"]["labels"]["app.kubernetes.io/component"], "scaler");
-    assert!(ids(&scaler_only).iter().any(|i| i.starts_with("Service/")));
-}

@@ -3,8 +3,6 @@
 //! (the harness the e2e tests use), applies the claim files given as
 //! arguments with a stream and durable consumer for each, prints where
 //! everything is, then takes commands on stdin until Ctrl-C stops it all.
-#[path = "../support/mod.rs"]
-mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,7 +15,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde::Deserialize as _;
-use support::{js, kube as control_plane, rig::Rig};
+use testkit::{control_plane, js, rig::Rig};
 
 const DEFAULT_NAMESPACE: &str = "default";
 const HELP: &str = "commands: `pub N [CLAIM]` publishes N messages to the claim's stream, \
@@ -90,7 +88,12 @@ async fn main() {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             line = lines.recv() => match line {
-                Some(line) => run_command(&client, &js, &claims, line.trim()).await,
+                Some(line) => {
+                    if matches!(line.trim(), "" | "status") {
+                        print_peers(&rig, &control_plane);
+                    }
+                    run_command(&client, &js, &claims, line.trim()).await
+                }
                 // stdin closed (not a terminal): keep running until Ctrl-C.
                 None => {
                     let _ = tokio::signal::ctrl_c().await;
@@ -101,6 +104,21 @@ async fn main() {
     }
     println!("stopping");
     drop(rig);
+}
+
+/// Whether every peer still runs; a peer that exited by itself is named,
+/// with the end of its log (nothing works as it should without it).
+fn print_peers(rig: &Rig, control_plane: &control_plane::ControlPlane) {
+    let report = rig.report(control_plane);
+    let running = report.iter().filter(|line| line.ends_with(": running")).count();
+    if running == report.len() {
+        println!("peers: all {running} running");
+        return;
+    }
+    println!("peers: {running} of {} running", report.len());
+    for line in report.iter().filter(|line| !line.ends_with(": running")) {
+        println!("{line}");
+    }
 }
 
 /// The claim's stream (subjects `<stream>.>`) and durable pull consumer.

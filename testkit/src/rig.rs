@@ -1,9 +1,9 @@
 //! The whole platform on loopback, for the end-to-end tests and for a person
-//! (`scripts/rig.sh`): the control plane of [`super::kube`], KEDA's operator
-//! and metrics adapter ([`super::keda`]), a nats-server with JetStream and
+//! (`scripts/rig.sh`): the control plane of [`crate::control_plane`], KEDA's operator
+//! and metrics adapter ([`crate::keda`]), a nats-server with JetStream and
 //! HTTP monitoring, and the `eds scaler` and `eds controller` binaries.
 //!
-//! ```ignore
+//! ```text
 //! let rig = rig::shared(Path::new(env!("CARGO_BIN_EXE_eds"))); // one per test binary
 //! let client = rig.client().await;
 //! rig.nats().stop();    // an outage; `start_again` ends it
@@ -18,7 +18,6 @@
 //! ([`Rig::start_scaler`], [`Rig::start_controller`]). The rig's controller
 //! watches every namespace, so it would fight the scenario's over the same
 //! claim: [`Rig::pause_controller`] stops it meanwhile.
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -29,10 +28,10 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use super::keda::Keda;
-use super::kube::{self as control_plane, ControlPlane, apply_yaml};
-use super::nats::NatsServer;
-use super::process::{Peer, free_port, remove_at_exit};
+use crate::control_plane::{self, ControlPlane, apply_yaml};
+use crate::keda::Keda;
+use crate::nats::NatsServer;
+use crate::process::{Peer, free_port, remove_at_exit};
 
 const STARTUP: Duration = Duration::from_secs(60);
 
@@ -46,6 +45,7 @@ pub fn shared(eds: &Path) -> SharedRig {
     static RIG: OnceLock<Rig> = OnceLock::new();
     let control_plane = control_plane::shared();
     let rig = RIG.get_or_init(|| Rig::start(&control_plane, eds));
+    rig.assert_running();
     SharedRig { rig, control_plane }
 }
 
@@ -102,6 +102,7 @@ pub struct Rig {
     scaler: Mutex<Peer>,
     controller: Mutex<Peer>,
     keda: Mutex<Keda>,
+    keda_started: Instant,
     dir: PathBuf,
     eds: PathBuf,
     controller_http_port: u16,
@@ -155,20 +156,36 @@ impl Rig {
 
     /// Prints the tail of every peer's log but the control plane's.
     pub fn print_logs(&self) {
-        let print = |peer: &Peer| {
-            let log = peer.log();
-            let tail: Vec<&str> = log.lines().rev().take(150).collect();
-            eprintln!("----- {} log (last {} lines) -----", peer.name, tail.len());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        };
-        print(&self.nats().peer);
-        print(&self.scaler.lock().unwrap_or_else(|e| e.into_inner()));
-        print(&self.controller());
-        let keda = self.keda.lock().unwrap_or_else(|e| e.into_inner());
-        print(&keda.operator);
-        print(&keda.adapter);
+        self.each_peer(Peer::print_log);
+    }
+
+    /// Fails the test, with its log, if a peer exited by itself (one that a
+    /// test stopped on purpose, such as NATS during an outage, is fine).
+    pub fn assert_running(&self) {
+        self.each_peer(Peer::assert_running);
+    }
+
+    /// One line per peer, the control plane's included: its name and state,
+    /// and the tail of its log when it exited by itself.
+    pub fn report(&self, cp: &ControlPlane) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.each_peer(|peer| lines.push(peer.report()));
+        lines.extend(cp.report());
+        lines
+    }
+
+    /// When KEDA's operator and adapter were started.
+    pub fn keda_started(&self) -> Instant {
+        self.keda_started
+    }
+
+    fn each_peer(&self, mut f: impl FnMut(&mut Peer)) {
+        f(&mut self.nats().peer);
+        f(&mut self.scaler.lock().unwrap_or_else(|e| e.into_inner()));
+        f(&mut self.controller());
+        let mut keda = self.keda.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut keda.operator);
+        f(&mut keda.adapter);
     }
 
     /// Where the rig keeps its state and logs.
@@ -253,6 +270,7 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
 
     let scaler = start_scaler::<&str>(eds, &nats_url, &dir, "eds-scaler", &[]);
 
+    let keda_started = Instant::now();
     let keda = Keda::start(cp, &client, &dir).await;
 
     apply_yaml(
@@ -278,6 +296,7 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         scaler: Mutex::new(scaler.peer),
         controller: Mutex::new(controller),
         keda: Mutex::new(keda),
+        keda_started,
         dir,
         eds: eds.to_path_buf(),
         controller_http_port,

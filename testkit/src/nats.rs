@@ -1,14 +1,13 @@
 //! Real nats-server peers: one server, or a cluster, on free loopback ports
 //! with JetStream and their own store directories.
-#![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::process::{Peer, free_port, tool};
+use crate::process::{Peer, free_port, tool};
 
 /// One nats-server with JetStream.
 pub struct NatsServer {
@@ -141,20 +140,5 @@ impl NatsCluster {
     /// Every server's URL, comma separated (the scaler's configured list).
     pub fn urls(&self) -> String {
         self.servers.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
-    }
-}
-
-/// Retries `f` until it succeeds (a cluster needs a moment to elect leaders).
-pub async fn eventually<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e:?}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
     }
 }

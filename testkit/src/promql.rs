@@ -1,21 +1,19 @@
 //! The metric names the platform kit's PromQL uses: the Grafana dashboard's
 //! queries and the PrometheusRule's expressions. A histogram's `_bucket`,
 //! `_sum` and `_count` series count as its base name.
-#![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::prometheus::base_name;
+use crate::repo::{self, read};
 
 pub fn dashboard_path() -> PathBuf {
-    root().join("deploy/grafana/eds-dashboard.json")
+    repo::path("deploy/grafana/eds-dashboard.json")
 }
 
 pub fn rules_path() -> PathBuf {
-    root().join("deploy/helm/eds/files/prometheus-rules.yaml")
+    repo::path("deploy/helm/eds/files/prometheus-rules.yaml")
 }
 
 /// Every `eds_*` metric name the dashboard and the alerts query.
@@ -29,9 +27,7 @@ pub fn kit_metric_names() -> BTreeSet<String> {
 
 /// The names listed in `tests/fixtures/exported-metrics.txt`.
 pub fn exported_metric_names() -> BTreeSet<String> {
-    let path = root().join("tests/fixtures/exported-metrics.txt");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    read(&repo::path("tests/fixtures/exported-metrics.txt"))
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -43,7 +39,7 @@ pub fn exported_metric_names() -> BTreeSet<String> {
 /// every query variable, of the dashboard.
 pub fn dashboard_queries() -> Vec<String> {
     let path = dashboard_path();
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = read(&path);
     let json: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
     let strings = |values: Vec<&serde_json::Value>| -> Vec<String> {
@@ -75,7 +71,7 @@ pub fn dashboard_queries() -> Vec<String> {
 /// Every alert's `expr` in the chart's rule file.
 pub fn rule_expressions() -> Vec<String> {
     let path = rules_path();
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = read(&path);
     let rules: serde_yaml::Value =
         serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
     let groups = rules["groups"].as_sequence().expect("groups");
@@ -94,11 +90,7 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut word = String::new();
     let mut flush = |word: &mut String| {
         if word.starts_with("eds_") {
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| word.strip_suffix(suffix))
-                .unwrap_or(word);
-            names.insert(base.to_string());
+            names.insert(base_name(word).to_string());
         }
         word.clear();
     };

@@ -1,5 +1,4 @@
 //! A throwaway PKI for TLS tests: one CA, and leaf certificates it signs.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
