@@ -172,7 +172,7 @@ impl Connections {
         let settings = config
             .connection_settings()?
             .remove(name)
-            .ok_or_else(|| crate::lag::LagError::UnknownConnection(name.to_string()))?;
+            .ok_or_else(|| Error::Config(format!("no NATS connection named {name:?} is configured")))?;
         let conn = connect_one(name, &settings, client_name, config.request_timeout).await?;
         Ok(Connections {
             by_name: Arc::new(BTreeMap::from([(name.to_string(), conn)])),

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
+use testkit::chart::{documents, id};
 use testkit::process::tool;
 use testkit::repo::{self, read};
-use testkit::chart::{documents, id};
 use testkit::{chart, promql};
 
 fn env_of(container: &Value) -> BTreeMap<String, String> {
@@ -960,4 +960,3 @@ fn argocd_projects_permit_what_their_applications_create() {
     );
     assert!(glob("team-*", "team-orders") && !glob("team-*", "nats") && glob("*", ""));
 }
-
