@@ -191,10 +191,25 @@ spec:
         deployments.get(WORKER).await.ok()?.spec?.replicas
     }
 
+    /// Waits until the Deployment asks for `want` replicas and its controller
+    /// has caught up with that (`status.observedGeneration`; at zero, no
+    /// replica left). KEDA scales through the scale subresource and does not
+    /// retry a conflict: a publish while the Deployment controller is still
+    /// writing its status would lose the activation to that race, not to
+    /// anything eds does.
     pub async fn wait_replicas(&self, want: i32, timeout: Duration) {
-        eventually(&format!("spec.replicas == {want}"), timeout, async || {
-            (self.replicas().await == Some(want)).then_some(())
-        })
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.ns);
+        eventually(
+            &format!("spec.replicas == {want}, observed by the Deployment controller"),
+            timeout,
+            async || {
+                let deployment = deployments.get(WORKER).await.ok()?;
+                let status = deployment.status.unwrap_or_default();
+                let settled = status.observed_generation >= deployment.metadata.generation
+                    && (want != 0 || status.replicas.unwrap_or(0) == 0);
+                (deployment.spec?.replicas == Some(want) && settled).then_some(())
+            },
+        )
         .await;
     }
 
