@@ -231,8 +231,9 @@ pub struct ConsumerConfig {
     #[x_kube(validation = Rule::new("self >= 1 && self <= 10000").message("nats.consumerConfig.maxDeliver must be between 1 and 10000"))]
     pub max_deliver: i64,
 
-    /// Waits before each redelivery, in place of `ackWait` (the last one
-    /// repeats): durations such as 10s or 1m, from 1s to 1h.
+    /// Waits before each redelivery, in place of `ackWait` (JetStream takes
+    /// the first step as the ack wait; the last one repeats): durations such
+    /// as 10s or 1m, from 1s to 1h.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(max = 16)))]
     #[x_kube(validation = Rule::new(schema::CONSUMER_BACKOFF_RULE).message("nats.consumerConfig.backoff steps must be durations such as 10s or 1m, from 1s to 1h"))]
@@ -283,13 +284,12 @@ pub const DEFAULT_MAX_DELIVER: i64 = 5;
 
 impl ConsumerConfig {
     /// The longest a replica may hold one message before JetStream hands it
-    /// to another: `ackWait`, or the longest `backoff` step when longer.
+    /// to another: the longest `backoff` step, or `ackWait` without one.
     pub fn longest_ack_wait(&self) -> Option<Duration> {
-        let mut longest = parse_duration(&self.ack_wait)?;
-        for step in &self.backoff {
-            longest = longest.max(parse_duration(step)?);
+        if self.backoff.is_empty() {
+            return parse_duration(&self.ack_wait);
         }
-        Some(longest)
+        self.backoff.iter().map(|step| parse_duration(step)).max().flatten()
     }
 }
 

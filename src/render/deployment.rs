@@ -91,7 +91,10 @@ pub fn desired_deployment(eds: &EventDrivenService) -> Result<Deployment, Resour
         // stays offline, and a change on the NATS side never rolls the pods.
         termination_grace_period_seconds: Some(termination_grace_period_seconds(
             spec.termination_grace_period_seconds,
-            spec.nats.consumer_config.as_ref().and_then(ConsumerConfig::longest_ack_wait),
+            spec.nats
+                .consumer_config
+                .as_ref()
+                .and_then(ConsumerConfig::longest_ack_wait),
         )),
         ..PodSpec::default()
     };
@@ -442,7 +445,8 @@ mod tests {
             backoff: backoff.iter().map(|s| s.to_string()).collect(),
             ..ConsumerConfig::default()
         };
-        let grace = |config| pod(&EventDrivenService::test().with_consumer_config(config)).termination_grace_period_seconds;
+        let grace =
+            |config| pod(&EventDrivenService::test().with_consumer_config(config)).termination_grace_period_seconds;
         assert_eq!(grace(config("2m", &[])), Some(130));
         assert_eq!(grace(config("1500ms", &[])), Some(12));
         // A backoff step longer than ackWait is the longest a message is held.
