@@ -186,7 +186,6 @@ async fn an_immutable_change_is_reported_and_nothing_changes() {
         outcome,
         Outcome::Misconfigured(vec!["spec.nats.consumerConfig.deliverPolicy"])
     );
-    assert_eq!(outcome.problem_reason(), Some("Misconfigured"));
     let after = rig.live("orders-workers").await.unwrap();
     assert_eq!(after, before, "not even the updatable ackWait is changed");
 }
@@ -200,7 +199,6 @@ async fn an_unstamped_consumer_is_never_touched() {
 
     let outcome = owned::reconcile(rig.conn(), &claim).await.unwrap().unwrap();
     assert_eq!(outcome, Outcome::NotOwned(Ownership::Unstamped));
-    assert_eq!(outcome.problem_reason(), Some("ConsumerNotOwned"));
     assert_eq!(
         owned::release(rig.conn(), &claim).await.unwrap(),
         Some(Deletion::NotOwned(Ownership::Unstamped))

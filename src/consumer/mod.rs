@@ -227,24 +227,10 @@ pub enum Outcome {
     NotOwned(Ownership),
 }
 
-/// The condition reason for a consumer the claim has set up wrong.
-pub const REASON_MISCONFIGURED: &str = "Misconfigured";
-/// The condition reason for a consumer the claim does not own.
-pub const REASON_NOT_OWNED: &str = "ConsumerNotOwned";
-
 impl Outcome {
     /// Whether the consumer now is what the claim asks for.
     pub fn in_shape(&self) -> bool {
         matches!(self, Outcome::Created | Outcome::Updated(_) | Outcome::InShape)
-    }
-
-    /// A reason for a condition when the consumer is not in shape.
-    pub fn problem_reason(&self) -> Option<&'static str> {
-        match self {
-            Outcome::Misconfigured(_) => Some(REASON_MISCONFIGURED),
-            Outcome::NotOwned(_) => Some(REASON_NOT_OWNED),
-            _ => None,
-        }
     }
 
     /// A sentence an operator can act on.
@@ -416,18 +402,16 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_name_the_field_and_the_reason() {
+    fn outcomes_name_the_field_and_the_owner() {
         let outcome = Outcome::Misconfigured(vec!["spec.nats.consumerConfig.deliverPolicy"]);
-        assert_eq!(outcome.problem_reason(), Some("Misconfigured"));
         assert!(
             outcome
                 .message("S", "c")
                 .contains("spec.nats.consumerConfig.deliverPolicy")
         );
-        assert_eq!(
-            Outcome::NotOwned(Ownership::Unstamped).problem_reason(),
-            Some("ConsumerNotOwned")
-        );
+        assert!(!outcome.in_shape());
+        let message = Outcome::NotOwned(Ownership::Unstamped).message("S", "c");
+        assert!(message.contains("not created by this claim"), "{message}");
         assert!(Outcome::Created.in_shape() && Outcome::InShape.in_shape());
     }
 }

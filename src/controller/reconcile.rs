@@ -15,17 +15,20 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::apply::{apply_child, patch_status};
+use super::apply::{add_finalizer, apply_child, patch_status, remove_finalizer};
 use super::children::{ByKind, ChildKind};
 use super::drift::{live_holds, stamp};
 use super::metrics::{
     RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_DESIRED_REPLICAS, SERVICE_LAG, SERVICE_MAX_REPLICAS,
     SERVICE_REPLICAS,
 };
-use super::{ControllerConfig, FIELD_MANAGER};
-use crate::api::{CONDITION_CONSUMER_HEALTHY, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim};
+use super::{ControllerConfig, FIELD_MANAGER, FINALIZER};
+use crate::api::{
+    CONDITION_CONSUMER_HEALTHY, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim, Nats,
+};
+use crate::consumer::{self, ConsumerError, Deletion, Outcome, deletes_consumer};
 use crate::lag::{ConsumerKey, LagCache, LagError, desired_replicas};
-use crate::nats::DEFAULT_CONNECTION;
+use crate::nats::{Connection, Connections, DEFAULT_CONNECTION};
 use crate::render::status::{
     ConsumerHealth, HealthReason, Observed, changed_condition, desired_status, keda_conditions,
 };
@@ -44,6 +47,7 @@ pub struct Context {
     client: Client,
     platform: Platform,
     lag: Arc<LagCache>,
+    connections: Connections,
     lag_interval: Duration,
     recorder: Recorder,
     stores: Stores,
@@ -52,7 +56,14 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: &ControllerConfig, lag: Arc<LagCache>, identity: &str, stores: Stores) -> Self {
+    pub fn new(
+        client: Client,
+        config: &ControllerConfig,
+        lag: Arc<LagCache>,
+        connections: Connections,
+        identity: &str,
+        stores: Stores,
+    ) -> Self {
         Context {
             recorder: Recorder::new(
                 client.clone(),
@@ -64,6 +75,7 @@ impl Context {
             client,
             platform: config.platform.clone(),
             lag,
+            connections,
             lag_interval: config.lag_interval,
             stores,
             failures: Mutex::default(),
@@ -135,9 +147,21 @@ pub fn backoff() -> ExponentialBackoff {
 
 async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Action> {
     // Owner references hand a deleted claim's children to the garbage
-    // collector; applying now would only race it.
+    // collector; applying now would only race it. Only the consumer, which
+    // no owner reference reaches, is ours to delete.
     if claim.metadata.deletion_timestamp.is_some() {
+        if has_finalizer(claim) {
+            release_consumer(ctx, claim).await?;
+            remove_finalizer(&ctx.client, claim).await?;
+        }
         return Ok(Action::await_change());
+    }
+    // The finalizer is on the claim exactly while deleting the claim would
+    // delete its consumer.
+    match (deletes_consumer(claim), has_finalizer(claim)) {
+        (true, false) => add_finalizer(&ctx.client, claim).await?,
+        (false, true) => remove_finalizer(&ctx.client, claim).await?,
+        _ => {}
     }
     let namespace = claim.namespace().ok_or_else(|| {
         Error::InvalidClaim(InvalidClaim {
@@ -160,15 +184,30 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             })?;
     }
 
-    let (live, failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
+    // The consumer comes before the ScaledObject, so KEDA's first question
+    // about it finds it. A failure here is reported, and the children are
+    // applied all the same: they do not depend on it.
+    let owned = ensure_consumer(ctx, claim).await;
+    let (live, mut failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
         Ok(desired) => apply_changed(ctx, &namespace, &name, desired).await,
         Err(e) => (
             ByKind::from_fn(|kind| cached_child(ctx, kind, &namespace, &name)),
             Some(e),
         ),
     };
+    let owned = match owned {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            failure.get_or_insert(e);
+            None
+        }
+    };
 
-    let (lag, consumer) = read_consumer(ctx, claim).await;
+    let (lag, mut consumer) = read_consumer(ctx, claim).await;
+    // What the controller refused to change outranks what the reading says.
+    if let Some(health) = owned.as_ref().and_then(|o| owned_consumer_health(o, &claim.spec.nats)) {
+        consumer = health;
+    }
     let observed = Observed {
         applied: failure.as_ref().map_or(Ok(()), Err),
         deployment: live
@@ -209,6 +248,97 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         Some(e) => Err(e),
         None => Ok(Action::requeue(ctx.lag_interval)),
     }
+}
+
+/// Creates or repairs the consumer the claim owns; `None` when the claim
+/// leaves its consumer to someone else.
+async fn ensure_consumer(ctx: &Context, claim: &EventDrivenService) -> Result<Option<Outcome>> {
+    if claim.spec.nats.consumer_config.is_none() {
+        return Ok(None);
+    }
+    let conn = claim_connection(ctx, claim)?;
+    let outcome = consumer::reconcile(conn, claim).await?;
+    match &outcome {
+        Some(Outcome::Created) | Some(Outcome::Updated(_)) => {
+            let message = outcome
+                .as_ref()
+                .map(|o| o.message(&claim.spec.nats.stream, &claim.spec.nats.consumer))
+                .unwrap_or_default();
+            tracing::info!(%message, "consumer");
+            let reason = if matches!(outcome, Some(Outcome::Created)) {
+                "ConsumerCreated"
+            } else {
+                "ConsumerUpdated"
+            };
+            publish(
+                &ctx.recorder,
+                claim,
+                EventType::Normal,
+                reason,
+                "ReconcileConsumer",
+                &message,
+            )
+            .await;
+        }
+        _ => {}
+    }
+    Ok(outcome)
+}
+
+/// Deletes the claim's consumer if the claim's deletion should (and the
+/// consumer is the claim's own); a consumer that is not is kept, and said so.
+async fn release_consumer(ctx: &Context, claim: &EventDrivenService) -> Result<()> {
+    if !deletes_consumer(claim) {
+        return Ok(());
+    }
+    let conn = claim_connection(ctx, claim)?;
+    let nats = &claim.spec.nats;
+    let note = match consumer::release(conn, claim).await? {
+        Some(Deletion::Deleted) => format!("deleted consumer {:?} on stream {:?}", nats.consumer, nats.stream),
+        Some(Deletion::NotOwned(owner)) => Outcome::NotOwned(owner).message(&nats.stream, &nats.consumer),
+        Some(Deletion::Absent) | None => return Ok(()),
+    };
+    tracing::info!(%note, "claim deleted");
+    publish(
+        &ctx.recorder,
+        claim,
+        EventType::Normal,
+        "ConsumerReleased",
+        "DeleteConsumer",
+        &note,
+    )
+    .await;
+    Ok(())
+}
+
+fn claim_connection<'a>(ctx: &'a Context, claim: &EventDrivenService) -> Result<&'a Connection> {
+    let nats = &claim.spec.nats;
+    ctx.connections.get(nats.connection.as_deref()).ok_or_else(|| {
+        Error::Consumer(ConsumerError {
+            action: "reaching",
+            connection: nats.connection.clone().unwrap_or_else(|| DEFAULT_CONNECTION.into()),
+            stream: nats.stream.clone(),
+            consumer: nats.consumer.clone(),
+            message: "no NATS connection of that name is configured (--nats-config)".into(),
+        })
+    })
+}
+
+/// The `ConsumerHealthy` verdict of what the controller would not change.
+fn owned_consumer_health(outcome: &Outcome, nats: &Nats) -> Option<ConsumerHealth> {
+    let reason = match outcome {
+        Outcome::Misconfigured(_) => HealthReason::Misconfigured,
+        Outcome::NotOwned(_) => HealthReason::ConsumerNotOwned,
+        Outcome::Created | Outcome::Updated(_) | Outcome::InShape => return None,
+    };
+    Some(ConsumerHealth::unhealthy(
+        reason,
+        outcome.message(&nats.stream, &nats.consumer),
+    ))
+}
+
+fn has_finalizer(claim: &EventDrivenService) -> bool {
+    claim.finalizers().iter().any(|f| f == FINALIZER)
 }
 
 /// Applies, in [`ChildKind::APPLY_ORDER`], each child whose live object no
@@ -344,7 +474,6 @@ mod tests {
     use super::*;
     use crate::controller::LeaderConfig;
     use crate::lag::JetStreamLag;
-    use crate::nats::Connections;
     use crate::nats::NatsConfig;
     use kube::runtime::reflector::store::Writer;
 
@@ -366,7 +495,14 @@ mod tests {
         };
         let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
         let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
-        Arc::new(Context::new(client, &config, lag, "test", stores))
+        Arc::new(Context::new(
+            client,
+            &config,
+            lag,
+            Connections::default(),
+            "test",
+            stores,
+        ))
     }
 
     #[test]
