@@ -18,4 +18,12 @@ pub const PUSH_ACTIVATIONS: Metric = Metric::counter(
     "Times a push stream told KEDA a consumer became active.",
 );
 
-pub const ALL: &[Metric] = &[RPCS, RPC_DURATION, PUSH_STREAMS, PUSH_ACTIVATIONS];
+/// Labelled by connection (a configured name), not by namespace: anyone who
+/// reaches the port can make up namespaces, and series must stay bounded.
+pub const DENIED: Metric = Metric::counter(
+    "eds_scaler_denied_total",
+    &["method", "connection"],
+    "Scaler RPCs refused by the connection's tenancy rules (PERMISSION_DENIED), before any NATS read.",
+);
+
+pub const ALL: &[Metric] = &[RPCS, RPC_DURATION, PUSH_STREAMS, PUSH_ACTIVATIONS, DENIED];
