@@ -291,8 +291,26 @@ async fn release_consumer(ctx: &Context, claim: &EventDrivenService) -> Result<(
     if !deletes_consumer(claim) {
         return Ok(());
     }
-    let conn = claim_connection(ctx, claim)?;
     let nats = &claim.spec.nats;
+    let conn = match claim_connection(ctx, claim) {
+        Ok(conn) => conn,
+        // The namespace may not touch that stream (any more): nothing there
+        // is this claim's to delete, and waiting would keep the claim for ever.
+        Err(Error::Consumer(refused)) if refused.action == "authorizing" => {
+            let note = format!("kept consumer {:?}: {refused}", nats.consumer);
+            publish(
+                &ctx.recorder,
+                claim,
+                EventType::Warning,
+                "ConsumerKept",
+                "DeleteConsumer",
+                &note,
+            )
+            .await;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let note = match consumer::release(conn, claim).await? {
         Some(Deletion::Deleted) => format!("deleted consumer {:?} on stream {:?}", nats.consumer, nats.stream),
         Some(Deletion::NotOwned(owner)) => Outcome::NotOwned(owner).message(&nats.stream, &nats.consumer),
@@ -311,16 +329,32 @@ async fn release_consumer(ctx: &Context, claim: &EventDrivenService) -> Result<(
     Ok(())
 }
 
+/// The claim's NATS connection, if the connection's namespace rules (the
+/// tenancy rules the scaler applies) let the claim's namespace reach its
+/// stream there: the controller writes a consumer only where the claim could
+/// read its lag.
 fn claim_connection<'a>(ctx: &'a Context, claim: &EventDrivenService) -> Result<&'a Connection> {
     let nats = &claim.spec.nats;
-    ctx.connections.get(nats.connection.as_deref()).ok_or_else(|| {
+    let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
+    let refused = |action, message: String| {
         Error::Consumer(ConsumerError {
-            action: "reaching",
-            connection: nats.connection.clone().unwrap_or_else(|| DEFAULT_CONNECTION.into()),
+            action,
+            connection: connection.to_string(),
             stream: nats.stream.clone(),
             consumer: nats.consumer.clone(),
-            message: "no NATS connection of that name is configured (--nats-config)".into(),
+            message,
         })
+    };
+    let namespace = claim.namespace().unwrap_or_default();
+    ctx.connections
+        .access()
+        .authorize(&namespace, connection, None, &nats.stream)
+        .map_err(|denied| refused("authorizing", denied.to_string()))?;
+    ctx.connections.get(Some(connection)).ok_or_else(|| {
+        refused(
+            "reaching",
+            "no NATS connection of that name is configured (--nats-config)".into(),
+        )
     })
 }
 
