@@ -540,6 +540,34 @@ mod tests {
     }
 
     #[test]
+    fn what_the_controller_refused_to_change_is_a_consumer_health_naming_it() {
+        let nats = &EventDrivenService::test().spec.nats;
+        let field = "spec.nats.consumerConfig.deliverPolicy";
+        let Some(ConsumerHealth::Unhealthy { reason, message }) =
+            owned_consumer_health(&Outcome::Misconfigured(vec![field]), nats)
+        else {
+            panic!("Misconfigured is unhealthy")
+        };
+        assert_eq!(reason, HealthReason::Misconfigured);
+        assert!(message.contains(field), "{message}");
+        let not_owned = owned_consumer_health(&Outcome::NotOwned(consumer::Ownership::Unstamped), nats);
+        assert!(matches!(
+            not_owned,
+            Some(ConsumerHealth::Unhealthy {
+                reason: HealthReason::ConsumerNotOwned,
+                ..
+            })
+        ));
+        for fine in [Outcome::Created, Outcome::InShape, Outcome::Updated(vec![])] {
+            assert_eq!(
+                owned_consumer_health(&fine, nats),
+                None,
+                "{fine:?}: the reading decides"
+            );
+        }
+    }
+
+    #[test]
     fn backoff_doubles_up_to_five_minutes() {
         let secs: Vec<u64> = backoff().take(12).map(|d| d.as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
