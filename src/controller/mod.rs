@@ -43,6 +43,7 @@ use crate::api::EventDrivenService;
 use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
+use crate::tenancy::Access;
 
 /// On a claim whose deletion deletes its consumer: the claim stays until the
 /// consumer is gone.
@@ -89,6 +90,8 @@ pub struct ClaimController {
     lag: Arc<LagCache>,
     /// The same connections, for the consumers claims own.
     connections: Connections,
+    /// The connections' tenancy rules, read with them.
+    access: Arc<Access>,
     /// Whether the last Lease request reached the API server.
     reachable: Arc<AtomicBool>,
 }
@@ -98,12 +101,14 @@ impl ClaimController {
     pub async fn connect(config: ControllerConfig) -> Result<Self> {
         let client = Client::try_default().await?;
         let connections = Connections::connect(&config.nats, "eds-controller").await?;
+        let access = Arc::new(connections.access().clone());
         let lag = LagCache::new(Arc::new(JetStreamLag::new(connections.clone())), config.lag_interval);
         Ok(ClaimController {
             client,
             config,
             lag,
             connections,
+            access,
             reachable: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -136,6 +141,7 @@ impl ClaimController {
             config,
             lag,
             connections,
+            access,
             reachable,
         } = self;
         let leader_config = &config.leader;
@@ -159,7 +165,7 @@ impl ClaimController {
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, connections, identity, shutdown) => Ok(()),
+            () = reconcile_claims(client, &config, lag, connections, access, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -182,6 +188,7 @@ async fn reconcile_claims(
     config: &ControllerConfig,
     lag: Arc<LagCache>,
     connections: Connections,
+    access: Arc<Access>,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -210,7 +217,7 @@ async fn reconcile_claims(
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, connections, identity, stores);
+    let context = Context::new(client, config, lag, connections, access, identity, stores);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))

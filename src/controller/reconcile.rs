@@ -33,6 +33,7 @@ use crate::render::status::{
     ConsumerHealth, HealthReason, Observed, changed_condition, desired_status, keda_conditions,
 };
 use crate::render::{Children, Platform, desired_children};
+use crate::tenancy::Access;
 use crate::trigger::LagThreshold;
 use crate::{Error, Result};
 
@@ -48,6 +49,8 @@ pub struct Context {
     platform: Platform,
     lag: Arc<LagCache>,
     connections: Connections,
+    /// Which namespaces may use which NATS connection: the scaler's rules.
+    access: Arc<Access>,
     lag_interval: Duration,
     recorder: Recorder,
     stores: Stores,
@@ -61,6 +64,7 @@ impl Context {
         config: &ControllerConfig,
         lag: Arc<LagCache>,
         connections: Connections,
+        access: Arc<Access>,
         identity: &str,
         stores: Stores,
     ) -> Self {
@@ -76,6 +80,7 @@ impl Context {
             platform: config.platform.clone(),
             lag,
             connections,
+            access,
             lag_interval: config.lag_interval,
             stores,
             failures: Mutex::default(),
@@ -184,11 +189,22 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             })?;
     }
 
+    // The scaler would refuse this claim's ScaledObject: render nothing, and
+    // read nothing from NATS for it (and write no consumer).
+    let allowed = authorize(&ctx.access, claim, &namespace);
+    let refused = allowed.is_err();
     // The consumer comes before the ScaledObject, so KEDA's first question
     // about it finds it. A failure here is reported, and the children are
     // applied all the same: they do not depend on it.
-    let owned = ensure_consumer(ctx, claim).await;
-    let (live, mut failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
+    let owned = if refused {
+        Ok(None)
+    } else {
+        ensure_consumer(ctx, claim).await
+    };
+    let desired = allowed
+        .and_then(|()| desired_children(claim, &ctx.platform))
+        .and_then(|c| desired_objects(&c));
+    let (live, mut failure) = match desired {
         Ok(desired) => apply_changed(ctx, &namespace, &name, desired).await,
         Err(e) => (
             ByKind::from_fn(|kind| cached_child(ctx, kind, &namespace, &name)),
@@ -203,11 +219,16 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         }
     };
 
-    let (lag, mut consumer) = read_consumer(ctx, claim).await;
-    // What the controller refused to change outranks what the reading says.
-    if let Some(health) = owned.as_ref().and_then(|o| owned_consumer_health(o, &claim.spec.nats)) {
-        consumer = health;
-    }
+    let (lag, consumer) = if refused {
+        (None, None)
+    } else {
+        let (lag, mut consumer) = read_consumer(ctx, claim).await;
+        // What the controller refused to change outranks what the reading says.
+        if let Some(health) = owned.as_ref().and_then(|o| owned_consumer_health(o, &claim.spec.nats)) {
+            consumer = health;
+        }
+        (lag, Some(consumer))
+    };
     let observed = Observed {
         applied: failure.as_ref().map_or(Ok(()), Err),
         deployment: live
@@ -221,7 +242,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             .map(|so| keda_conditions(&so.data))
             .unwrap_or_default(),
         lag,
-        consumer: Some(consumer),
+        consumer,
     };
     let status = desired_status(claim, &observed, Timestamp::now());
     record_gauges(claim, &namespace, &status);
@@ -420,6 +441,14 @@ fn desired_objects(children: &Children) -> Result<ByKind<Value>> {
     })
 }
 
+/// Whether the claim's namespace may read its stream on the connection it
+/// names, by the same rules the scaler applies to its ScaledObject.
+fn authorize(access: &Access, claim: &EventDrivenService, namespace: &str) -> Result<()> {
+    let nats = &claim.spec.nats;
+    let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
+    Ok(access.authorize(namespace, connection, None, &nats.stream)?)
+}
+
 fn cached_child(ctx: &Context, kind: ChildKind, namespace: &str, name: &str) -> Live {
     let key = ObjectRef::new_with(name, kind.resource()).within(namespace);
     ctx.stores.get(kind).get(&key)
@@ -534,6 +563,7 @@ mod tests {
             &config,
             lag,
             Connections::default(),
+            Arc::default(),
             "test",
             stores,
         ))
