@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -27,6 +28,13 @@ pub const ACTIVATION_LAG_THRESHOLD: &str = "activationLagThreshold";
 pub const NATS_CONNECTION: &str = "natsConnection";
 pub const JS_DOMAIN: &str = "jsDomain";
 pub const CONCURRENCY: &str = "concurrency";
+pub const DRAIN_WITHIN: &str = "drainWithin";
+
+/// The shortest and longest `drainWithin` that mean something: below a
+/// second the HPA cannot act in time, above a day the rates it rests on
+/// have long changed.
+pub const MIN_DRAIN_WITHIN: Duration = Duration::from_secs(1);
+pub const MAX_DRAIN_WITHIN: Duration = Duration::from_secs(24 * 3600);
 
 /// The most un-acknowledged messages one replica may hold, when a trigger
 /// does not say.
@@ -97,6 +105,10 @@ pub struct Trigger {
     /// The most un-acknowledged messages one replica holds at once, its
     /// client's prefetch included.
     pub concurrency: NonZeroU32,
+    /// The time the backlog should drain in: the scaler streams a measured
+    /// target (see `crate::drain`). `lagThreshold` is the target until the
+    /// capacity of a replica is known.
+    pub drain_within: Option<Duration>,
 }
 
 /// What `GetMetrics` reports for one reading, and why.
@@ -189,11 +201,16 @@ impl Trigger {
             None | Some("") => DEFAULT_CONCURRENCY,
             Some(text) => parse_concurrency(text).map_err(|message| bad(CONCURRENCY, message))?,
         };
+        let drain_within = match metadata.get(DRAIN_WITHIN).map(|s| s.trim()) {
+            None | Some("") => None,
+            Some(text) => Some(parse_drain_within(text).map_err(|message| bad(DRAIN_WITHIN, message))?),
+        };
         Ok(Trigger {
             key: ConsumerKey::new(connection, domain, stream, consumer),
             lag_threshold,
             activation_lag_threshold,
             concurrency,
+            drain_within,
         })
     }
 
@@ -241,6 +258,10 @@ pub fn claim_metadata(eds: &EventDrivenService, scaler_address: &str, tls: bool)
     if let Some(concurrency) = scaling.concurrency {
         metadata.insert(CONCURRENCY.to_string(), concurrency.to_string());
     }
+    // Only when set: a trigger without it keeps KEDA polling the spec.
+    if let Some(drain_within) = &scaling.drain_within {
+        metadata.insert(DRAIN_WITHIN.to_string(), drain_within.clone());
+    }
     if tls {
         metadata.insert(ENABLE_TLS.to_string(), "true".to_string());
     }
@@ -281,6 +302,20 @@ pub fn parse_concurrency(text: &str) -> Result<NonZeroU32, String> {
         Some(_) => Err(format!("must be at most {MAX_CONCURRENCY}, got {value}")),
         None => Err("must be at least 1, got 0".to_string()),
     }
+}
+
+/// A duration such as `60s`, `5m` or `1h30m` (jiff's friendly format, which
+/// also reads the claim's `h`/`m`/`s` form), from [`MIN_DRAIN_WITHIN`] to
+/// [`MAX_DRAIN_WITHIN`].
+pub fn parse_drain_within(text: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as \"60s\", \"5m\" or \"1h30m\""))?;
+    let duration = Duration::try_from(parsed).map_err(|_| format!("must be positive, got {text:?}"))?;
+    if !(MIN_DRAIN_WITHIN..=MAX_DRAIN_WITHIN).contains(&duration) {
+        return Err(format!("must be from 1s to 24h, got {text:?}"));
+    }
+    Ok(duration)
 }
 
 /// KEDA's rule: active when the metric is above the activation threshold.
@@ -484,6 +519,22 @@ mod tests {
                 &[("stream", "S"), ("consumer", "C"), ("concurrency", "1000001")],
                 "concurrency",
             ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("drainWithin", "soon")],
+                "drainWithin",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("drainWithin", "0s")],
+                "drainWithin",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("drainWithin", "25h")],
+                "drainWithin",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("drainWithin", "-60s")],
+                "drainWithin",
+            ),
         ];
         for (pairs, key) in cases {
             let err = parse(pairs).unwrap_err();
@@ -536,6 +587,24 @@ mod tests {
         assert_eq!(trigger.concurrency.get(), 8);
         assert_eq!(metadata[ENABLE_TLS], "true");
         assert_eq!(metadata[SCALER_ADDRESS], "scaler:9090");
+    }
+
+    #[test]
+    fn drain_within_is_read_and_rendered_only_when_set() {
+        for (text, secs) in [("60s", 60), ("5m", 300), ("1h30m", 5400), ("1s", 1), ("24h", 86400)] {
+            assert_eq!(parse_drain_within(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        for text in ["", "500ms", "24h1s", "0s", "-1m", "forever"] {
+            assert!(parse_drain_within(text).is_err(), "{text:?}");
+        }
+        let plain = EventDrivenService::test();
+        assert!(!claim_metadata(&plain, "s:9090", false).contains_key(DRAIN_WITHIN));
+        let eds = EventDrivenService::test().with_spec(|s| s.scaling.drain_within = Some("1m30s".into()));
+        let metadata: HashMap<String, String> = claim_metadata(&eds, "s:9090", false).into_iter().collect();
+        assert_eq!(metadata[DRAIN_WITHIN], "1m30s");
+        let trigger = Trigger::parse_with_connection(&metadata, DEFAULT_CONNECTION).unwrap();
+        assert_eq!(trigger.drain_within, Some(Duration::from_secs(90)));
+        assert_eq!(trigger.lag_threshold, LagThreshold::DEFAULT, "the fallback target stays");
     }
 
     #[test]
