@@ -186,6 +186,8 @@ impl From<ScalerArgs> for ScalerConfig {
                 cache_ttl: args.tuning.cache_ttl,
                 push_active_poll: args.tuning.push_active_poll,
                 push_idle_recheck: args.tuning.push_idle_recheck,
+                drain_sample_every: args.tuning.drain_sample_every,
+                drain_min_interval: args.tuning.drain_min_interval,
             },
             tls: GrpcTls {
                 cert: args.tls.grpc_tls_cert,
@@ -209,6 +211,14 @@ pub struct TuningArgs {
     /// Safety re-read interval for an idle consumer with an open push stream.
     #[arg(long, env = "EDS_PUSH_IDLE_RECHECK", default_value = "15s", value_parser = parse_duration)]
     pub push_idle_recheck: Duration,
+    /// How often a `drainWithin` trigger with an open metric spec stream
+    /// reads its consumer.
+    #[arg(long, env = "EDS_DRAIN_SAMPLE_EVERY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_sample_every: Duration,
+    /// The least time between two streamed `drainWithin` targets (KEDA
+    /// rebuilds the HPA on each).
+    #[arg(long, env = "EDS_DRAIN_MIN_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub drain_min_interval: Duration,
 }
 
 /// TLS for the gRPC server. With a client CA, clients must present a

@@ -116,6 +116,8 @@ pub struct Trigger {
 pub struct ScaleMetric {
     /// The true backlog: pending + ack-pending.
     pub lag: u64,
+    /// The metric before the cap: the lag, or `lag + λ·D` for `drainWithin`.
+    pub wanted: f64,
     /// The value KEDA gets: the lag, or less where more replicas could not
     /// take more work.
     pub value: f64,
@@ -128,7 +130,7 @@ impl ScaleMetric {
     /// The metric stops at the cap: the lag is more than the capped replicas
     /// would be asked to carry.
     pub fn is_capped(&self) -> bool {
-        self.value < self.lag as f64
+        self.value < self.wanted
     }
 }
 
@@ -279,14 +281,20 @@ fn threshold_text(threshold: &IntOrString) -> String {
 
 /// See [`Trigger::scale_metric`]; `target` is the per-replica target in force.
 pub fn scale_metric(state: &ConsumerState, target: f64, concurrency: NonZeroU32) -> ScaleMetric {
-    let lag = state.lag();
+    scale_metric_of(state, state.lag() as f64, target, concurrency)
+}
+
+/// As [`scale_metric`], for a metric `wanted` other than the lag (the
+/// `drainWithin` metric `lag + λ·D`): `min(wanted, R_cap × target)`.
+pub fn scale_metric_of(state: &ConsumerState, wanted: f64, target: f64, concurrency: NonZeroU32) -> ScaleMetric {
     let replica_cap = replica_cap(state.max_ack_pending, concurrency);
     let value = match replica_cap {
-        Some(cap) => (lag as f64).min(cap as f64 * target),
-        None => lag as f64,
+        Some(cap) => wanted.min(cap as f64 * target),
+        None => wanted,
     };
     ScaleMetric {
-        lag,
+        lag: state.lag(),
+        wanted,
         value,
         replica_cap,
     }
@@ -604,7 +612,11 @@ mod tests {
         assert_eq!(metadata[DRAIN_WITHIN], "1m30s");
         let trigger = Trigger::parse_with_connection(&metadata, DEFAULT_CONNECTION).unwrap();
         assert_eq!(trigger.drain_within, Some(Duration::from_secs(90)));
-        assert_eq!(trigger.lag_threshold, LagThreshold::DEFAULT, "the fallback target stays");
+        assert_eq!(
+            trigger.lag_threshold,
+            LagThreshold::DEFAULT,
+            "the fallback target stays"
+        );
     }
 
     #[test]

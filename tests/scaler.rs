@@ -27,6 +27,7 @@ fn push_only() -> Tuning {
         cache_ttl: Duration::from_millis(200),
         push_active_poll: Duration::from_millis(200),
         push_idle_recheck: Duration::from_secs(60),
+        ..Tuning::default()
     }
 }
 

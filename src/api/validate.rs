@@ -373,7 +373,10 @@ mod tests {
             claim["spec"]["scaling"]["drainWithin"] = json!(text);
             let checked = check_claim(&claim).unwrap_or_else(|e| panic!("{text}: {e}"));
             let parsed = crate::trigger::parse_drain_within(checked.spec.scaling.drain_within.as_deref().unwrap());
-            assert!(parsed.is_ok(), "the scaler reads what the API server accepts: {text}: {parsed:?}");
+            assert!(
+                parsed.is_ok(),
+                "the scaler reads what the API server accepts: {text}: {parsed:?}"
+            );
         }
     }
 
