@@ -36,10 +36,11 @@
 //! `1 − e^(−60/120) ≈ 39 %` of the difference, not all of it.
 //!
 //! State per consumer: the last sample and two numbers, whatever the history.
+//!
+//! This module depends on nothing else in the crate, so the simulation in
+//! `benches/drain` runs this very code.
 use std::num::NonZeroU32;
 use std::time::Duration;
-
-use crate::lag::ConsumerState;
 
 /// One reading of a consumer, at `at` seconds on any monotonic clock.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,17 +50,6 @@ pub struct Sample {
     pub delivered: u64,
     pub pending: u64,
     pub ack_pending: u64,
-}
-
-impl Sample {
-    pub fn new(at: f64, state: &ConsumerState) -> Self {
-        Sample {
-            at,
-            delivered: state.delivered_consumer_seq,
-            pending: state.pending,
-            ack_pending: state.ack_pending,
-        }
-    }
 }
 
 /// How fast the estimates follow the measurements.

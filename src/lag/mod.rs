@@ -81,6 +81,16 @@ impl ConsumerState {
     pub fn lag(&self) -> u64 {
         self.pending.saturating_add(self.ack_pending)
     }
+
+    /// This reading as the `drainWithin` estimator takes it, at `at` seconds.
+    pub fn sample(&self, at: f64) -> crate::drain::Sample {
+        crate::drain::Sample {
+            at,
+            delivered: self.delivered_consumer_seq,
+            pending: self.pending,
+            ack_pending: self.ack_pending,
+        }
+    }
 }
 
 /// Why a lag could not be read. Never a number in disguise.

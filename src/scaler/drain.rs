@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::service::LagProvider;
-use crate::drain::{EstimatorConfig, Hysteresis, Rates, Sample, drain_metric, drain_target, quantize};
+use crate::drain::{EstimatorConfig, Hysteresis, Rates, drain_metric, drain_target, quantize};
 use crate::lag::{ConsumerKey, ConsumerState};
 use crate::trigger::{ScaleMetric, Trigger, scale_metric_of};
 
@@ -181,7 +181,7 @@ impl Drain {
     fn observe(&self, now: Instant, reading: &ConsumerState) {
         let mut state = self.state.lock().expect("drain state");
         let at = now.duration_since(self.epoch).as_secs_f64();
-        state.estimator.observe(Sample::new(at, reading));
+        state.estimator.observe(reading.sample(at));
         let Some(target) = drain_target(state.estimator.rates(), self.key.drain_within) else {
             return;
         };
