@@ -8,7 +8,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::drain::{Drain, DrainConfig, Drains, Sent};
-use super::metrics::{PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
+use super::metrics::{DENIED, PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
 use crate::lag::{ConsumerKey, ConsumerState, LagCache, LagError, Watchers, watch::Subscription};
 use crate::nats::Connections;
 use crate::proto::{
@@ -99,6 +99,27 @@ impl<L: LagProvider> LagScaler<L> {
         Trigger::parse(&so.scaler_metadata, &self.connections).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
+    /// The trigger of `scaled_object`, if its namespace may read it under
+    /// the connection's rules: every RPC starts here, before any NATS read.
+    fn allowed_trigger(
+        &self,
+        method: &'static str,
+        scaled_object: Option<&ScaledObjectRef>,
+    ) -> Result<Trigger, Status> {
+        let trigger = self.trigger(scaled_object)?;
+        let namespace = scaled_object.map_or("", |so| so.namespace.as_str());
+        let key = &trigger.key;
+        if let Err(denied) =
+            self.connections
+                .access()
+                .authorize(namespace, &key.connection, key.domain.as_deref(), &key.stream)
+        {
+            metrics::counter!(DENIED.name, "method" => method, "connection" => key.connection.to_string()).increment(1);
+            return Err(Status::permission_denied(denied.to_string()));
+        }
+        Ok(trigger)
+    }
+
     async fn consumer_state(&self, trigger: &Trigger) -> Result<ConsumerState, Status> {
         self.source
             .consumer_state(&trigger.key)
@@ -148,7 +169,7 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
     async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let trigger = self.trigger(Some(request.get_ref()))?;
+            let trigger = self.allowed_trigger("IsActive", Some(request.get_ref()))?;
             // Activity follows the true lag, never the capped metric.
             let state = self.consumer_state(&trigger).await?;
             Ok(Response::new(IsActiveResponse {
@@ -179,13 +200,15 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let started = Instant::now();
         // The spec needs no NATS round trip: it is fixed by the metadata,
         // or, for `drainWithin`, what the open stream last sent.
-        let result = self.trigger(Some(request.get_ref())).map(|trigger| {
-            let target = match self.drains.get(&trigger) {
-                Some(drain) => drain.sent().target,
-                None => trigger.lag_threshold.get(),
-            };
-            Response::new(metric_spec(&trigger, target))
-        });
+        let result = self
+            .allowed_trigger("GetMetricSpec", Some(request.get_ref()))
+            .map(|trigger| {
+                let target = match self.drains.get(&trigger) {
+                    Some(drain) => drain.sent().target,
+                    None => trigger.lag_threshold.get(),
+                };
+                Response::new(metric_spec(&trigger, target))
+            });
         observe("GetMetricSpec", started, &result);
         result
     }
@@ -194,7 +217,7 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let started = Instant::now();
         let result = async {
             let request = request.get_ref();
-            let trigger = self.trigger(request.scaled_object_ref.as_ref())?;
+            let trigger = self.allowed_trigger("GetMetrics", request.scaled_object_ref.as_ref())?;
             let state = self.consumer_state(&trigger).await?;
             // The metric goes with the target KEDA was sent.
             let metric = match self.drains.get(&trigger) {
@@ -236,7 +259,7 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
 impl<L: LagProvider> LagScaler<L> {
     /// Opens a push stream: the current activity at once, then every change.
     async fn open_activity_stream(&self, so: &ScaledObjectRef) -> Result<ActiveStream, Status> {
-        let trigger = self.trigger(Some(so))?;
+        let trigger = self.allowed_trigger("StreamIsActive", Some(so))?;
         // A consumer that does not exist is an error now, not a silent stream.
         if let Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) =
             self.source.consumer_state(&trigger.key).await
@@ -263,7 +286,7 @@ impl<L: LagProvider> LagScaler<L> {
     /// Opens a metric spec stream for a `drainWithin` trigger: the current
     /// target at once, then each one the drain decides to send.
     async fn open_spec_stream(&self, so: &ScaledObjectRef) -> Result<SpecStream, Status> {
-        let trigger = self.trigger(Some(so))?;
+        let trigger = self.allowed_trigger("StreamMetricSpec", Some(so))?;
         if trigger.drain_within.is_none() {
             // The spec only changes with the metadata, and KEDA rebuilds the
             // scaler when that changes: polling GetMetricSpec is exact, and
@@ -383,6 +406,7 @@ mod tests {
     use super::*;
     use crate::proto::GetMetricsRequest;
     use crate::scaler::DrainConfig;
+    use crate::tenancy::{Access, ConnectionRules, Patterns, ReadRule};
 
     /// Lag from a table, and push readings from a channel the test feeds.
     #[derive(Default)]
@@ -442,7 +466,11 @@ mod tests {
 
     fn scaler(fake: FakeLag) -> (LagScaler<Arc<FakeLag>>, Arc<FakeLag>) {
         let fake = Arc::new(fake);
-        (LagScaler::new(Connections::default(), fake.clone()), fake)
+        let open = Access::new([("default".to_string(), ConnectionRules::every_namespace())].into());
+        (
+            LagScaler::new(Connections::default().with_access(open), fake.clone()),
+            fake,
+        )
     }
 
     fn so(pairs: &[(&str, &str)]) -> ScaledObjectRef {
@@ -643,8 +671,9 @@ mod tests {
             },
             ..DrainConfig::default()
         };
+        let open = Access::new([("default".to_string(), ConnectionRules::every_namespace())].into());
         (
-            LagScaler::with_drain_config(Connections::default(), fake.clone(), config),
+            LagScaler::with_drain_config(Connections::default().with_access(open), fake.clone(), config),
             fake,
         )
     }
@@ -805,5 +834,83 @@ mod tests {
         assert_eq!(scaler.drains().len(), 1);
         drop(b);
         assert!(scaler.drains().is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_rpc_refuses_a_namespace_the_rules_do_not_allow_before_reading_lag() {
+        let fake = Arc::new(FakeLag::with("c", Ok(5)));
+        let rules = ConnectionRules {
+            namespaces: Some(Patterns::new(&["team-*"]).unwrap()),
+            reads: vec![ReadRule {
+                namespaces: Patterns::new(&["team-a"]).unwrap(),
+                domains: None,
+                streams: Some(Patterns::new(&["A-*"]).unwrap()),
+            }],
+        };
+        let access = Access::new([("default".to_string(), rules)].into());
+        let scaler = LagScaler::new(Connections::default().with_access(access), fake.clone());
+        let at = |namespace: &str, stream: &str| ScaledObjectRef {
+            namespace: namespace.into(),
+            ..so(&[("stream", stream), ("consumer", "c")])
+        };
+        for (refused, rule) in [
+            (at("ops", "A-1"), "connections.default.namespaces is [team-*]"),
+            (at("team-a", "B"), "connections.default.reads[0]"),
+        ] {
+            let statuses = [
+                scaler.is_active(Request::new(refused.clone())).await.unwrap_err(),
+                scaler.get_metric_spec(Request::new(refused.clone())).await.unwrap_err(),
+                scaler.get_metrics(metrics(refused.clone(), "m")).await.unwrap_err(),
+                scaler
+                    .stream_is_active(Request::new(refused.clone()))
+                    .await
+                    .err()
+                    .unwrap(),
+                scaler
+                    .stream_metric_spec(Request::new(ScaledObjectRef {
+                        scaler_metadata: drain_trigger().scaler_metadata,
+                        ..refused.clone()
+                    }))
+                    .await
+                    .err()
+                    .unwrap(),
+            ];
+            for status in statuses {
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{}", status.message());
+                let message = status.message();
+                assert!(
+                    message.contains(&format!("namespace {:?}", refused.namespace)),
+                    "{message}"
+                );
+                assert!(message.contains("connection \"default\""), "{message}");
+                assert!(message.contains(rule), "{message}");
+            }
+        }
+        // (A refused push stream never subscribed: this fake has no readings
+        // to give and would have panicked.) The rules let these through:
+        for allowed in [at("team-a", "A-1"), at("team-b", "B")] {
+            assert!(
+                scaler
+                    .is_active(Request::new(allowed.clone()))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .result
+            );
+            let reply = scaler.get_metrics(metrics(allowed, "m")).await.unwrap().into_inner();
+            assert_eq!(reply.metric_values[0].metric_value, 5);
+        }
+    }
+
+    #[tokio::test]
+    async fn no_rule_written_refuses_every_namespace() {
+        let (_, fake) = scaler(FakeLag::with("c", Ok(5)));
+        let scaler = LagScaler::new(Connections::default(), fake);
+        let status = scaler
+            .is_active(Request::new(so(&[("stream", "S"), ("consumer", "c")])))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("namespace \"n\""), "{}", status.message());
     }
 }
