@@ -127,3 +127,62 @@ async fn a_saturated_worker_gets_a_measured_target_streamed() {
     );
     worker.abort();
 }
+
+/// `eds lag --drain-within` shows λ, μ and the target from two readings.
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_command_shows_arrivals_capacity_and_target() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let stream = stream_with(&js, "CLI", &["cli.>"]).await;
+    let workers = pull_consumer(&stream, "c", "", Duration::from_secs(30)).await;
+    publish(&js, "cli.x", 2000).await;
+    // One replica acking one message at a time, about 20 a second.
+    let worker = tokio::spawn(async move {
+        let mut messages = workers.stream().max_messages_per_batch(1).messages().await.unwrap();
+        while let Some(Ok(message)) = messages.next().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            message.double_ack().await.unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = nats.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_eds"))
+            .args([
+                "lag",
+                "--stream",
+                "CLI",
+                "--consumer",
+                "c",
+                "--json",
+                "--nats-url",
+                &url,
+            ])
+            .args(["--drain-within", "60s", "--window", "2s", "--lag-threshold", "3"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    worker.abort();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mu = json["replicaCapacityPerSecond"]
+        .as_f64()
+        .expect("μ measured: work was waiting");
+    assert!(mu > 2.0 && mu <= 21.0, "μ = {mu}");
+    assert_eq!(
+        json["arrivalsPerSecond"], 0.0,
+        "nothing was published during the window"
+    );
+    let target = json["target"].as_f64().unwrap();
+    assert!(
+        (target / (mu * 60.0) - 1.0).abs() < 0.06,
+        "target {target} = μ·D in 10 % steps"
+    );
+    assert_eq!(
+        json["metric"].as_f64(),
+        json["lag"].as_f64(),
+        "λ = 0: the metric is the lag"
+    );
+}
