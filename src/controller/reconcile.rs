@@ -23,7 +23,9 @@ use super::metrics::{
     SERVICE_REPLICAS,
 };
 use super::{ControllerConfig, FIELD_MANAGER};
-use crate::api::{CONDITION_CONSUMER_HEALTHY, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim};
+use crate::api::{
+    CONDITION_CONSUMER_HEALTHY, DrainStatus, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim,
+};
 use crate::lag::{ConsumerKey, LagCache, LagError, desired_replicas};
 use crate::nats::DEFAULT_CONNECTION;
 use crate::render::status::{
@@ -49,7 +51,21 @@ pub struct Context {
     stores: Stores,
     /// Failures in a row, per claim, for the back-off.
     failures: Mutex<HashMap<ObjectRef<EventDrivenService>, Retry>>,
+    /// The drainWithin estimate of each claim that has one.
+    drains: Mutex<HashMap<ObjectRef<EventDrivenService>, ClaimDrain>>,
+    epoch: std::time::Instant,
 }
+
+/// One claim's estimator, and when a reconcile last fed it.
+struct ClaimDrain {
+    estimator: crate::drain::Estimator,
+    seen: std::time::Instant,
+}
+
+/// An estimate not fed for this long belongs to a claim that is gone or no
+/// longer drains within a time: it is dropped, which bounds the map by the
+/// claims with `drainWithin` reconciled in that time.
+const DRAIN_ESTIMATE_TTL: Duration = Duration::from_secs(600);
 
 impl Context {
     pub fn new(client: Client, config: &ControllerConfig, lag: Arc<LagCache>, identity: &str, stores: Stores) -> Self {
@@ -67,6 +83,8 @@ impl Context {
             lag_interval: config.lag_interval,
             stores,
             failures: Mutex::default(),
+            drains: Mutex::default(),
+            epoch: std::time::Instant::now(),
         }
     }
 }
@@ -184,7 +202,8 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         lag,
         consumer: Some(consumer),
     };
-    let status = desired_status(claim, &observed, Timestamp::now());
+    let mut status = desired_status(claim, &observed, Timestamp::now());
+    status.drain = observe_drain(ctx, claim).await;
     record_gauges(claim, &namespace, &status);
     if claim.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, claim, &namespace, &status).await?;
@@ -281,6 +300,57 @@ async fn read_consumer(ctx: &Context, claim: &EventDrivenService) -> (Option<u64
     }
 }
 
+/// Feeds the claim's drainWithin estimator with the consumer as the cache
+/// has it (the read above made it fresh: no second NATS request) and
+/// reports its estimate. `None` without `drainWithin`.
+async fn observe_drain(ctx: &Context, claim: &EventDrivenService) -> Option<DrainStatus> {
+    let scaling = &claim.spec.scaling;
+    let within = crate::trigger::parse_drain_within(scaling.drain_within.as_deref()?).ok()?;
+    let concurrency = scaling
+        .concurrency
+        .and_then(|c| u32::try_from(c).ok())
+        .and_then(std::num::NonZeroU32::new)
+        .unwrap_or(crate::trigger::DEFAULT_CONCURRENCY);
+    let threshold = LagThreshold::from_claim(&scaling.lag_threshold).unwrap_or_default();
+    let nats = &claim.spec.nats;
+    let key = ConsumerKey::new(
+        nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION),
+        None,
+        &nats.stream,
+        &nats.consumer,
+    );
+    let state = ctx.lag.get(&key).await.result.ok();
+    let now = std::time::Instant::now();
+    let mut drains = ctx.drains.lock().expect("drain estimates");
+    drains.retain(|_, d| now.duration_since(d.seen) < DRAIN_ESTIMATE_TTL);
+    let entry = drains.entry(ObjectRef::from_obj(claim)).or_insert_with(|| ClaimDrain {
+        estimator: crate::drain::Estimator::new(Default::default(), concurrency),
+        seen: now,
+    });
+    entry.seen = now;
+    match state {
+        Some(state) => entry
+            .estimator
+            .observe(state.sample(now.duration_since(ctx.epoch).as_secs_f64())),
+        None => entry.estimator.interrupt(),
+    }
+    Some(drain_status(entry.estimator.rates(), within, threshold))
+}
+
+/// What the claim's status shows of an estimate: rates to two decimals (so
+/// the status does not change with every read's noise) and the target the
+/// scaler would stream.
+fn drain_status(rates: crate::drain::Rates, within: Duration, threshold: LagThreshold) -> DrainStatus {
+    let round = |r: f64| (r * 100.0).round() / 100.0;
+    DrainStatus {
+        arrivals_per_second: rates.arrivals.map(round),
+        replica_capacity_per_second: rates.capacity.map(round),
+        target: crate::drain::drain_target(rates, within)
+            .map(crate::drain::quantize)
+            .unwrap_or(threshold.get()),
+    }
+}
+
 fn record_gauges(claim: &EventDrivenService, namespace: &str, status: &EventDrivenServiceStatus) {
     let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
     let scaling = &claim.spec.scaling;
@@ -367,6 +437,26 @@ mod tests {
         let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
         let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
         Arc::new(Context::new(client, &config, lag, "test", stores))
+    }
+
+    #[test]
+    fn the_drain_status_is_the_fallback_until_mu_is_known() {
+        use crate::drain::Rates;
+        let threshold = LagThreshold::parse("5").unwrap();
+        let minute = Duration::from_secs(60);
+        let unknown = drain_status(Rates::default(), minute, threshold);
+        assert_eq!((unknown.arrivals_per_second, unknown.target), (None, 5.0));
+        let measured = drain_status(
+            Rates {
+                arrivals: Some(3.14159),
+                capacity: Some(2.0),
+            },
+            minute,
+            threshold,
+        );
+        assert_eq!(measured.arrivals_per_second, Some(3.14));
+        assert_eq!(measured.replica_capacity_per_second, Some(2.0));
+        assert!((measured.target / 120.0 - 1.0).abs() < 0.05, "{measured:?}");
     }
 
     #[test]
