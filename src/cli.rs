@@ -265,6 +265,10 @@ pub struct ControllerArgs {
     pub watch_namespace: Option<String>,
     #[command(flatten)]
     pub leader: LeaderArgs,
+    /// The KEDA version the platform runs. Before v2.21 KEDA does not open
+    /// StreamMetricSpec, and claims with drainWithin say so in their status.
+    #[arg(long, env = "EDS_KEDA_VERSION", default_value = "2.21.0", value_parser = crate::trigger::KedaVersion::parse)]
+    pub keda_version: crate::trigger::KedaVersion,
 }
 
 impl From<ControllerArgs> for ControllerConfig {
@@ -276,6 +280,7 @@ impl From<ControllerArgs> for ControllerConfig {
             http_addr: args.http_addr,
             watch_namespace: args.watch_namespace,
             leader: args.leader.into(),
+            keda_version: args.keda_version,
         }
     }
 }

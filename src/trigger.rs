@@ -141,6 +141,51 @@ pub fn replica_cap(max_ack_pending: Option<u64>, concurrency: NonZeroU32) -> Opt
     max_ack_pending.map(|limit| limit.div_ceil(u64::from(concurrency.get())))
 }
 
+/// The KEDA version the platform runs, as the operator declares it: what
+/// decides whether `drainWithin` can reach the HPA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KedaVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl KedaVersion {
+    /// The first KEDA with `StreamMetricSpec`.
+    pub const STREAMS_METRIC_SPECS: KedaVersion = KedaVersion {
+        major: 2,
+        minor: 21,
+        patch: 0,
+    };
+
+    /// Reads `2.21.0` or `v2.21.0`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a KEDA version such as 2.21.0");
+        let mut parts = text.trim().trim_start_matches('v').split('.');
+        let mut next = || -> Result<u32, String> { parts.next().ok_or_else(bad)?.parse().map_err(|_| bad()) };
+        let version = KedaVersion {
+            major: next()?,
+            minor: next()?,
+            patch: next()?,
+        };
+        match parts.next() {
+            None => Ok(version),
+            Some(_) => Err(bad()),
+        }
+    }
+
+    /// Whether KEDA opens `StreamMetricSpec`, so a streamed target reaches the HPA.
+    pub fn streams_metric_specs(self) -> bool {
+        self >= Self::STREAMS_METRIC_SPECS
+    }
+}
+
+impl fmt::Display for KedaVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
 /// A metadata problem, naming the key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("trigger metadata {key:?}: {message}")]
@@ -617,6 +662,27 @@ mod tests {
             LagThreshold::DEFAULT,
             "the fallback target stays"
         );
+    }
+
+    #[test]
+    fn only_keda_2_21_and_later_streams_metric_specs() {
+        for (text, streams) in [
+            ("2.21.0", true),
+            ("v2.21.0", true),
+            ("2.22.1", true),
+            ("3.0.0", true),
+            ("v2.20.2", false),
+        ] {
+            assert_eq!(
+                KedaVersion::parse(text).unwrap().streams_metric_specs(),
+                streams,
+                "{text}"
+            );
+        }
+        for bad in ["", "2.21", "2.21.0.1", "latest", "2.x.0"] {
+            assert!(KedaVersion::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(KedaVersion::parse("2.20.2").unwrap().to_string(), "v2.20.2");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct DrainStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_capacity_per_second: Option<f64>,
     /// The HPA target, messages per replica: μ × drainWithin in 10 % steps,
-    /// or `lagThreshold` while μ is unknown.
+    /// or `lagThreshold` while μ is unknown (or KEDA cannot take a streamed
+    /// target).
     pub target: f64,
+    /// Why the HPA cannot get the measured target, when it cannot: KEDA
+    /// older than v2.21 never opens the stream that carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }

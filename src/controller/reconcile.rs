@@ -54,6 +54,7 @@ pub struct Context {
     /// The drainWithin estimate of each claim that has one.
     drains: Mutex<HashMap<ObjectRef<EventDrivenService>, ClaimDrain>>,
     epoch: std::time::Instant,
+    keda_version: crate::trigger::KedaVersion,
 }
 
 /// One claim's estimator, and when a reconcile last fed it.
@@ -85,6 +86,7 @@ impl Context {
             failures: Mutex::default(),
             drains: Mutex::default(),
             epoch: std::time::Instant::now(),
+            keda_version: config.keda_version,
         }
     }
 }
@@ -334,20 +336,40 @@ async fn observe_drain(ctx: &Context, claim: &EventDrivenService) -> Option<Drai
             .observe(state.sample(now.duration_since(ctx.epoch).as_secs_f64())),
         None => entry.estimator.interrupt(),
     }
-    Some(drain_status(entry.estimator.rates(), within, threshold))
+    Some(drain_status(
+        entry.estimator.rates(),
+        within,
+        threshold,
+        ctx.keda_version,
+    ))
 }
 
 /// What the claim's status shows of an estimate: rates to two decimals (so
 /// the status does not change with every read's noise) and the target the
 /// scaler would stream.
-fn drain_status(rates: crate::drain::Rates, within: Duration, threshold: LagThreshold) -> DrainStatus {
+/// With KEDA older than v2.21 the target stays `lagThreshold`, and the
+/// status says why.
+fn drain_status(
+    rates: crate::drain::Rates,
+    within: Duration,
+    threshold: LagThreshold,
+    keda: crate::trigger::KedaVersion,
+) -> DrainStatus {
     let round = |r: f64| (r * 100.0).round() / 100.0;
+    let streamed = keda.streams_metric_specs();
     DrainStatus {
         arrivals_per_second: rates.arrivals.map(round),
         replica_capacity_per_second: rates.capacity.map(round),
         target: crate::drain::drain_target(rates, within)
+            .filter(|_| streamed)
             .map(crate::drain::quantize)
             .unwrap_or(threshold.get()),
+        unsupported: (!streamed).then(|| {
+            format!(
+                "drainWithin needs KEDA {} or later, which streams the target (StreamMetricSpec); KEDA {keda} polls GetMetricSpec, so the HPA's target stays lagThreshold {threshold}",
+                crate::trigger::KedaVersion::STREAMS_METRIC_SPECS
+            )
+        }),
     }
 }
 
@@ -433,6 +455,7 @@ mod tests {
                 lease_duration: Duration::from_secs(15),
                 identity: "test".into(),
             },
+            keda_version: crate::trigger::KedaVersion::STREAMS_METRIC_SPECS,
         };
         let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
         let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
@@ -444,19 +467,38 @@ mod tests {
         use crate::drain::Rates;
         let threshold = LagThreshold::parse("5").unwrap();
         let minute = Duration::from_secs(60);
-        let unknown = drain_status(Rates::default(), minute, threshold);
+        let current = crate::trigger::KedaVersion::parse("2.21.0").unwrap();
+        let unknown = drain_status(Rates::default(), minute, threshold, current);
         assert_eq!((unknown.arrivals_per_second, unknown.target), (None, 5.0));
-        let measured = drain_status(
-            Rates {
-                arrivals: Some(3.14159),
-                capacity: Some(2.0),
-            },
-            minute,
-            threshold,
-        );
+        let rates = Rates {
+            arrivals: Some(3.14159),
+            capacity: Some(2.0),
+        };
+        let measured = drain_status(rates, minute, threshold, current);
         assert_eq!(measured.arrivals_per_second, Some(3.14));
         assert_eq!(measured.replica_capacity_per_second, Some(2.0));
         assert!((measured.target / 120.0 - 1.0).abs() < 0.05, "{measured:?}");
+        assert_eq!(measured.unsupported, None);
+    }
+
+    /// Older KEDA polls GetMetricSpec only: the claim says drainWithin
+    /// needs v2.21, and shows the target the HPA really has.
+    #[test]
+    fn before_keda_2_21_the_drain_status_says_it_needs_it() {
+        let rates = crate::drain::Rates {
+            arrivals: Some(1.0),
+            capacity: Some(2.0),
+        };
+        let old = crate::trigger::KedaVersion::parse("v2.20.2").unwrap();
+        let status = drain_status(rates, Duration::from_secs(60), LagThreshold::parse("5").unwrap(), old);
+        assert_eq!(status.target, 5.0);
+        assert_eq!(
+            status.replica_capacity_per_second,
+            Some(2.0),
+            "the measurement is still shown"
+        );
+        let why = status.unsupported.expect("a reason");
+        assert!(why.contains("v2.21.0") && why.contains("v2.20.2"), "{why}");
     }
 
     #[test]
