@@ -671,8 +671,10 @@ async fn a_streamed_metric_spec_changes_the_hpa_target_without_a_write_to_the_sc
         "HPA target {first} -> {measured} (μ·D, D = 10 s) {:?} after the worker started",
         started.elapsed()
     );
-    // μ is at most 20/s (50 ms a message) and more than 2/s on any machine.
-    assert!(measured > 20.0 && measured <= 220.0, "μ·D = {measured}");
+    // μ is at most 20/s (50 ms a message). It is counted low when the
+    // client holds more than one message (prefetch; see docs/scaler.md), and
+    // a loaded machine is slower: the lower bound only says "measured".
+    assert!(measured > 5.0 && measured <= 220.0, "μ·D = {measured}");
     let after = s.scaled_objects().get(WORKER).await.unwrap();
     assert_eq!(
         after.metadata.generation, before.metadata.generation,
