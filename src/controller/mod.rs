@@ -39,6 +39,7 @@ use crate::api::EventDrivenService;
 use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
+use crate::tenancy::Access;
 
 /// The one field manager every write of ours goes under.
 pub const FIELD_MANAGER: &str = "eds-controller";
@@ -82,6 +83,8 @@ pub struct ClaimController {
     client: Client,
     config: ControllerConfig,
     lag: Arc<LagCache>,
+    /// The connections' tenancy rules, read with them.
+    access: Arc<Access>,
     /// Whether the last Lease request reached the API server.
     reachable: Arc<AtomicBool>,
 }
@@ -91,11 +94,13 @@ impl ClaimController {
     pub async fn connect(config: ControllerConfig) -> Result<Self> {
         let client = Client::try_default().await?;
         let connections = Connections::connect(&config.nats, "eds-controller").await?;
+        let access = Arc::new(connections.access().clone());
         let lag = LagCache::new(Arc::new(JetStreamLag::new(connections)), config.lag_interval);
         Ok(ClaimController {
             client,
             config,
             lag,
+            access,
             reachable: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -127,6 +132,7 @@ impl ClaimController {
             client,
             config,
             lag,
+            access,
             reachable,
         } = self;
         let leader_config = &config.leader;
@@ -150,7 +156,7 @@ impl ClaimController {
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, identity, shutdown) => Ok(()),
+            () = reconcile_claims(client, &config, lag, access, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -172,6 +178,7 @@ async fn reconcile_claims(
     client: Client,
     config: &ControllerConfig,
     lag: Arc<LagCache>,
+    access: Arc<Access>,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -200,7 +207,7 @@ async fn reconcile_claims(
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, identity, stores);
+    let context = Context::new(client, config, lag, access, identity, stores);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))
