@@ -5,6 +5,9 @@
 #   load.md      the load benchmark's tables (benches/load); load.json has every figure
 #   e2e-activation.md  publish -> replicas 1 through real KEDA on a control
 #                plane, eds's push beside KEDA's built-in trigger (benches/e2e_activation.rs)
+#   drain.md, drain.png  drainWithin against fixed lagThresholds on a simulated
+#                worker pool (benches/drain: its own crate, so the plotting
+#                crate stays out of the workspace and of scripts/test.sh)
 #
 #   scripts/bench.sh
 #
@@ -40,5 +43,6 @@ cargo bench --features control-plane --bench core --bench load --bench e2e_activ
 cargo bench --bench core 2>&1 | tee "$out/core.txt"
 cargo bench --bench load
 cargo bench --features control-plane --bench e2e_activation
+(cd benches/drain && CARGO_TARGET_DIR="$root/target/drain-sim" cargo run --locked --release -- "$out")
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
 echo "results in $out"

@@ -192,6 +192,8 @@ impl From<ScalerArgs> for ScalerConfig {
                 cache_ttl: args.tuning.cache_ttl,
                 push_active_poll: args.tuning.push_active_poll,
                 push_idle_recheck: args.tuning.push_idle_recheck,
+                drain_sample_every: args.tuning.drain_sample_every,
+                drain_min_interval: args.tuning.drain_min_interval,
             },
             tls: GrpcTls {
                 cert: args.tls.grpc_tls_cert,
@@ -217,6 +219,14 @@ pub struct TuningArgs {
     /// (idle with a notifier, active, or failing).
     #[arg(long, env = "EDS_PUSH_IDLE_RECHECK", default_value = "15s", value_parser = parse_duration)]
     pub push_idle_recheck: Duration,
+    /// How often a `drainWithin` trigger with an open metric spec stream
+    /// reads its consumer.
+    #[arg(long, env = "EDS_DRAIN_SAMPLE_EVERY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_sample_every: Duration,
+    /// The least time between two streamed `drainWithin` targets (KEDA
+    /// rebuilds the HPA on each).
+    #[arg(long, env = "EDS_DRAIN_MIN_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub drain_min_interval: Duration,
 }
 
 /// TLS for the gRPC server. With a client CA, clients must present a
@@ -255,6 +265,10 @@ pub struct ControllerArgs {
     pub watch_namespace: Option<String>,
     #[command(flatten)]
     pub leader: LeaderArgs,
+    /// The KEDA version the platform runs. Before v2.21 KEDA does not open
+    /// StreamMetricSpec, and claims with drainWithin say so in their status.
+    #[arg(long, env = "EDS_KEDA_VERSION", default_value = "2.21.0", value_parser = crate::trigger::KedaVersion::parse)]
+    pub keda_version: crate::trigger::KedaVersion,
 }
 
 impl From<ControllerArgs> for ControllerConfig {
@@ -266,6 +280,7 @@ impl From<ControllerArgs> for ControllerConfig {
             http_addr: args.http_addr,
             watch_namespace: args.watch_namespace,
             leader: args.leader.into(),
+            keda_version: args.keda_version,
         }
     }
 }
@@ -383,6 +398,13 @@ pub struct LagArgs {
     /// concurrency), to show the replica cap.
     #[arg(long, default_value = "1", value_parser = crate::trigger::parse_concurrency)]
     pub concurrency: std::num::NonZeroU32,
+    /// The trigger's drainWithin: read the consumer twice, `--window` apart,
+    /// and show the arrival rate λ, a replica's capacity μ and the target.
+    #[arg(long, value_parser = crate::trigger::parse_drain_within)]
+    pub drain_within: Option<Duration>,
+    /// Time between the two readings of `--drain-within`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "drain_within")]
+    pub window: Duration,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -394,8 +416,35 @@ async fn lag(args: LagArgs) -> Result<()> {
     // Only the connection asked for: the request waits for its first connect.
     let connections = Connections::connect_only(&args.nats.into(), "eds-lag", name).await?;
     let key = ConsumerKey::new(name, args.js_domain.as_deref(), &args.stream, &args.consumer);
-    let state = JetStreamLag::new(connections).consumer_state(&key).await?;
-    let metric = crate::trigger::scale_metric(&state, args.lag_threshold.get(), args.concurrency);
+    let reader = JetStreamLag::new(connections);
+    let mut state = reader.consumer_state(&key).await?;
+    let mut metric = crate::trigger::scale_metric(&state, args.lag_threshold.get(), args.concurrency);
+    // drainWithin: the scaler's estimate from two readings (it smooths over
+    // many; one window is what this command can show).
+    let mut drain = None;
+    if let Some(within) = args.drain_within {
+        let mut estimator = crate::drain::Estimator::new(Default::default(), args.concurrency);
+        estimator.observe(state.sample(0.0));
+        tokio::time::sleep(args.window).await;
+        state = reader.consumer_state(&key).await?;
+        estimator.observe(state.sample(args.window.as_secs_f64()));
+        let rates = estimator.rates();
+        let target = crate::drain::drain_target(rates, within).map(crate::drain::quantize);
+        metric = match target {
+            Some(target) => crate::trigger::scale_metric_of(
+                &state,
+                crate::drain::drain_metric(state.lag(), rates, within),
+                target,
+                args.concurrency,
+            ),
+            None => crate::trigger::scale_metric(&state, args.lag_threshold.get(), args.concurrency),
+        };
+        drain = Some((within, rates, target));
+    }
+    let target = match drain {
+        Some((_, _, Some(target))) => target,
+        _ => args.lag_threshold.get(),
+    };
     if args.json {
         println!(
             "{}",
@@ -405,7 +454,9 @@ async fn lag(args: LagArgs) -> Result<()> {
                 "redelivered": state.redelivered, "waiting": state.waiting,
                 "lag": state.lag(), "filterSubjects": state.filter_subjects,
                 "maxAckPending": state.max_ack_pending, "concurrency": args.concurrency.get(),
-                "replicaCap": metric.replica_cap, "metric": metric.value,
+                "replicaCap": metric.replica_cap, "metric": metric.value, "target": target,
+                "arrivalsPerSecond": drain.and_then(|(_, rates, _)| rates.arrivals),
+                "replicaCapacityPerSecond": drain.and_then(|(_, rates, _)| rates.capacity),
             })
         );
     } else {
@@ -426,16 +477,27 @@ async fn lag(args: LagArgs) -> Result<()> {
             }
             _ => println!("max-ack-pending unlimited: no replica cap"),
         }
+        if let Some((within, rates, measured)) = drain {
+            let rate = |r: Option<f64>| r.map_or("unknown".to_string(), |r| format!("{r:.3}/s"));
+            println!("λ arrivals   {}  (over {:?})", rate(rates.arrivals), args.window);
+            match measured {
+                Some(_) => println!("μ per replica {}", rate(rates.capacity)),
+                None => println!("μ per replica unknown: no work waiting at both readings (target: lagThreshold)"),
+            }
+            println!("drainWithin  {within:?}");
+        }
         if metric.is_capped() {
             println!(
-                "metric       {}  (capped: {} replicas x lagThreshold {}; the true lag is above)",
+                "metric       {}  (capped: {} replicas x target {target}; the true lag is above)",
                 metric.value,
                 metric.replica_cap.unwrap_or_default(),
-                args.lag_threshold
             );
+        } else if metric.wanted != metric.lag as f64 {
+            println!("metric       {}  (lag + λ·drainWithin)", metric.value);
         } else {
             println!("metric       {}  (the lag)", metric.value);
         }
+        println!("target       {target}  (replicas = ceil(metric / target))");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`scaler`]: KEDA external scaler (gRPC) serving consumer lag.
 //! - [`lag`]: reading, caching and watching JetStream consumer lag.
 //! - [`trigger`]: the KEDA trigger metadata render writes and the scaler reads.
+//! - [`drain`]: `drainWithin`'s estimator of arrival rate and replica capacity.
 //! - [`api`], [`render`], [`controller`]: the `EventDrivenService` resource,
 //!   the pure functions that render its children, and the kube-rs controller.
 //! - [`function`]: the same children composed by Crossplane, as a
@@ -19,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod consumer;
 pub mod controller;
+pub mod drain;
 pub mod error;
 pub mod function;
 pub mod lag;

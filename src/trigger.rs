@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -27,6 +28,13 @@ pub const ACTIVATION_LAG_THRESHOLD: &str = "activationLagThreshold";
 pub const NATS_CONNECTION: &str = "natsConnection";
 pub const JS_DOMAIN: &str = "jsDomain";
 pub const CONCURRENCY: &str = "concurrency";
+pub const DRAIN_WITHIN: &str = "drainWithin";
+
+/// The shortest and longest `drainWithin` that mean something: below a
+/// second the HPA cannot act in time, above a day the rates it rests on
+/// have long changed.
+pub const MIN_DRAIN_WITHIN: Duration = Duration::from_secs(1);
+pub const MAX_DRAIN_WITHIN: Duration = Duration::from_secs(24 * 3600);
 
 /// The most un-acknowledged messages one replica may hold, when a trigger
 /// does not say.
@@ -97,6 +105,10 @@ pub struct Trigger {
     /// The most un-acknowledged messages one replica holds at once, its
     /// client's prefetch included.
     pub concurrency: NonZeroU32,
+    /// The time the backlog should drain in: the scaler streams a measured
+    /// target (see `crate::drain`). `lagThreshold` is the target until the
+    /// capacity of a replica is known.
+    pub drain_within: Option<Duration>,
 }
 
 /// What `GetMetrics` reports for one reading, and why.
@@ -104,6 +116,8 @@ pub struct Trigger {
 pub struct ScaleMetric {
     /// The true backlog: pending + ack-pending.
     pub lag: u64,
+    /// The metric before the cap: the lag, or `lag + λ·D` for `drainWithin`.
+    pub wanted: f64,
     /// The value KEDA gets: the lag, or less where more replicas could not
     /// take more work.
     pub value: f64,
@@ -116,7 +130,7 @@ impl ScaleMetric {
     /// The metric stops at the cap: the lag is more than the capped replicas
     /// would be asked to carry.
     pub fn is_capped(&self) -> bool {
-        self.value < self.lag as f64
+        self.value < self.wanted
     }
 }
 
@@ -125,6 +139,51 @@ impl ScaleMetric {
 /// would sit idle. `None` when the consumer sets no limit.
 pub fn replica_cap(max_ack_pending: Option<u64>, concurrency: NonZeroU32) -> Option<u64> {
     max_ack_pending.map(|limit| limit.div_ceil(u64::from(concurrency.get())))
+}
+
+/// The KEDA version the platform runs, as the operator declares it: what
+/// decides whether `drainWithin` can reach the HPA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KedaVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl KedaVersion {
+    /// The first KEDA with `StreamMetricSpec`.
+    pub const STREAMS_METRIC_SPECS: KedaVersion = KedaVersion {
+        major: 2,
+        minor: 21,
+        patch: 0,
+    };
+
+    /// Reads `2.21.0` or `v2.21.0`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a KEDA version such as 2.21.0");
+        let mut parts = text.trim().trim_start_matches('v').split('.');
+        let mut next = || -> Result<u32, String> { parts.next().ok_or_else(bad)?.parse().map_err(|_| bad()) };
+        let version = KedaVersion {
+            major: next()?,
+            minor: next()?,
+            patch: next()?,
+        };
+        match parts.next() {
+            None => Ok(version),
+            Some(_) => Err(bad()),
+        }
+    }
+
+    /// Whether KEDA opens `StreamMetricSpec`, so a streamed target reaches the HPA.
+    pub fn streams_metric_specs(self) -> bool {
+        self >= Self::STREAMS_METRIC_SPECS
+    }
+}
+
+impl fmt::Display for KedaVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
 }
 
 /// A metadata problem, naming the key.
@@ -189,11 +248,16 @@ impl Trigger {
             None | Some("") => DEFAULT_CONCURRENCY,
             Some(text) => parse_concurrency(text).map_err(|message| bad(CONCURRENCY, message))?,
         };
+        let drain_within = match metadata.get(DRAIN_WITHIN).map(|s| s.trim()) {
+            None | Some("") => None,
+            Some(text) => Some(parse_drain_within(text).map_err(|message| bad(DRAIN_WITHIN, message))?),
+        };
         Ok(Trigger {
             key: ConsumerKey::new(connection, domain, stream, consumer),
             lag_threshold,
             activation_lag_threshold,
             concurrency,
+            drain_within,
         })
     }
 
@@ -241,6 +305,10 @@ pub fn claim_metadata(eds: &EventDrivenService, scaler_address: &str, tls: bool)
     if let Some(concurrency) = scaling.concurrency {
         metadata.insert(CONCURRENCY.to_string(), concurrency.to_string());
     }
+    // Only when set: a trigger without it keeps KEDA polling the spec.
+    if let Some(drain_within) = &scaling.drain_within {
+        metadata.insert(DRAIN_WITHIN.to_string(), drain_within.clone());
+    }
     if tls {
         metadata.insert(ENABLE_TLS.to_string(), "true".to_string());
     }
@@ -258,14 +326,20 @@ fn threshold_text(threshold: &IntOrString) -> String {
 
 /// See [`Trigger::scale_metric`]; `target` is the per-replica target in force.
 pub fn scale_metric(state: &ConsumerState, target: f64, concurrency: NonZeroU32) -> ScaleMetric {
-    let lag = state.lag();
+    scale_metric_of(state, state.lag() as f64, target, concurrency)
+}
+
+/// As [`scale_metric`], for a metric `wanted` other than the lag (the
+/// `drainWithin` metric `lag + λ·D`): `min(wanted, R_cap × target)`.
+pub fn scale_metric_of(state: &ConsumerState, wanted: f64, target: f64, concurrency: NonZeroU32) -> ScaleMetric {
     let replica_cap = replica_cap(state.max_ack_pending, concurrency);
     let value = match replica_cap {
-        Some(cap) => (lag as f64).min(cap as f64 * target),
-        None => lag as f64,
+        Some(cap) => wanted.min(cap as f64 * target),
+        None => wanted,
     };
     ScaleMetric {
-        lag,
+        lag: state.lag(),
+        wanted,
         value,
         replica_cap,
     }
@@ -281,6 +355,20 @@ pub fn parse_concurrency(text: &str) -> Result<NonZeroU32, String> {
         Some(_) => Err(format!("must be at most {MAX_CONCURRENCY}, got {value}")),
         None => Err("must be at least 1, got 0".to_string()),
     }
+}
+
+/// A duration such as `60s`, `5m` or `1h30m` (jiff's friendly format, which
+/// also reads the claim's `h`/`m`/`s` form), from [`MIN_DRAIN_WITHIN`] to
+/// [`MAX_DRAIN_WITHIN`].
+pub fn parse_drain_within(text: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as \"60s\", \"5m\" or \"1h30m\""))?;
+    let duration = Duration::try_from(parsed).map_err(|_| format!("must be positive, got {text:?}"))?;
+    if !(MIN_DRAIN_WITHIN..=MAX_DRAIN_WITHIN).contains(&duration) {
+        return Err(format!("must be from 1s to 24h, got {text:?}"));
+    }
+    Ok(duration)
 }
 
 /// KEDA's rule: active when the metric is above the activation threshold.
@@ -484,6 +572,22 @@ mod tests {
                 &[("stream", "S"), ("consumer", "C"), ("concurrency", "1000001")],
                 "concurrency",
             ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("drainWithin", "soon")],
+                "drainWithin",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("drainWithin", "0s")],
+                "drainWithin",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("drainWithin", "25h")],
+                "drainWithin",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("drainWithin", "-60s")],
+                "drainWithin",
+            ),
         ];
         for (pairs, key) in cases {
             let err = parse(pairs).unwrap_err();
@@ -536,6 +640,49 @@ mod tests {
         assert_eq!(trigger.concurrency.get(), 8);
         assert_eq!(metadata[ENABLE_TLS], "true");
         assert_eq!(metadata[SCALER_ADDRESS], "scaler:9090");
+    }
+
+    #[test]
+    fn drain_within_is_read_and_rendered_only_when_set() {
+        for (text, secs) in [("60s", 60), ("5m", 300), ("1h30m", 5400), ("1s", 1), ("24h", 86400)] {
+            assert_eq!(parse_drain_within(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        for text in ["", "500ms", "24h1s", "0s", "-1m", "forever"] {
+            assert!(parse_drain_within(text).is_err(), "{text:?}");
+        }
+        let plain = EventDrivenService::test();
+        assert!(!claim_metadata(&plain, "s:9090", false).contains_key(DRAIN_WITHIN));
+        let eds = EventDrivenService::test().with_spec(|s| s.scaling.drain_within = Some("1m30s".into()));
+        let metadata: HashMap<String, String> = claim_metadata(&eds, "s:9090", false).into_iter().collect();
+        assert_eq!(metadata[DRAIN_WITHIN], "1m30s");
+        let trigger = Trigger::parse_with_connection(&metadata, DEFAULT_CONNECTION).unwrap();
+        assert_eq!(trigger.drain_within, Some(Duration::from_secs(90)));
+        assert_eq!(
+            trigger.lag_threshold,
+            LagThreshold::DEFAULT,
+            "the fallback target stays"
+        );
+    }
+
+    #[test]
+    fn only_keda_2_21_and_later_streams_metric_specs() {
+        for (text, streams) in [
+            ("2.21.0", true),
+            ("v2.21.0", true),
+            ("2.22.1", true),
+            ("3.0.0", true),
+            ("v2.20.2", false),
+        ] {
+            assert_eq!(
+                KedaVersion::parse(text).unwrap().streams_metric_specs(),
+                streams,
+                "{text}"
+            );
+        }
+        for bad in ["", "2.21", "2.21.0.1", "latest", "2.x.0"] {
+            assert!(KedaVersion::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(KedaVersion::parse("2.20.2").unwrap().to_string(), "v2.20.2");
     }
 
     #[test]

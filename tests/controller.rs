@@ -1262,6 +1262,34 @@ async fn an_immutable_change_is_misconfigured_and_a_foreign_consumer_not_owned()
     );
 }
 
+/// Issue 14: a claim with `drainWithin` renders the trigger key through the
+/// API server, and its status carries the controller's estimate: the
+/// `lagThreshold` fallback target until μ has been measured.
+#[tokio::test]
+async fn a_drain_within_claim_gets_its_trigger_key_and_a_drain_status() {
+    let nats = NatsServer::start();
+    let js = js::js(&nats.url()).await;
+    let stream = js::stream_with(&js, "ORDERS", &["orders.>"]).await;
+    js::pull_consumer(&stream, "orders-workers", "", Duration::from_secs(30)).await;
+    js::publish(&js, "orders.new", 4).await;
+
+    let scenario = Scenario::new("drain", &nats.url()).await;
+    scenario
+        .run(claim("", "worker").with_spec(|s| s.scaling.drain_within = Some("90s".into())))
+        .await;
+    let claim = scenario
+        .claim_where("a drain status", |c| {
+            c.status.as_ref().and_then(|s| s.drain.as_ref()).is_some()
+        })
+        .await;
+    let drain = claim.status.unwrap().drain.unwrap();
+    assert_eq!(drain.target, 5.0, "lagThreshold until μ is known: {drain:?}");
+    assert_eq!(drain.replica_capacity_per_second, None, "nothing was acknowledged");
+    let so = scenario.api::<ScaledObject>().get("worker").await.unwrap();
+    let metadata = serde_json::to_value(&so).unwrap()["spec"]["triggers"][0]["metadata"].clone();
+    assert_eq!(metadata["drainWithin"], "90s", "{metadata}");
+}
+
 // Issue 18: tenancy
 
 /// Counts the JetStream API requests on `subject` (wildcards allowed), as

@@ -343,6 +343,16 @@ pub struct Scaling {
     #[x_kube(validation = Rule::new("string(self).matches('^[0-9]{1,9}(\\\\.[0-9]{1,6})?$') && !string(self).matches('^[0.]+$')").message("scaling.lagThreshold must be a positive number below one billion, such as 5 or \"2.5\""))]
     pub lag_threshold: IntOrString,
 
+    /// The time the backlog should take to drain, such as "60s", "5m" or
+    /// "1h30m" (1s to 24h). When set, the scaler measures the consumer's
+    /// arrival rate and one replica's capacity and streams the HPA a target
+    /// that drains the lag in this time (KEDA v2.21 or later); `lagThreshold`
+    /// stays the target until a replica's capacity has been measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$') && self != '' && duration(self) >= duration('1s') && duration(self) <= duration('24h')").message("scaling.drainWithin must be a duration from 1s to 24h in hours, minutes and seconds, such as \"60s\", \"5m\" or \"1h30m\""))]
+    pub drain_within: Option<String>,
+
     /// Lag at or below which a scaled-to-zero worker stays at zero.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self >= 0").message("scaling.activationLagThreshold must be 0 or more"))]
@@ -463,6 +473,7 @@ impl Default for Scaling {
             min_replicas: DEFAULT_MIN_REPLICAS,
             max_replicas: DEFAULT_MAX_REPLICAS,
             lag_threshold: default_lag_threshold(),
+            drain_within: None,
             activation_lag_threshold: 0,
             polling_interval: None,
             cooldown_period: None,

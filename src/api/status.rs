@@ -48,4 +48,31 @@ pub struct EventDrivenServiceStatus {
     /// The consumer's lag (pending + unacknowledged messages) when last read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+
+    /// With `scaling.drainWithin`: the rates and the target, as the
+    /// controller estimates them from its own reads of the consumer (the
+    /// scaler's estimator, fed every lag interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
+}
+
+/// `drainWithin`'s estimate (see docs/scaler.md).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    /// λ: messages arriving per second (unknown until two readings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrivals_per_second: Option<f64>,
+    /// μ: messages one replica acknowledges per second (unknown until work
+    /// was seen waiting at two readings in a row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_capacity_per_second: Option<f64>,
+    /// The HPA target, messages per replica: μ × drainWithin in 10 % steps,
+    /// or `lagThreshold` while μ is unknown (or KEDA cannot take a streamed
+    /// target).
+    pub target: f64,
+    /// Why the HPA cannot get the measured target, when it cannot: KEDA
+    /// older than v2.21 never opens the stream that carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }

@@ -388,6 +388,20 @@ mod tests {
     }
 
     #[test]
+    fn drain_within_takes_hours_minutes_and_seconds_from_1s_to_24h() {
+        for text in ["1s", "60s", "5m", "1h30m", "2h0m5s", "24h", "1440m"] {
+            let mut claim = valid_claim();
+            claim["spec"]["scaling"]["drainWithin"] = json!(text);
+            let checked = check_claim(&claim).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let parsed = crate::trigger::parse_drain_within(checked.spec.scaling.drain_within.as_deref().unwrap());
+            assert!(
+                parsed.is_ok(),
+                "the scaler reads what the API server accepts: {text}: {parsed:?}"
+            );
+        }
+    }
+
+    #[test]
     fn lag_threshold_may_be_a_string_or_an_integer() {
         for threshold in [json!("5"), json!(5), json!("2.5"), json!("0.5"), json!(999_999_999)] {
             let mut claim = valid_claim();

@@ -67,6 +67,9 @@ pub struct ControllerConfig {
     /// Reconcile only this namespace's claims (default: every namespace).
     pub watch_namespace: Option<String>,
     pub leader: LeaderConfig,
+    /// The KEDA the platform runs: before v2.21 a claim's `drainWithin` is
+    /// reported as having no effect.
+    pub keda_version: crate::trigger::KedaVersion,
 }
 
 /// Leader election: only the replica holding the Lease reconciles.

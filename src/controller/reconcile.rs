@@ -24,7 +24,8 @@ use super::metrics::{
 };
 use super::{ControllerConfig, FIELD_MANAGER, FINALIZER};
 use crate::api::{
-    CONDITION_CONSUMER_HEALTHY, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim, Nats,
+    CONDITION_CONSUMER_HEALTHY, DrainStatus, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim,
+    Nats,
 };
 use crate::consumer::{self, ConsumerError, Deletion, Outcome, deletes_consumer};
 use crate::lag::{ConsumerKey, LagCache, LagError, desired_replicas};
@@ -56,7 +57,22 @@ pub struct Context {
     stores: Stores,
     /// Failures in a row, per claim, for the back-off.
     failures: Mutex<HashMap<ObjectRef<EventDrivenService>, Retry>>,
+    /// The drainWithin estimate of each claim that has one.
+    drains: Mutex<HashMap<ObjectRef<EventDrivenService>, ClaimDrain>>,
+    epoch: std::time::Instant,
+    keda_version: crate::trigger::KedaVersion,
 }
+
+/// One claim's estimator, and when a reconcile last fed it.
+struct ClaimDrain {
+    estimator: crate::drain::Estimator,
+    seen: std::time::Instant,
+}
+
+/// An estimate not fed for this long belongs to a claim that is gone or no
+/// longer drains within a time: it is dropped, which bounds the map by the
+/// claims with `drainWithin` reconciled in that time.
+const DRAIN_ESTIMATE_TTL: Duration = Duration::from_secs(600);
 
 impl Context {
     pub fn new(
@@ -84,6 +100,9 @@ impl Context {
             lag_interval: config.lag_interval,
             stores,
             failures: Mutex::default(),
+            drains: Mutex::default(),
+            epoch: std::time::Instant::now(),
+            keda_version: config.keda_version,
         }
     }
 }
@@ -244,7 +263,8 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         lag,
         consumer,
     };
-    let status = desired_status(claim, &observed, Timestamp::now());
+    let mut status = desired_status(claim, &observed, Timestamp::now());
+    status.drain = observe_drain(ctx, claim).await;
     record_gauges(claim, &namespace, &status);
     if claim.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, claim, &namespace, &status).await?;
@@ -474,6 +494,77 @@ async fn read_consumer(ctx: &Context, claim: &EventDrivenService) -> (Option<u64
     }
 }
 
+/// Feeds the claim's drainWithin estimator with the consumer as the cache
+/// has it (the read above made it fresh: no second NATS request) and
+/// reports its estimate. `None` without `drainWithin`.
+async fn observe_drain(ctx: &Context, claim: &EventDrivenService) -> Option<DrainStatus> {
+    let scaling = &claim.spec.scaling;
+    let within = crate::trigger::parse_drain_within(scaling.drain_within.as_deref()?).ok()?;
+    let concurrency = scaling
+        .concurrency
+        .and_then(|c| u32::try_from(c).ok())
+        .and_then(std::num::NonZeroU32::new)
+        .unwrap_or(crate::trigger::DEFAULT_CONCURRENCY);
+    let threshold = LagThreshold::from_claim(&scaling.lag_threshold).unwrap_or_default();
+    let nats = &claim.spec.nats;
+    let key = ConsumerKey::new(
+        nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION),
+        None,
+        &nats.stream,
+        &nats.consumer,
+    );
+    let state = ctx.lag.get(&key).await.result.ok();
+    let now = std::time::Instant::now();
+    let mut drains = ctx.drains.lock().expect("drain estimates");
+    drains.retain(|_, d| now.duration_since(d.seen) < DRAIN_ESTIMATE_TTL);
+    let entry = drains.entry(ObjectRef::from_obj(claim)).or_insert_with(|| ClaimDrain {
+        estimator: crate::drain::Estimator::new(Default::default(), concurrency),
+        seen: now,
+    });
+    entry.seen = now;
+    match state {
+        Some(state) => entry
+            .estimator
+            .observe(state.sample(now.duration_since(ctx.epoch).as_secs_f64())),
+        None => entry.estimator.interrupt(),
+    }
+    Some(drain_status(
+        entry.estimator.rates(),
+        within,
+        threshold,
+        ctx.keda_version,
+    ))
+}
+
+/// What the claim's status shows of an estimate: rates to two decimals (so
+/// the status does not change with every read's noise) and the target the
+/// scaler would stream.
+/// With KEDA older than v2.21 the target stays `lagThreshold`, and the
+/// status says why.
+fn drain_status(
+    rates: crate::drain::Rates,
+    within: Duration,
+    threshold: LagThreshold,
+    keda: crate::trigger::KedaVersion,
+) -> DrainStatus {
+    let round = |r: f64| (r * 100.0).round() / 100.0;
+    let streamed = keda.streams_metric_specs();
+    DrainStatus {
+        arrivals_per_second: rates.arrivals.map(round),
+        replica_capacity_per_second: rates.capacity.map(round),
+        target: crate::drain::drain_target(rates, within)
+            .filter(|_| streamed)
+            .map(crate::drain::quantize)
+            .unwrap_or(threshold.get()),
+        unsupported: (!streamed).then(|| {
+            format!(
+                "drainWithin needs KEDA {} or later, which streams the target (StreamMetricSpec); KEDA {keda} polls GetMetricSpec, so the HPA's target stays lagThreshold {threshold}",
+                crate::trigger::KedaVersion::STREAMS_METRIC_SPECS
+            )
+        }),
+    }
+}
+
 fn record_gauges(claim: &EventDrivenService, namespace: &str, status: &EventDrivenServiceStatus) {
     let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
     let scaling = &claim.spec.scaling;
@@ -555,6 +646,7 @@ mod tests {
                 lease_duration: Duration::from_secs(15),
                 identity: "test".into(),
             },
+            keda_version: crate::trigger::KedaVersion::STREAMS_METRIC_SPECS,
         };
         let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
         let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
@@ -595,6 +687,45 @@ mod tests {
                 "{fine:?}: the reading decides"
             );
         }
+    }
+
+    #[test]
+    fn the_drain_status_is_the_fallback_until_mu_is_known() {
+        use crate::drain::Rates;
+        let threshold = LagThreshold::parse("5").unwrap();
+        let minute = Duration::from_secs(60);
+        let current = crate::trigger::KedaVersion::parse("2.21.0").unwrap();
+        let unknown = drain_status(Rates::default(), minute, threshold, current);
+        assert_eq!((unknown.arrivals_per_second, unknown.target), (None, 5.0));
+        let rates = Rates {
+            arrivals: Some(3.14159),
+            capacity: Some(2.0),
+        };
+        let measured = drain_status(rates, minute, threshold, current);
+        assert_eq!(measured.arrivals_per_second, Some(3.14));
+        assert_eq!(measured.replica_capacity_per_second, Some(2.0));
+        assert!((measured.target / 120.0 - 1.0).abs() < 0.05, "{measured:?}");
+        assert_eq!(measured.unsupported, None);
+    }
+
+    /// Older KEDA polls GetMetricSpec only: the claim says drainWithin
+    /// needs v2.21, and shows the target the HPA really has.
+    #[test]
+    fn before_keda_2_21_the_drain_status_says_it_needs_it() {
+        let rates = crate::drain::Rates {
+            arrivals: Some(1.0),
+            capacity: Some(2.0),
+        };
+        let old = crate::trigger::KedaVersion::parse("v2.20.2").unwrap();
+        let status = drain_status(rates, Duration::from_secs(60), LagThreshold::parse("5").unwrap(), old);
+        assert_eq!(status.target, 5.0);
+        assert_eq!(
+            status.replica_capacity_per_second,
+            Some(2.0),
+            "the measurement is still shown"
+        );
+        let why = status.unsupported.expect("a reason");
+        assert!(why.contains("v2.21.0") && why.contains("v2.20.2"), "{why}");
     }
 
     #[test]

@@ -9,9 +9,9 @@ use crate::{Error, Result};
 pub const XRD_FILE: &str = "apis/crossplane/definition.yaml";
 
 /// Status fields Crossplane writes itself (`conditions`), or that only the
-/// controller can fill (`lag` needs NATS; `observedGeneration` describes the
-/// controller's reconcile). The function writes the rest.
-const STATUS_NOT_FROM_THE_FUNCTION: [&str; 3] = ["conditions", "observedGeneration", "lag"];
+/// controller can fill (`lag` and `drain` need NATS; `observedGeneration`
+/// describes the controller's reconcile). The function writes the rest.
+const STATUS_NOT_FROM_THE_FUNCTION: [&str; 4] = ["conditions", "observedGeneration", "lag", "drain"];
 
 /// Printer columns Crossplane adds its own of (`READY`, `AGE`), or that
 /// show a field this path leaves empty.

@@ -110,6 +110,7 @@ mod tests {
             waiting: 2,
             max_ack_pending: None,
             filter_subjects: vec![],
+            ..ConsumerState::default()
         }
     }
 

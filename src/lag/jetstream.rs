@@ -140,7 +140,15 @@ struct InfoReply {
     #[serde(default)]
     num_waiting: u64,
     #[serde(default)]
+    delivered: Option<SequenceInfo>,
+    #[serde(default)]
     config: Option<InfoConfig>,
+}
+
+#[derive(Deserialize)]
+struct SequenceInfo {
+    #[serde(default)]
+    consumer_seq: u64,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +214,7 @@ pub fn parse_consumer_info(payload: &[u8], connection: &str, key: &ConsumerKey) 
         ack_pending: reply.num_ack_pending,
         redelivered: reply.num_redelivered,
         waiting: reply.num_waiting,
+        delivered_consumer_seq: reply.delivered.map_or(0, |d| d.consumer_seq),
         max_ack_pending,
         filter_subjects,
     })
@@ -224,8 +233,13 @@ mod tests {
         let payload =
             br#"{"type":"io.nats.jetstream.api.v1.consumer_info_response","stream_name":"ORDERS","name":"workers",
             "config":{"durable_name":"workers","filter_subjects":["orders.eu.>","orders.us.>"]},
+            "delivered":{"consumer_seq":57,"stream_seq":90},
             "num_ack_pending":3,"num_redelivered":1,"num_waiting":2,"num_pending":40}"#;
         let s = parse_consumer_info(payload, "default", &key()).unwrap();
+        assert_eq!(
+            s.delivered_consumer_seq, 57,
+            "the consumer's own sequence, not the stream's"
+        );
         assert_eq!((s.pending, s.ack_pending, s.redelivered, s.waiting), (40, 3, 1, 2));
         assert_eq!(s.lag(), 43);
         assert_eq!(s.filter_subjects, vec!["orders.eu.>", "orders.us.>"]);

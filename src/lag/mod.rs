@@ -65,6 +65,10 @@ pub struct ConsumerState {
     pub ack_pending: u64,
     pub redelivered: u64,
     pub waiting: u64,
+    /// The consumer sequence of the last delivery (`delivered.consumer_seq`):
+    /// it counts this consumer's deliveries, redeliveries included, and
+    /// nothing else on the stream (see `crate::drain`).
+    pub delivered_consumer_seq: u64,
     /// The consumer's `max_ack_pending`, when it sets a limit (the server
     /// hands out no more messages once this many are un-acknowledged).
     pub max_ack_pending: Option<u64>,
@@ -76,6 +80,16 @@ impl ConsumerState {
     /// The backlog KEDA scales on. See the module docs for why.
     pub fn lag(&self) -> u64 {
         self.pending.saturating_add(self.ack_pending)
+    }
+
+    /// This reading as the `drainWithin` estimator takes it, at `at` seconds.
+    pub fn sample(&self, at: f64) -> crate::drain::Sample {
+        crate::drain::Sample {
+            at,
+            delivered: self.delivered_consumer_seq,
+            pending: self.pending,
+            ack_pending: self.ack_pending,
+        }
     }
 }
 

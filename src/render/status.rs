@@ -193,6 +193,8 @@ pub fn desired_status(claim: &EventDrivenService, observed: &Observed<'_>, now: 
         replicas: observed.deployment.as_ref().map(|d| d.replicas.unwrap_or(0)),
         ready_replicas: observed.deployment.as_ref().map(|d| d.ready_replicas.unwrap_or(0)),
         lag: observed.lag.map(|lag| i64::try_from(lag).unwrap_or(i64::MAX)),
+        // The controller adds its drainWithin estimate (controller::reconcile).
+        drain: None,
     }
 }
 

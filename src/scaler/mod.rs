@@ -2,6 +2,7 @@
 //! The trigger metadata it reads is [`crate::trigger`]'s; the process around
 //! it (metrics, HTTP, signals) is `runtime.rs`'s.
 pub mod codec;
+pub mod drain;
 pub mod metrics;
 pub mod service;
 
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+pub use drain::DrainConfig;
 pub use service::{LagProvider, LagScaler, NatsLag, Readings};
 
 use crate::lag::{JetStreamLag, LagCache, Watchers, watch::WatchConfig};
@@ -44,15 +46,23 @@ pub struct Tuning {
     pub push_active_poll: Duration,
     /// Safety re-read interval for a consumer with an open push stream.
     pub push_idle_recheck: Duration,
+    /// How often a `drainWithin` trigger with an open metric spec stream
+    /// reads its consumer.
+    pub drain_sample_every: Duration,
+    /// The least time between two streamed targets.
+    pub drain_min_interval: Duration,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         let watch = WatchConfig::default();
+        let drain = DrainConfig::default();
         Tuning {
             cache_ttl: Duration::from_secs(1),
             push_active_poll: watch.active_poll,
             push_idle_recheck: watch.idle_recheck,
+            drain_sample_every: drain.sample_every,
+            drain_min_interval: drain.hysteresis.min_interval,
         }
     }
 }
@@ -86,6 +96,7 @@ pub struct Scaler {
     pub connections: Connections,
     pub cache: Arc<LagCache>,
     pub watchers: Arc<Watchers>,
+    pub drain: DrainConfig,
 }
 
 impl Scaler {
@@ -101,10 +112,18 @@ impl Scaler {
                 idle_recheck: tuning.push_idle_recheck,
             },
         );
+        let drain = DrainConfig {
+            sample_every: tuning.drain_sample_every,
+            hysteresis: crate::drain::Hysteresis {
+                min_interval: tuning.drain_min_interval,
+            },
+            ..DrainConfig::default()
+        };
         Ok(Scaler {
             connections,
             cache,
             watchers,
+            drain,
         })
     }
 
@@ -113,7 +132,7 @@ impl Scaler {
             cache: self.cache.clone(),
             watchers: self.watchers.clone(),
         };
-        LagScaler::new(self.connections.clone(), source)
+        LagScaler::with_drain_config(self.connections.clone(), source, self.drain)
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves.

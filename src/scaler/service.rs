@@ -7,6 +7,7 @@ use std::time::Instant;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::drain::{Drain, DrainConfig, Drains, Sent};
 use super::metrics::{DENIED, PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
 use crate::lag::{ConsumerKey, ConsumerState, LagCache, LagError, Watchers, watch::Subscription};
 use crate::nats::Connections;
@@ -18,7 +19,7 @@ use crate::trigger::{ScaleMetric, Trigger, is_active};
 
 /// What the scaler needs from the lag side: a reading fresh enough to
 /// serve, and the readings of a consumer as they come (push activation).
-pub trait LagProvider: Send + Sync + 'static {
+pub trait LagProvider: Clone + Send + Sync + 'static {
     type Readings: Readings;
 
     /// The consumer's counts and limits, or why they could not be read.
@@ -65,6 +66,8 @@ impl Readings for Subscription {
 pub struct LagScaler<L = NatsLag> {
     connections: Connections,
     source: L,
+    /// The `drainWithin` triggers with an open `StreamMetricSpec`.
+    drains: Arc<Drains>,
 }
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
@@ -73,7 +76,22 @@ type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status
 impl<L: LagProvider> LagScaler<L> {
     /// `connections` are the names trigger metadata may pick.
     pub fn new(connections: Connections, source: L) -> Self {
-        LagScaler { connections, source }
+        Self::with_drain_config(connections, source, DrainConfig::default())
+    }
+
+    /// As [`LagScaler::new`], with how `drainWithin` samples and sends.
+    pub fn with_drain_config(connections: Connections, source: L, drain: DrainConfig) -> Self {
+        LagScaler {
+            connections,
+            source,
+            drains: Arc::new(Drains::new(drain)),
+        }
+    }
+
+    /// The live `drainWithin` estimates (one per distinct trigger with an
+    /// open stream).
+    pub fn drains(&self) -> &Drains {
+        &self.drains
     }
 
     fn trigger(&self, scaled_object: Option<&ScaledObjectRef>) -> Result<Trigger, Status> {
@@ -126,10 +144,10 @@ pub fn lag_status(error: &LagError) -> Status {
 /// The integer form older KEDA reads: the exact lag, or the capped value
 /// rounded up (so `ceil(metric / target)` still reaches the cap).
 fn metric_integer(metric: &ScaleMetric) -> i64 {
-    if metric.is_capped() {
-        metric.value.ceil() as i64
-    } else {
+    if metric.value == metric.lag as f64 {
         i64::try_from(metric.lag).unwrap_or(i64::MAX)
+    } else {
+        metric.value.ceil() as i64
     }
 }
 
@@ -180,17 +198,16 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let started = Instant::now();
-        // The spec needs no NATS round trip: it is fixed by the metadata.
+        // The spec needs no NATS round trip: it is fixed by the metadata,
+        // or, for `drainWithin`, what the open stream last sent.
         let result = self
             .allowed_trigger("GetMetricSpec", Some(request.get_ref()))
             .map(|trigger| {
-                Response::new(GetMetricSpecResponse {
-                    metric_specs: vec![MetricSpec {
-                        metric_name: trigger.metric_name(),
-                        target_size: trigger.lag_threshold.get().ceil() as i64,
-                        target_size_float: trigger.lag_threshold.get(),
-                    }],
-                })
+                let target = match self.drains.get(&trigger) {
+                    Some(drain) => drain.sent().target,
+                    None => trigger.lag_threshold.get(),
+                };
+                Response::new(metric_spec(&trigger, target))
             });
         observe("GetMetricSpec", started, &result);
         result
@@ -201,7 +218,12 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let result = async {
             let request = request.get_ref();
             let trigger = self.allowed_trigger("GetMetrics", request.scaled_object_ref.as_ref())?;
-            let metric = trigger.scale_metric(&self.consumer_state(&trigger).await?);
+            let state = self.consumer_state(&trigger).await?;
+            // The metric goes with the target KEDA was sent.
+            let metric = match self.drains.get(&trigger) {
+                Some(drain) => drain.scale_metric(&trigger, &state),
+                None => trigger.scale_metric(&state),
+            };
             // KEDA asks by the name it got from GetMetricSpec; answer with it.
             let metric_name = if request.metric_name.is_empty() {
                 trigger.metric_name()
@@ -225,13 +247,12 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
 
     async fn stream_metric_spec(
         &self,
-        _request: Request<ScaledObjectRef>,
+        request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
-        // Our spec only changes with the trigger metadata, and KEDA rebuilds
-        // the scaler when that changes: polling GetMetricSpec is exact.
-        let result = Err(Status::unimplemented("StreamMetricSpec: use GetMetricSpec"));
-        observe("StreamMetricSpec", Instant::now(), &result);
-        result
+        let started = Instant::now();
+        let opened = self.open_spec_stream(request.get_ref()).await;
+        observe("StreamMetricSpec", started, &opened);
+        opened.map(Response::new)
     }
 }
 
@@ -258,6 +279,66 @@ impl<L: LagProvider> LagScaler<L> {
             _open: OpenStream::new(),
         };
         Ok(Box::pin(futures::stream::unfold(state, PushState::next)))
+    }
+}
+
+impl<L: LagProvider> LagScaler<L> {
+    /// Opens a metric spec stream for a `drainWithin` trigger: the current
+    /// target at once, then each one the drain decides to send.
+    async fn open_spec_stream(&self, so: &ScaledObjectRef) -> Result<SpecStream, Status> {
+        let trigger = self.allowed_trigger("StreamMetricSpec", Some(so))?;
+        if trigger.drain_within.is_none() {
+            // The spec only changes with the metadata, and KEDA rebuilds the
+            // scaler when that changes: polling GetMetricSpec is exact, and
+            // no stream is held open per ScaledObject.
+            return Err(Status::unimplemented(
+                "StreamMetricSpec: only triggers with drainWithin stream their target; use GetMetricSpec",
+            ));
+        }
+        if let Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) =
+            self.source.consumer_state(&trigger.key).await
+        {
+            return Err(lag_status(&e));
+        }
+        let drain = self
+            .drains
+            .open(&trigger, &self.source)
+            .expect("a drainWithin trigger has a drain");
+        let sent = drain.subscribe();
+        let state = SpecState {
+            trigger,
+            sent,
+            _drain: drain,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, SpecState::next)))
+    }
+}
+
+/// The one-metric spec KEDA gets, with `target` per replica.
+fn metric_spec(trigger: &Trigger, target: f64) -> GetMetricSpecResponse {
+    GetMetricSpecResponse {
+        metric_specs: vec![MetricSpec {
+            metric_name: trigger.metric_name(),
+            target_size: target.ceil() as i64,
+            target_size_float: target,
+        }],
+    }
+}
+
+/// One open StreamMetricSpec stream. Holding the drain keeps its sampler
+/// running; dropping the stream (KEDA went away) lets it stop.
+struct SpecState {
+    trigger: Trigger,
+    sent: tokio::sync::watch::Receiver<Sent>,
+    _drain: Arc<Drain>,
+}
+
+impl SpecState {
+    async fn next(mut self) -> Option<(Result<GetMetricSpecResponse, Status>, Self)> {
+        // The sender lives in the drain this stream holds: never closed.
+        self.sent.changed().await.ok()?;
+        let target = self.sent.borrow_and_update().target;
+        Some((Ok(metric_spec(&self.trigger, target)), self))
     }
 }
 
@@ -324,6 +405,7 @@ mod tests {
 
     use super::*;
     use crate::proto::GetMetricsRequest;
+    use crate::scaler::DrainConfig;
     use crate::tenancy::{Access, ConnectionRules, Patterns, ReadRule};
 
     /// Lag from a table, and push readings from a channel the test feeds.
@@ -571,6 +653,189 @@ mod tests {
         assert!(quiet.is_err(), "no repeat of an unchanged state");
     }
 
+    fn drain_trigger() -> ScaledObjectRef {
+        so(&[
+            ("stream", "S"),
+            ("consumer", "c"),
+            ("lagThreshold", "5"),
+            ("drainWithin", "60s"),
+        ])
+    }
+
+    fn drain_scaler(fake: FakeLag) -> (LagScaler<Arc<FakeLag>>, Arc<FakeLag>) {
+        let fake = Arc::new(fake);
+        let config = DrainConfig {
+            sample_every: std::time::Duration::from_secs(1),
+            hysteresis: crate::drain::Hysteresis {
+                min_interval: std::time::Duration::from_secs(10),
+            },
+            ..DrainConfig::default()
+        };
+        let open = Access::new([("default".to_string(), ConnectionRules::every_namespace())].into());
+        (
+            LagScaler::with_drain_config(Connections::default().with_access(open), fake.clone(), config),
+            fake,
+        )
+    }
+
+    /// `busy` replicas each acking one message a second, `pending` waiting,
+    /// at second `t`.
+    fn pool(t: u64, busy: u64, pending: u64) -> ConsumerState {
+        ConsumerState {
+            pending,
+            ack_pending: busy,
+            delivered_consumer_seq: busy + t * busy,
+            ..ConsumerState::default()
+        }
+    }
+
+    async fn spec_target(scaler: &LagScaler<Arc<FakeLag>>, trigger: ScaledObjectRef) -> f64 {
+        let spec = scaler
+            .get_metric_spec(Request::new(trigger))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(spec.metric_specs.len(), 1);
+        spec.metric_specs[0].target_size_float
+    }
+
+    #[tokio::test]
+    async fn stream_metric_spec_is_unimplemented_without_drain_within() {
+        let (scaler, _) = scaler(FakeLag::with("c", Ok(1)));
+        let trigger = so(&[("stream", "S"), ("consumer", "c"), ("lagThreshold", "5")]);
+        let status = scaler.stream_metric_spec(Request::new(trigger)).await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(scaler.drains().is_empty(), "no state for a polled trigger");
+        let bad = so(&[("stream", "S"), ("consumer", "c"), ("drainWithin", "25h")]);
+        let status = scaler
+            .stream_metric_spec(Request::new(bad.clone()))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("drainWithin"), "{}", status.message());
+        let status = scaler.get_metric_spec(Request::new(bad)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let (missing, _) = self::scaler(FakeLag::default());
+        let status = missing
+            .stream_metric_spec(Request::new(drain_trigger()))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(missing.drains().is_empty());
+    }
+
+    /// Older KEDA never opens the stream: drainWithin changes nothing.
+    #[tokio::test]
+    async fn without_a_stream_drain_within_answers_as_lag_threshold() {
+        let (scaler, _) = drain_scaler(FakeLag::with_state("c", Ok(pool(100, 2, 40))));
+        assert_eq!(spec_target(&scaler, drain_trigger()).await, 5.0);
+        let reply = scaler
+            .get_metrics(metrics(drain_trigger(), "m"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.metric_values[0].metric_value, 42, "the plain lag");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_stream_sends_at_once_then_measured_steps_and_get_metric_spec_agrees() {
+        let (scaler, fake) = drain_scaler(FakeLag::with_state("c", Ok(pool(0, 2, 100))));
+        let set = |state: Result<ConsumerState, LagError>| {
+            fake.lag.lock().unwrap().insert("c".into(), state);
+        };
+        let mut stream = scaler
+            .stream_metric_spec(Request::new(drain_trigger()))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.metric_specs.len(), 1, "never an empty list");
+        assert_eq!(
+            first.metric_specs[0].target_size_float, 5.0,
+            "the fallback until μ is known"
+        );
+        assert_eq!(first.metric_specs[0].metric_name, crate::trigger::metric_name("S", "c"));
+        assert_eq!(spec_target(&scaler, drain_trigger()).await, 5.0);
+        assert_eq!(scaler.drains().len(), 1);
+
+        // A saturated pool of 2, one message a second each: μ = 1, target μ·D = 60.
+        for t in 1..=12 {
+            set(Ok(pool(t, 2, 100)));
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let measured = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("a measured target is streamed")
+            .unwrap()
+            .unwrap();
+        let target = measured.metric_specs[0].target_size_float;
+        assert!((target / 60.0 - 1.0).abs() < 0.05, "target {target}");
+        assert_eq!(measured.metric_specs[0].target_size, target.ceil() as i64);
+        assert_eq!(
+            spec_target(&scaler, drain_trigger()).await,
+            target,
+            "GetMetricSpec = last sent"
+        );
+        // metric = lag + λ·D = 102 + 2·60; ceil(metric / target) = 4 replicas.
+        let reply = scaler
+            .get_metrics(metrics(drain_trigger(), "m"))
+            .await
+            .unwrap()
+            .into_inner();
+        let metric = reply.metric_values[0].metric_value_float;
+        assert!((metric - 222.0).abs() < 1.0, "metric {metric}");
+        assert_eq!((metric / target).ceil(), 4.0);
+
+        // NATS goes away for a while: nothing is sent, the stream stays open.
+        set(Err(LagError::Disconnected {
+            connection: "default".into(),
+            servers: "nats://x:4222".into(),
+        }));
+        let quiet = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next()).await;
+        assert!(quiet.is_err(), "no target from a failed read");
+        // Back, and the pool is now twice as fast: one new step after the
+        // minimum interval, not one per reading.
+        let mut seq = pool(12, 2, 100).delivered_consumer_seq;
+        let mut sent = Vec::new();
+        for _ in 0..120 {
+            seq += 4;
+            set(Ok(ConsumerState {
+                pending: 100,
+                ack_pending: 2,
+                delivered_consumer_seq: seq,
+                ..ConsumerState::default()
+            }));
+            tokio::select! {
+                next = stream.next() => sent.push(next.unwrap().unwrap().metric_specs[0].target_size_float),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+        assert!(!sent.is_empty() && sent.len() <= 12, "{sent:?}");
+        let last = *sent.last().unwrap();
+        assert!(last > 1.5 * target, "μ doubled: {target} -> {last} ({sent:?})");
+        assert_eq!(spec_target(&scaler, drain_trigger()).await, last);
+
+        // The client goes away: its drain and sampler go with it.
+        drop(stream);
+        tokio::task::yield_now().await;
+        assert!(scaler.drains().is_empty());
+        assert_eq!(spec_target(&scaler, drain_trigger()).await, 5.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_on_one_trigger_share_one_drain() {
+        let (scaler, _) = drain_scaler(FakeLag::with_state("c", Ok(pool(0, 1, 1))));
+        let a = scaler.stream_metric_spec(Request::new(drain_trigger())).await.unwrap();
+        let b = scaler.stream_metric_spec(Request::new(drain_trigger())).await.unwrap();
+        assert_eq!(scaler.drains().len(), 1);
+        drop(a);
+        assert_eq!(scaler.drains().len(), 1);
+        drop(b);
+        assert!(scaler.drains().is_empty());
+    }
+
     #[tokio::test]
     async fn every_rpc_refuses_a_namespace_the_rules_do_not_allow_before_reading_lag() {
         let fake = Arc::new(FakeLag::with("c", Ok(5)));
@@ -598,6 +863,14 @@ mod tests {
                 scaler.get_metrics(metrics(refused.clone(), "m")).await.unwrap_err(),
                 scaler
                     .stream_is_active(Request::new(refused.clone()))
+                    .await
+                    .err()
+                    .unwrap(),
+                scaler
+                    .stream_metric_spec(Request::new(ScaledObjectRef {
+                        scaler_metadata: drain_trigger().scaler_metadata,
+                        ..refused.clone()
+                    }))
                     .await
                     .err()
                     .unwrap(),
