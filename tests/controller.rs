@@ -1075,28 +1075,6 @@ fn consumer_condition<'a>(
     claim.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// A scenario whose controller lets every namespace use its NATS
-/// connection (without `--nats-namespaces` none may, and the controller then
-/// writes no consumer).
-async fn owning_scenario(name: &str, nats_url: &str) -> Scenario {
-    let cp = cluster::shared();
-    let client = cp.client().await;
-    let ns = cp.namespace(&client, name).await;
-    let controller = Controller::start_with(
-        &cp.kubeconfig(),
-        &ns,
-        name,
-        nats_url,
-        &["--lease-namespace", &ns, "--nats-namespaces", "*"],
-    );
-    Scenario {
-        client,
-        ns,
-        controller,
-        _cluster: cp,
-    }
-}
-
 /// A claim that owns consumer `orders-workers` on stream ORDERS.
 fn owning_claim(name: &str, policy: DeletionPolicy) -> EventDrivenService {
     claim("", name).with_spec(|s| {
@@ -1139,7 +1117,7 @@ async fn a_claim_with_consumer_config_creates_its_consumer_and_deletes_it_under_
     let nats = NatsServer::start();
     let js = js::js(&nats.url()).await;
     let stream = js::stream_with(&js, "ORDERS", &["orders.>"]).await;
-    let scenario = owning_scenario("owndelete", &nats.url()).await;
+    let scenario = Scenario::new("owndelete", &nats.url()).await;
 
     let children = scenario.run(owning_claim("worker", DeletionPolicy::Delete)).await;
     assert!(children.scaled_object.metadata.name.is_some());
@@ -1179,7 +1157,7 @@ async fn retain_keeps_the_consumer_and_sets_no_finalizer() {
     let nats = NatsServer::start();
     let js = js::js(&nats.url()).await;
     let stream = js::stream_with(&js, "ORDERS", &["orders.>"]).await;
-    let scenario = owning_scenario("ownretain", &nats.url()).await;
+    let scenario = Scenario::new("ownretain", &nats.url()).await;
 
     scenario.run(owning_claim("worker", DeletionPolicy::Retain)).await;
     let claim = scenario
@@ -1204,7 +1182,7 @@ async fn an_immutable_change_is_misconfigured_and_a_foreign_consumer_not_owned()
     let stream = js::stream_with(&js, "ORDERS", &["orders.>"]).await;
     // Made by hand, under another name: no stamp.
     js::pull_consumer(&stream, "by-hand", "", Duration::from_secs(30)).await;
-    let scenario = owning_scenario("ownmisc", &nats.url()).await;
+    let scenario = Scenario::new("ownmisc", &nats.url()).await;
 
     scenario.run(owning_claim("worker", DeletionPolicy::Retain)).await;
     scenario
