@@ -10,6 +10,7 @@
 //! - [`trigger`]: the KEDA trigger metadata render writes and the scaler reads.
 //! - [`api`], [`render`], [`controller`]: the `EventDrivenService` resource,
 //!   the pure functions that render its children, and the kube-rs controller.
+//! - [`health`]: whether more replicas can drain a consumer, and why not.
 //! - [`function`]: the same children composed by Crossplane, as a
 //!   composition function.
 #![deny(warnings, rust_2018_idioms)]
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod function;
+pub mod health;
 pub mod lag;
 pub mod nats;
 pub mod render;

@@ -109,7 +109,7 @@ mod tests {
             redelivered: 1,
             waiting: 2,
             max_ack_pending: None,
-            filter_subjects: vec![],
+            ..Default::default()
         }
     }
 

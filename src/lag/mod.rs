@@ -70,6 +70,15 @@ pub struct ConsumerState {
     pub max_ack_pending: Option<u64>,
     /// The consumer's subject filter (empty: the whole stream).
     pub filter_subjects: Vec<String>,
+    /// `delivered.consumer_seq`: deliveries so far, redeliveries included.
+    /// With `ack_pending`, its change over time gives the acknowledgements.
+    pub delivered: u64,
+    /// The consumer's `ack_policy` as the server spells it (`explicit`,
+    /// `all`, `none`); empty when not reported.
+    pub ack_policy: String,
+    /// The consumer's `max_deliver`, when it sets a limit (-1: a message is
+    /// redelivered forever).
+    pub max_deliver: Option<u64>,
 }
 
 impl ConsumerState {
