@@ -30,6 +30,10 @@ pub struct Reading {
 
 type InFlight = Shared<BoxFuture<'static, Reading>>;
 
+/// Told of every completed read, whoever caused it: push watchers learn
+/// from KEDA's own reads instead of reading again.
+pub type ReadingListener = Box<dyn Fn(&ConsumerKey) + Send + Sync>;
+
 #[derive(Default)]
 struct Slot {
     last: Option<Reading>,
@@ -56,6 +60,7 @@ pub struct LagCache {
     hits: Counter,
     misses: Counter,
     coalesced: Counter,
+    listener: std::sync::OnceLock<ReadingListener>,
 }
 
 /// Entries unused for this long are dropped (a deleted ScaledObject).
@@ -82,11 +87,18 @@ impl LagCache {
             hits: lookups("hit"),
             misses: lookups("miss"),
             coalesced: lookups("coalesced"),
+            listener: std::sync::OnceLock::new(),
         })
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Sets the one listener told of every completed read (after it is
+    /// stored, outside the cache's lock). A second call is ignored.
+    pub fn set_listener(&self, listener: ReadingListener) {
+        let _ = self.listener.set(listener);
     }
 
     /// The consumer's state, read within the last TTL.
@@ -156,14 +168,19 @@ impl LagCache {
                 this.source.fetch(&key).await
             };
             let reading = Reading { at, result };
-            let mut slots = this.slots.lock().expect("lag cache lock");
-            let slot = slots.entry(key).or_default();
-            // An older read finishing late must not replace a newer one.
-            if slot.last.as_ref().is_none_or(|last| last.at <= at) {
-                slot.last = Some(reading.clone());
+            {
+                let mut slots = this.slots.lock().expect("lag cache lock");
+                let slot = slots.entry(key.clone()).or_default();
+                // An older read finishing late must not replace a newer one.
+                if slot.last.as_ref().is_none_or(|last| last.at <= at) {
+                    slot.last = Some(reading.clone());
+                }
+                if slot.inflight.as_ref().is_some_and(|p| p.id == id) {
+                    slot.inflight = None;
+                }
             }
-            if slot.inflight.as_ref().is_some_and(|p| p.id == id) {
-                slot.inflight = None;
+            if let Some(listener) = this.listener.get() {
+                listener(&key);
             }
             reading
         });
@@ -311,5 +328,32 @@ mod tests {
         assert_eq!(cache.peek(&key).unwrap().result.unwrap().pending, 1);
         assert_eq!(cache.get(&key).await.result.unwrap().pending, 1);
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_listener_hears_of_every_read_once_it_is_stored() {
+        let (cache, _source) = cache(Duration::from_millis(10), Duration::ZERO);
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (weak, log) = (Arc::downgrade(&cache), heard.clone());
+        cache.set_listener(Box::new(move |key| {
+            // Stored before the listener runs, and the cache is not locked.
+            let stored = weak.upgrade().and_then(|c| c.peek(key)).is_some();
+            log.lock().unwrap().push((key.consumer.to_string(), stored));
+        }));
+        let (a, b) = (
+            ConsumerKey::new("default", None, "S", "A"),
+            ConsumerKey::new("default", None, "S", "B"),
+        );
+        cache.get(&a).await;
+        cache.get(&a).await;
+        cache.get(&b).await;
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![("A".to_string(), true), ("B".to_string(), true)],
+            "a cached answer is not a read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cache.get(&a).await;
+        assert_eq!(heard.lock().unwrap().len(), 3);
     }
 }
