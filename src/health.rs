@@ -118,6 +118,11 @@ impl History {
         self.last = Some(sample);
     }
 
+    /// When the last sample was read.
+    pub fn last_at(&self) -> Option<Instant> {
+        self.last.as_ref().map(|s| s.at)
+    }
+
     /// The consumer's health at `now`, from the samples so far.
     pub fn assess(&self, settings: &Settings, now: Instant) -> Assessment {
         let Some(last) = &self.last else {

@@ -36,6 +36,7 @@ pub use reconcile::{Context, Stores, backoff, error_policy, reconcile};
 
 use crate::Result;
 use crate::api::EventDrivenService;
+use crate::lag::advisory::{self, AdvisoryCounts};
 use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
@@ -53,6 +54,9 @@ pub struct ControllerConfig {
     /// How often each claim's lag is read (at most one NATS request per
     /// consumer per interval) and each claim is re-checked for drift.
     pub lag_interval: Duration,
+    /// How long redeliveries must last, or how recent an advisory must be,
+    /// for `PoisonMessages`.
+    pub poison_window: Duration,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     pub http_addr: SocketAddr,
     /// Reconcile only this namespace's claims (default: every namespace).
@@ -79,6 +83,9 @@ pub struct ClaimController {
     client: Client,
     config: ControllerConfig,
     lag: Arc<LagCache>,
+    /// The same connections the lag cache reads through; the leader listens
+    /// for advisories on them.
+    connections: Connections,
     /// Whether the last Lease request reached the API server.
     reachable: Arc<AtomicBool>,
 }
@@ -88,11 +95,12 @@ impl ClaimController {
     pub async fn connect(config: ControllerConfig) -> Result<Self> {
         let client = Client::try_default().await?;
         let connections = Connections::connect(&config.nats, "eds-controller").await?;
-        let lag = LagCache::new(Arc::new(JetStreamLag::new(connections)), config.lag_interval);
+        let lag = LagCache::new(Arc::new(JetStreamLag::new(connections.clone())), config.lag_interval);
         Ok(ClaimController {
             client,
             config,
             lag,
+            connections,
             reachable: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -124,6 +132,7 @@ impl ClaimController {
             client,
             config,
             lag,
+            connections,
             reachable,
         } = self;
         let leader_config = &config.leader;
@@ -147,7 +156,7 @@ impl ClaimController {
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, identity, shutdown) => Ok(()),
+            () = reconcile_claims(client, &config, lag, connections, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -169,9 +178,14 @@ async fn reconcile_claims(
     client: Client,
     config: &ControllerConfig,
     lag: Arc<LagCache>,
+    connections: Connections,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // Advisories are not stored by the server: only the leader listens, from
+    // when it starts leading, so a new leader's poison window starts afresh.
+    let advisories = Arc::new(AdvisoryCounts::default());
+    let listener = AbortOnDrop(tokio::spawn(advisory::listen(connections, advisories.clone())));
     let namespace = config.watch_namespace.as_deref();
     let claims: Api<EventDrivenService> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -197,7 +211,7 @@ async fn reconcile_claims(
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, identity, stores);
+    let context = Context::new(client, config, lag, advisories, identity, stores);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))
@@ -213,6 +227,17 @@ async fn reconcile_claims(
             }
         })
         .await;
+    drop(listener);
+}
+
+/// Stops a spawned task when dropped (the leader's advisory listener ends
+/// with its leadership).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn scoped(client: &Client, namespace: Option<&str>, resource: &ApiResource) -> Api<DynamicObject> {

@@ -14,6 +14,7 @@
 //!
 //! `CONSUMER.INFO` is answered by the consumer's leader only, so on a cluster
 //! the request reaches the one server that knows the numbers: no leader hunt.
+pub mod advisory;
 pub mod cache;
 pub mod exposition;
 pub mod jetstream;
