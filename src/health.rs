@@ -18,6 +18,7 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use crate::api::Scaling;
 use crate::lag::ConsumerState;
 use crate::render::status::{ConsumerHealth, HealthReason};
 use crate::trigger::replica_cap;
@@ -67,6 +68,21 @@ pub struct Settings {
     pub poison_window: Duration,
     pub concurrency: NonZeroU32,
     pub max_replicas: u32,
+}
+
+impl Settings {
+    /// A claim's settings; the poison window is the controller's.
+    pub fn for_claim(scaling: &Scaling, poison_window: Duration) -> Self {
+        Settings {
+            stall_after: scaling.stall_after(),
+            poison_window,
+            concurrency: scaling
+                .concurrency
+                .and_then(|n| NonZeroU32::new(u32::try_from(n).unwrap_or(0)))
+                .unwrap_or(NonZeroU32::MIN),
+            max_replicas: u32::try_from(scaling.max_replicas).unwrap_or(0),
+        }
+    }
 }
 
 /// What was learnt from the samples so far.
@@ -314,6 +330,31 @@ mod tests {
         fn assess(&self, secs: u64) -> Assessment {
             self.history.assess(&SETTINGS, self.at(secs))
         }
+    }
+
+    #[test]
+    fn settings_come_from_the_claim() {
+        let scaling = Scaling {
+            concurrency: Some(4),
+            max_replicas: 7,
+            stall_after: Some("90s".into()),
+            ..Scaling::default()
+        };
+        let settings = Settings::for_claim(&scaling, Duration::from_secs(60));
+        assert_eq!(
+            settings,
+            Settings {
+                stall_after: Duration::from_secs(90),
+                poison_window: Duration::from_secs(60),
+                concurrency: NonZeroU32::new(4).unwrap(),
+                max_replicas: 7,
+            }
+        );
+        let defaults = Settings::for_claim(&Scaling::default(), DEFAULT_POISON_WINDOW);
+        assert_eq!(
+            (defaults.stall_after, defaults.concurrency.get()),
+            (DEFAULT_STALL_AFTER, 1)
+        );
     }
 
     #[test]

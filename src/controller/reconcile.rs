@@ -1,7 +1,6 @@
 //! One claim's reconcile: apply what changed, observe, write the status if it
 //! changed; and what happens when that fails.
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -303,16 +302,7 @@ async fn read_consumer(
     let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
     let (lag, health, problems) = match reading.result {
         Ok(state) => {
-            let scaling = &claim.spec.scaling;
-            let settings = Settings {
-                stall_after: scaling.stall_after(),
-                poison_window: ctx.poison_window,
-                concurrency: scaling
-                    .concurrency
-                    .and_then(|n| NonZeroU32::new(n.max(0) as u32))
-                    .unwrap_or(NonZeroU32::MIN),
-                max_replicas: scaling.max_replicas.max(0) as u32,
-            };
+            let settings = Settings::for_claim(&claim.spec.scaling, ctx.poison_window);
             let lag = state.lag();
             let sample = Sample {
                 at: reading.at,
