@@ -1072,25 +1072,6 @@ async fn events_with_reason(scenario: &Scenario, reason: &str) -> Vec<Event> {
         .collect()
 }
 
-async fn take(
-    consumer: &async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
-    n: usize,
-) -> Vec<async_nats::jetstream::Message> {
-    use futures::StreamExt;
-    let mut batch = consumer
-        .fetch()
-        .max_messages(n)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .unwrap();
-    let mut taken = Vec::new();
-    while let Some(message) = batch.next().await {
-        taken.push(message.unwrap());
-    }
-    taken
-}
-
 #[tokio::test]
 async fn each_consumer_health_condition_appears_and_clears_with_an_event() {
     use async_nats::jetstream::{AckKind, consumer};
@@ -1149,7 +1130,7 @@ async fn each_consumer_health_condition_appears_and_clears_with_an_event() {
     stream.delete_consumer("orders-workers").await.unwrap();
     let workers = stream.create_consumer(config(5)).await.unwrap();
     js::publish(&js, "orders.new", 10).await;
-    let held = take(&workers, 2).await;
+    let held = js::take(&workers, 2).await;
     assert_eq!(held.len(), 2);
     let claim = scenario.claim_where("Saturated", reason_is("Saturated")).await;
     let (_, _, message) = health(&claim).unwrap();
@@ -1173,7 +1154,7 @@ async fn each_consumer_health_condition_appears_and_clears_with_an_event() {
     for message in held {
         message.ack_with(AckKind::Nak(None)).await.unwrap();
     }
-    let again = take(&workers, 2).await;
+    let again = js::take(&workers, 2).await;
     assert_eq!(again.len(), 2);
     let claim = scenario
         .claim_where("PoisonMessages", reason_is("PoisonMessages"))

@@ -11,11 +11,9 @@ use eds::lag::advisory::{self, AdvisoryCounts};
 use eds::lag::{ConsumerKey, ConsumerState, JetStreamLag};
 use eds::nats::{Connections, NatsConfig};
 use eds::render::status::HealthReason;
-use futures::StreamExt;
 use testkit::eventually;
-use testkit::js::{js, publish, pull_consumer, stream_with};
+use testkit::js::{self, js, publish, pull_consumer, stream_with};
 use testkit::nats::NatsServer;
-use testkit::repo;
 
 const SETTINGS: Settings = Settings {
     stall_after: Duration::from_secs(1),
@@ -29,21 +27,6 @@ async fn reader(url: String) -> (Connections, JetStreamLag) {
         .await
         .unwrap();
     (connections.clone(), JetStreamLag::new(connections))
-}
-
-async fn take(consumer: &consumer::Consumer<consumer::pull::Config>, n: usize) -> Vec<jetstream::Message> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(n)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .unwrap();
-    let mut taken = Vec::new();
-    while let Some(message) = batch.next().await {
-        taken.push(message.unwrap());
-    }
-    taken
 }
 
 /// Reads the consumer into `history` every 100 ms for `how_long`, with two
@@ -80,7 +63,7 @@ async fn a_pool_that_acknowledges_nothing_is_stalled() {
     let stream = stream_with(&js, "WORK", &["work.>"]).await;
     let workers = pull_consumer(&stream, "workers", "", Duration::from_secs(30)).await;
     publish(&js, "work.x", 20).await;
-    let held = take(&workers, 3).await;
+    let held = js::take(&workers, 3).await;
     assert_eq!(held.len(), 3);
 
     let (_connections, lag) = reader(nats.url()).await;
@@ -106,14 +89,14 @@ async fn one_slow_message_among_many_flowing_is_not_stalled() {
     let workers = pull_consumer(&stream, "workers", "", Duration::from_secs(30)).await;
     publish(&js, "work.x", 200).await;
     // The first message is held for the whole test: the ack floor stays at 0.
-    let slow = take(&workers, 1).await;
+    let slow = js::take(&workers, 1).await;
     assert_eq!(slow.len(), 1);
 
     let (_connections, lag) = reader(nats.url()).await;
     let key = ConsumerKey::new("default", None, "WORK", "workers");
     let mut history = History::default();
     let flow = async || {
-        for message in take(&workers, 5).await {
+        for message in js::take(&workers, 5).await {
             message.double_ack().await.unwrap();
         }
     };
@@ -131,14 +114,8 @@ async fn one_slow_message_among_many_flowing_is_not_stalled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redeliveries_and_advisories_are_counted_with_the_documented_permissions() {
     // The listener runs as a user with exactly deploy/nats/eds-permissions.conf.
-    let permissions = std::fs::read_to_string(repo::path("deploy/nats/eds-permissions.conf")).unwrap();
-    let nats = NatsServer::start_with(&format!(
-        "{permissions}\nauthorization {{\n  users: [\n    {{user: eds, password: eds-pass, permissions: $EDS_PERMISSIONS}}\n    {{user: admin, password: admin-pass}}\n  ]\n}}\n"
-    ));
-    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pass".into())
-        .connect(nats.url())
-        .await
-        .unwrap();
+    let nats = NatsServer::start_with_eds_permissions();
+    let admin = nats.admin().await;
     let js = jetstream::new(admin);
     let stream = stream_with(&js, "WORK", &["work.>"]).await;
     let workers = stream
@@ -166,10 +143,10 @@ async fn redeliveries_and_advisories_are_counted_with_the_documented_permissions
     publish(&js, "work.x", 2).await;
     // Both delivered and refused once, then delivered again: two redelivered
     // messages in hand.
-    for message in take(&workers, 2).await {
+    for message in js::take(&workers, 2).await {
         message.ack_with(AckKind::Nak(None)).await.unwrap();
     }
-    let again = take(&workers, 2).await;
+    let again = js::take(&workers, 2).await;
     assert_eq!(again.len(), 2);
     let lag = JetStreamLag::new(connections.clone());
     eventually(
@@ -186,7 +163,7 @@ async fn redeliveries_and_advisories_are_counted_with_the_documented_permissions
     // is terminated by its worker.
     again[0].ack_with(AckKind::Nak(None)).await.unwrap();
     again[1].ack_with(AckKind::Term).await.unwrap();
-    let _ = take(&workers, 2).await;
+    let _ = js::take(&workers, 2).await;
     let heard = eventually("both advisories heard", Duration::from_secs(5), async || {
         let counted = counts.count_for(&key);
         (counted.max_deliveries >= 1 && counted.terminated >= 1).then_some(counted)
