@@ -40,6 +40,11 @@ pub enum Error {
     #[error("invalid claim: {}", lines(.0))]
     InvalidClaims(Vec<InvalidClaim>),
 
+    /// The claim's namespace may not use the NATS connection (or read the
+    /// stream) it names, under the connection's tenancy rules.
+    #[error(transparent)]
+    NotAllowed(#[from] crate::tenancy::Denied),
+
     /// A claim the schema accepts but that cannot be rendered.
     #[error("invalid claim: {claim}: {source}")]
     Unrenderable {
@@ -122,6 +127,7 @@ impl Error {
             | Error::Unrenderable { .. }
             | Error::NotYaml { .. }
             | Error::NoClaim => "invalid_claim",
+            Error::NotAllowed(_) => "not_allowed",
             Error::Kube(_) | Error::KubeCall { .. } => "kube",
             Error::Timeout { .. } => "timeout",
             Error::WatchStopped { .. } => "watch",

@@ -71,6 +71,9 @@ impl Controller {
                 "3s",
             ])
             .args(["--nats-url", nats_url])
+            // One test, one namespace: every namespace may use NATS, written
+            // down (a --nats-config default connection replaces this).
+            .args(["--nats-namespaces", "*"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info");
@@ -1047,6 +1050,129 @@ async fn with_two_controllers_only_the_leader_writes() {
     );
     patch_image("img:3").await;
     assert!(writes(&third) >= 1.0);
+}
+
+// Issue 18: tenancy
+
+/// Counts the JetStream API requests on `subject` (wildcards allowed), as
+/// any subscriber sees them; a task reads each so none is dropped.
+async fn count_requests(url: &str, subject: &str) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use futures::StreamExt;
+    let watcher = async_nats::connect(url).await.unwrap();
+    let mut sub = watcher.subscribe(subject.to_string()).await.unwrap();
+    watcher.flush().await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while sub.next().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    seen
+}
+
+/// The connection rules the scaler applies are the controller's too: a claim
+/// its namespace may not back gets no children (no ScaledObject), its NATS is
+/// never read, and `Ready` and `Reconciled` say why, naming the namespace,
+/// the connection and the rule; a claim the rules allow is rendered.
+#[tokio::test]
+async fn a_claim_the_connection_rules_refuse_gets_no_scaled_object_and_a_condition_naming_the_rule() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let nats = NatsServer::start();
+    let cp = cluster::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace(&client, "tenancy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("connections.yaml");
+    // `default` here replaces the flags' connection: no test namespace may
+    // use it. `orders` lets this one read only ORDERS.
+    let url = nats.url();
+    std::fs::write(
+        &config,
+        format!(
+            "connections:\n  default:\n    url: {url}\n    namespaces: [team-*]\n  orders:\n    url: {url}\n    namespaces: ['*']\n    reads:\n      - namespaces: [{ns}]\n        streams: [ORDERS]\n"
+        ),
+    )
+    .unwrap();
+    let refused_reads = count_requests(&url, "$JS.API.CONSUMER.INFO.ORDERS.refused-workers").await;
+    let other_stream_reads = count_requests(&url, "$JS.API.CONSUMER.INFO.PAYMENTS.>").await;
+    let allowed_reads = count_requests(&url, "$JS.API.CONSUMER.INFO.ORDERS.orders-workers").await;
+    let controller = Controller::start_with(
+        &cp.kubeconfig(),
+        &ns,
+        "tenancy",
+        &url,
+        &["--lease-namespace", &ns, "--nats-config", config.to_str().unwrap()],
+    );
+
+    // The allowed claim first: its children show the controller is
+    // reconciling before the refused ones arrive.
+    create(&client, &claim(&ns, "allowed").with_connection("orders")).await;
+    children(&client, &ns, "allowed").await;
+    create(
+        &client,
+        &claim(&ns, "refused").with_spec(|s| s.nats.consumer = "refused-workers".into()),
+    )
+    .await;
+    create(
+        &client,
+        &claim(&ns, "other-stream")
+            .with_connection("orders")
+            .with_spec(|s| s.nats.stream = "PAYMENTS".into()),
+    )
+    .await;
+
+    for (name, connection, rule) in [
+        ("refused", "default", "connections.default.namespaces is [team-*]"),
+        ("other-stream", "orders", "connections.orders.reads[0] allows"),
+    ] {
+        let refused = claim_where(&client, &ns, name, "refused by the rules", |c| {
+            is(c, "Ready", "False") && is(c, "Reconciled", "False")
+        })
+        .await;
+        let conditions = &refused.status.as_ref().unwrap().conditions;
+        for type_ in ["Ready", "Reconciled"] {
+            let c = conditions.iter().find(|c| c.type_ == type_).unwrap();
+            assert_eq!(c.reason, "NamespaceNotAllowed", "{name} {type_}: {c:?}");
+            for needle in [
+                format!("namespace {ns:?}"),
+                format!("connection {connection:?}"),
+                rule.to_string(),
+            ] {
+                assert!(
+                    c.message.contains(&needle),
+                    "{name} {type_}: {needle:?} not in {:?}",
+                    c.message
+                );
+            }
+        }
+        assert!(
+            api::<ScaledObject>(&client, &ns).get_opt(name).await.unwrap().is_none(),
+            "{name}: a refused claim gets no ScaledObject"
+        );
+        assert!(
+            api::<Deployment>(&client, &ns).get_opt(name).await.unwrap().is_none(),
+            "{name}: nor any other child"
+        );
+    }
+    eventually("refusals counted", WAIT, async || {
+        let n = controller.metric("eds_reconcile_errors_total", &[("error", "not_allowed")]);
+        n.filter(|n| *n >= 2.0).ok_or(n)
+    })
+    .await;
+    claim_where(&client, &ns, "allowed", "the allowed claim reconciled", |c| {
+        is(c, "Reconciled", "True")
+    })
+    .await;
+    // The allowed claim's lag is read (so the counters do see reads); the
+    // refused ones' never are.
+    eventually("the allowed claim's lag read", WAIT, async || {
+        (allowed_reads.load(SeqCst) > 0).then_some(())
+    })
+    .await;
+    assert_eq!(refused_reads.load(SeqCst), 0, "NATS read for a refused claim");
+    assert_eq!(other_stream_reads.load(SeqCst), 0, "NATS read for a refused stream");
 }
 
 // Issue 11: consumer health

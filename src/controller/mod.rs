@@ -40,6 +40,7 @@ use crate::lag::advisory::{self, AdvisoryCounts};
 use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
+use crate::tenancy::Access;
 
 /// The one field manager every write of ours goes under.
 pub const FIELD_MANAGER: &str = "eds-controller";
@@ -83,6 +84,8 @@ pub struct ClaimController {
     client: Client,
     config: ControllerConfig,
     lag: Arc<LagCache>,
+    /// The connections' tenancy rules, read with them.
+    access: Arc<Access>,
     /// The same connections the lag cache reads through; the leader listens
     /// for advisories on them.
     connections: Connections,
@@ -95,11 +98,13 @@ impl ClaimController {
     pub async fn connect(config: ControllerConfig) -> Result<Self> {
         let client = Client::try_default().await?;
         let connections = Connections::connect(&config.nats, "eds-controller").await?;
+        let access = Arc::new(connections.access().clone());
         let lag = LagCache::new(Arc::new(JetStreamLag::new(connections.clone())), config.lag_interval);
         Ok(ClaimController {
             client,
             config,
             lag,
+            access,
             connections,
             reachable: Arc::new(AtomicBool::new(false)),
         })
@@ -132,6 +137,7 @@ impl ClaimController {
             client,
             config,
             lag,
+            access,
             connections,
             reachable,
         } = self;
@@ -156,7 +162,7 @@ impl ClaimController {
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, connections, identity, shutdown) => Ok(()),
+            () = reconcile_claims(client, &config, lag, access, connections, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -178,6 +184,7 @@ async fn reconcile_claims(
     client: Client,
     config: &ControllerConfig,
     lag: Arc<LagCache>,
+    access: Arc<Access>,
     connections: Connections,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -211,7 +218,7 @@ async fn reconcile_claims(
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, advisories, identity, stores);
+    let context = Context::new(client, config, lag, access, advisories, identity, stores);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))

@@ -32,6 +32,7 @@ use crate::render::status::{
     ConsumerHealth, HealthReason, Observed, changed_condition, desired_status, keda_conditions,
 };
 use crate::render::{Children, Platform, desired_children};
+use crate::tenancy::Access;
 use crate::trigger::LagThreshold;
 use crate::{Error, Result};
 
@@ -46,6 +47,8 @@ pub struct Context {
     client: Client,
     platform: Platform,
     lag: Arc<LagCache>,
+    /// Which namespaces may use which NATS connection: the scaler's rules.
+    access: Arc<Access>,
     lag_interval: Duration,
     poison_window: Duration,
     advisories: Arc<AdvisoryCounts>,
@@ -64,6 +67,7 @@ impl Context {
         client: Client,
         config: &ControllerConfig,
         lag: Arc<LagCache>,
+        access: Arc<Access>,
         advisories: Arc<AdvisoryCounts>,
         identity: &str,
         stores: Stores,
@@ -79,6 +83,7 @@ impl Context {
             client,
             platform: config.platform.clone(),
             lag,
+            access,
             lag_interval: config.lag_interval,
             poison_window: config.poison_window,
             advisories,
@@ -179,7 +184,14 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             })?;
     }
 
-    let (live, failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
+    // The scaler would refuse this claim's ScaledObject: render nothing, and
+    // read nothing from NATS for it.
+    let allowed = authorize(&ctx.access, claim, &namespace);
+    let refused = allowed.is_err();
+    let desired = allowed
+        .and_then(|()| desired_children(claim, &ctx.platform))
+        .and_then(|c| desired_objects(&c));
+    let (live, failure) = match desired {
         Ok(desired) => apply_changed(ctx, &namespace, &name, desired).await,
         Err(e) => (
             ByKind::from_fn(|kind| cached_child(ctx, kind, &namespace, &name)),
@@ -196,7 +208,12 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         .as_ref()
         .and_then(|d| d.ready_replicas)
         .map_or(0, |n| n.max(0) as u32);
-    let (lag, consumer) = read_consumer(ctx, claim, &namespace, ready_replicas).await;
+    let (lag, consumer) = if refused {
+        (None, None)
+    } else {
+        let (lag, consumer) = read_consumer(ctx, claim, &namespace, ready_replicas).await;
+        (lag, Some(consumer))
+    };
     let observed = Observed {
         applied: failure.as_ref().map_or(Ok(()), Err),
         deployment,
@@ -206,7 +223,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             .map(|so| keda_conditions(&so.data))
             .unwrap_or_default(),
         lag,
-        consumer: Some(consumer),
+        consumer,
     };
     let status = desired_status(claim, &observed, Timestamp::now());
     record_gauges(claim, &namespace, &status);
@@ -278,6 +295,14 @@ fn desired_objects(children: &Children) -> Result<ByKind<Value>> {
         service: json(serde_json::to_value(&children.service))?,
         scaled_object: json(serde_json::to_value(&children.scaled_object))?,
     })
+}
+
+/// Whether the claim's namespace may read its stream on the connection it
+/// names, by the same rules the scaler applies to its ScaledObject.
+fn authorize(access: &Access, claim: &EventDrivenService, namespace: &str) -> Result<()> {
+    let nats = &claim.spec.nats;
+    let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
+    Ok(access.authorize(namespace, connection, None, &nats.stream)?)
 }
 
 fn cached_child(ctx: &Context, kind: ChildKind, namespace: &str, name: &str) -> Live {
@@ -469,7 +494,15 @@ mod tests {
         };
         let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
         let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
-        Arc::new(Context::new(client, &config, lag, Arc::default(), "test", stores))
+        Arc::new(Context::new(
+            client,
+            &config,
+            lag,
+            Arc::default(),
+            Arc::default(),
+            "test",
+            stores,
+        ))
     }
 
     #[test]
