@@ -13,6 +13,10 @@
 //!   would apply, and the status only when it changed: a quiet cluster sees
 //!   no writes from us at all.
 //! - The Deployment's `spec.replicas` is never applied: KEDA owns it.
+//! - A claim with `spec.nats.consumerConfig` owns its JetStream consumer:
+//!   created (stamped as the claim's) before the ScaledObject, kept in shape,
+//!   and deleted with the claim under `deletionPolicy: Delete`, which is the
+//!   one thing the controller ever deletes, behind [`FINALIZER`].
 pub mod apply;
 pub mod children;
 pub mod drift;
@@ -41,6 +45,10 @@ use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
 use crate::tenancy::Access;
+
+/// On a claim whose deletion deletes its consumer: the claim stays until the
+/// consumer is gone.
+pub const FINALIZER: &str = "eds.bizmatters.io/consumer";
 
 /// The one field manager every write of ours goes under.
 pub const FIELD_MANAGER: &str = "eds-controller";
@@ -84,11 +92,11 @@ pub struct ClaimController {
     client: Client,
     config: ControllerConfig,
     lag: Arc<LagCache>,
+    /// The same connections, for the consumers claims own and, on the
+    /// leader, the advisories consumer health counts.
+    connections: Connections,
     /// The connections' tenancy rules, read with them.
     access: Arc<Access>,
-    /// The same connections the lag cache reads through; the leader listens
-    /// for advisories on them.
-    connections: Connections,
     /// Whether the last Lease request reached the API server.
     reachable: Arc<AtomicBool>,
 }
@@ -104,8 +112,8 @@ impl ClaimController {
             client,
             config,
             lag,
-            access,
             connections,
+            access,
             reachable: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -137,8 +145,8 @@ impl ClaimController {
             client,
             config,
             lag,
-            access,
             connections,
+            access,
             reachable,
         } = self;
         let leader_config = &config.leader;
@@ -162,7 +170,7 @@ impl ClaimController {
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, access, connections, identity, shutdown) => Ok(()),
+            () = reconcile_claims(client, &config, lag, connections, access, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -184,15 +192,15 @@ async fn reconcile_claims(
     client: Client,
     config: &ControllerConfig,
     lag: Arc<LagCache>,
-    access: Arc<Access>,
     connections: Connections,
+    access: Arc<Access>,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     // Advisories are not stored by the server: only the leader listens, from
     // when it starts leading, so a new leader's poison window starts afresh.
     let advisories = Arc::new(AdvisoryCounts::default());
-    let listener = AbortOnDrop(tokio::spawn(advisory::listen(connections, advisories.clone())));
+    let listener = AbortOnDrop(tokio::spawn(advisory::listen(connections.clone(), advisories.clone())));
     let namespace = config.watch_namespace.as_deref();
     let claims: Api<EventDrivenService> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -218,7 +226,16 @@ async fn reconcile_claims(
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, access, advisories, identity, stores);
+    let context = Context::new(
+        client,
+        config,
+        lag,
+        connections.clone(),
+        access,
+        advisories,
+        identity,
+        stores,
+    );
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))
