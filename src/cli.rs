@@ -257,6 +257,11 @@ pub struct ControllerArgs {
     /// consumer per interval) and each claim is re-checked for drift.
     #[arg(long, env = "EDS_LAG_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub lag_interval: Duration,
+    /// How long redeliveries must last, or how recently a MAX_DELIVERIES or
+    /// MSG_TERMINATED advisory must have come, for a claim's consumer to be
+    /// reported as having poison messages.
+    #[arg(long, env = "EDS_POISON_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub poison_window: Duration,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, env = "EDS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -277,6 +282,7 @@ impl From<ControllerArgs> for ControllerConfig {
             platform: args.platform.into(),
             nats: args.nats.into(),
             lag_interval: args.lag_interval,
+            poison_window: args.poison_window,
             http_addr: args.http_addr,
             watch_namespace: args.watch_namespace,
             leader: args.leader.into(),

@@ -11,6 +11,7 @@
 //! - [`drain`]: `drainWithin`'s estimator of arrival rate and replica capacity.
 //! - [`api`], [`render`], [`controller`]: the `EventDrivenService` resource,
 //!   the pure functions that render its children, and the kube-rs controller.
+//! - [`health`]: whether more replicas can drain a consumer, and why not.
 //! - [`function`]: the same children composed by Crossplane, as a
 //!   composition function.
 #![deny(warnings, rust_2018_idioms)]
@@ -23,6 +24,7 @@ pub mod controller;
 pub mod drain;
 pub mod error;
 pub mod function;
+pub mod health;
 pub mod lag;
 pub mod nats;
 pub mod render;

@@ -63,7 +63,14 @@ impl Controller {
             .args(["--watch-namespace", namespace])
             .args(["--identity", identity])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--lag-interval", "1s", "--lease-duration", "3s"])
+            .args([
+                "--lag-interval",
+                "1s",
+                "--lease-duration",
+                "3s",
+                "--poison-window",
+                "3s",
+            ])
             .args(["--nats-url", nats_url])
             // One test, one namespace: every namespace may use NATS, written
             // down (a --nats-config default connection replaces this).
@@ -1389,4 +1396,149 @@ async fn a_claim_the_connection_rules_refuse_gets_no_scaled_object_and_a_conditi
     .await;
     assert_eq!(refused_reads.load(SeqCst), 0, "NATS read for a refused claim");
     assert_eq!(other_stream_reads.load(SeqCst), 0, "NATS read for a refused stream");
+}
+
+// Issue 11: consumer health
+
+/// The claim's `ConsumerHealthy` condition as (status, reason, message).
+fn health(claim: &EventDrivenService) -> Option<(String, String, String)> {
+    let c = claim
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == eds::api::CONDITION_CONSUMER_HEALTHY)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Events on the claim named `worker` with `reason`.
+async fn events_with_reason(scenario: &Scenario, reason: &str) -> Vec<Event> {
+    let events = scenario.api::<Event>().list(&Default::default()).await.unwrap().items;
+    events
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("worker"))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn each_consumer_health_condition_appears_and_clears_with_an_event() {
+    use async_nats::jetstream::{AckKind, consumer};
+    let nats = NatsServer::start();
+    let js = js::js(&nats.url()).await;
+    let stream = js::stream_with(&js, "ORDERS", &["orders.>"]).await;
+
+    let scenario = Scenario::new("health", &nats.url()).await;
+    scenario.run(claim("", "worker").with_replicas(0, 10)).await;
+    let reason_is = |reason: &'static str| move |c: &EventDrivenService| health(c).is_some_and(|(_, r, _)| r == reason);
+    let labels = |reason: &'static str| [("name", "worker"), ("reason", reason)];
+
+    // No consumer yet.
+    let claim = scenario
+        .claim_where("ConsumerMissing", reason_is("ConsumerMissing"))
+        .await;
+    let (status, _, message) = health(&claim).unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.contains(r#"consumer "orders-workers" not found on stream "ORDERS""#),
+        "{message}"
+    );
+    let metric = |name: &str, labels: &[(&str, &str)]| scenario.controller.metric(name, labels);
+    assert_eq!(
+        metric("eds_service_consumer_unhealthy", &labels("ConsumerMissing")),
+        Some(1.0)
+    );
+    eventually("a ConsumerMissing Event", WAIT, async || {
+        let events = events_with_reason(&scenario, "ConsumerMissing").await;
+        events
+            .first()
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .cloned()
+    })
+    .await;
+
+    // A consumer that redelivers forever.
+    let config = |max_deliver: i64| consumer::pull::Config {
+        durable_name: Some("orders-workers".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        max_deliver,
+        max_ack_pending: 2,
+        ..Default::default()
+    };
+    stream.create_consumer(config(-1)).await.unwrap();
+    let claim = scenario.claim_where("Misconfigured", reason_is("Misconfigured")).await;
+    let (_, _, message) = health(&claim).unwrap();
+    assert!(message.contains("max_deliver is unlimited"), "{message}");
+    assert_eq!(
+        metric("eds_service_consumer_unhealthy", &labels("ConsumerMissing")),
+        Some(0.0)
+    );
+
+    // Well configured, and saturated: 2 of max_ack_pending 2 held, so at most
+    // 2 replicas get work where 10 are allowed.
+    stream.delete_consumer("orders-workers").await.unwrap();
+    let workers = stream.create_consumer(config(5)).await.unwrap();
+    js::publish(&js, "orders.new", 10).await;
+    let held = js::take(&workers, 2).await;
+    assert_eq!(held.len(), 2);
+    let claim = scenario.claim_where("Saturated", reason_is("Saturated")).await;
+    let (_, _, message) = health(&claim).unwrap();
+    assert!(
+        message.contains("ack-pending 2 has reached the consumer's max_ack_pending 2: at most 2 replicas"),
+        "{message}"
+    );
+    assert_eq!(metric("eds_service_replica_cap", &[("name", "worker")]), Some(2.0));
+    assert_eq!(
+        metric("eds_service_consumer_unhealthy", &labels("Saturated")),
+        Some(1.0)
+    );
+    assert_eq!(
+        claim.status.as_ref().unwrap().lag,
+        Some(10),
+        "the true lag, not the capped metric"
+    );
+
+    // Both refused and delivered again: redelivered for longer than the
+    // poison window (3 s here).
+    for message in held {
+        message.ack_with(AckKind::Nak(None)).await.unwrap();
+    }
+    let again = js::take(&workers, 2).await;
+    assert_eq!(again.len(), 2);
+    let claim = scenario
+        .claim_where("PoisonMessages", reason_is("PoisonMessages"))
+        .await;
+    let (_, _, message) = health(&claim).unwrap();
+    assert!(
+        message.contains("un-acknowledged messages have been redelivered"),
+        "{message}"
+    );
+    assert!(message.contains("(also: Saturated)"), "{message}");
+
+    // Acknowledged: healthy again, with a Normal Event.
+    for message in again {
+        message.double_ack().await.unwrap();
+    }
+    let claim = scenario
+        .claim_where("ConsumerHealthy", |c| health(c).is_some_and(|(s, _, _)| s == "True"))
+        .await;
+    assert_eq!(health(&claim).unwrap().1, "Healthy");
+    for reason in [
+        "ConsumerMissing",
+        "Saturated",
+        "PoisonMessages",
+        "Stalled",
+        "Misconfigured",
+    ] {
+        assert_eq!(
+            metric("eds_service_consumer_unhealthy", &labels(reason)),
+            Some(0.0),
+            "{reason}"
+        );
+    }
+    eventually("a Normal Healthy Event", WAIT, async || {
+        let events = events_with_reason(&scenario, "Healthy").await;
+        events.first().filter(|e| e.type_.as_deref() == Some("Normal")).cloned()
+    })
+    .await;
 }

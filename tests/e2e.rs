@@ -732,3 +732,62 @@ async fn a_streamed_metric_spec_changes_the_hpa_target_without_a_write_to_the_sc
         metrics.body
     );
 }
+
+// Issue 11: consumer health
+
+/// A saturated consumer with a large backlog: `max_ack_pending` 3 and
+/// `concurrency` 1 let at most 3 replicas hold work, so the scaler's metric
+/// stops at 3 × lagThreshold and the HPA asks for 3, not `maxReplicas`; the
+/// claim shows the true lag and says `Saturated`.
+#[tokio::test]
+async fn a_saturated_consumer_keeps_the_hpa_at_the_replica_cap() {
+    use async_nats::jetstream::consumer;
+    let _peers = PEERS.read().await;
+    let s = Scenario::new(rig(), "saturated").await;
+    let stream = s.js.get_stream(s.stream.as_str()).await.unwrap();
+    stream.delete_consumer(WORKER).await.unwrap();
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(WORKER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(600),
+            max_ack_pending: 3,
+            max_deliver: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    s.apply_claim("minReplicas: 0\n    maxReplicas: 10\n    pollingInterval: 2")
+        .await;
+    s.wait_scaled_object_ready().await;
+    s.wait_hpa().await;
+
+    // 100 messages: the lag alone would ask for 10 replicas (maxReplicas).
+    s.publish(100).await;
+    s.take(3, false).await;
+    assert_eq!(s.nats_lag().await, (97, 3));
+    let cap = 3;
+    s.wait_external_metric((cap * LAG_THRESHOLD) as f64).await;
+    s.wait_replicas(cap as i32, Duration::from_secs(45)).await;
+    s.wait_hpa_desired(cap as i32).await;
+    // It stays there: a few more KEDA polls (2 s) and HPA syncs later.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    s.wait_hpa_desired(cap as i32).await;
+    assert_eq!(s.replicas().await, Some(cap as i32));
+
+    let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually(
+        "the claim shows the true lag and says Saturated",
+        Duration::from_secs(30),
+        async || {
+            let claim = claims.get(WORKER).await.ok()?;
+            let status = claim.status?;
+            let health = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == eds::api::CONDITION_CONSUMER_HEALTHY)?;
+            (status.lag == Some(100) && health.reason == "Saturated").then_some(health.message.clone())
+        },
+    )
+    .await;
+}

@@ -84,14 +84,8 @@ async fn stream_setup_configs_are_accepted_by_jetstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scaler_needs_only_the_documented_nats_permissions() {
-    let permissions = read(&repo::path("deploy/nats/eds-permissions.conf"));
-    let nats = NatsServer::start_with(&format!(
-        "{permissions}\nauthorization {{\n  users: [\n    {{user: eds, password: eds-pass, permissions: $EDS_PERMISSIONS}}\n    {{user: admin, password: admin-pass}}\n  ]\n}}\n"
-    ));
-    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pass".into())
-        .connect(nats.url())
-        .await
-        .unwrap();
+    let nats = NatsServer::start_with_eds_permissions();
+    let admin = nats.admin().await;
     let js = jetstream::new(admin);
     let work = js
         .create_stream(stream::Config {

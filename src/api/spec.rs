@@ -380,6 +380,14 @@ pub struct Scaling {
     #[x_kube(validation = Rule::new("self >= 1 && self <= 1000000").message("scaling.concurrency must be between 1 and 1000000"))]
     pub concurrency: Option<i32>,
 
+    /// How long a pool with a backlog and ready replicas may acknowledge
+    /// nothing before the claim's `ConsumerHealthy` condition says
+    /// `Stalled`: a duration such as "5m", "90s" or "1h30m" (5m when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,5}(h|m|s)){1,3}$') && !self.matches('^(0+(h|m|s))+$')").message("scaling.stallAfter must be a positive duration such as 5m, 90s or 1h30m"))]
+    pub stall_after: Option<String>,
+
     /// How fast the HPA may remove replicas (from `maxReplicas` down to 1;
     /// KEDA itself takes the last one away after `cooldownPeriod`).
     #[serde(default)]
@@ -479,8 +487,22 @@ impl Default for Scaling {
             cooldown_period: None,
             fallback: None,
             concurrency: None,
+            stall_after: None,
             scale_down: ScaleDown::default(),
         }
+    }
+}
+
+impl Scaling {
+    /// `stallAfter` as a duration; the default where it is unset (or, in a
+    /// claim that skipped validation, unreadable).
+    pub fn stall_after(&self) -> std::time::Duration {
+        self.stall_after
+            .as_deref()
+            .and_then(|text| text.parse::<jiff::SignedDuration>().ok())
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(crate::health::DEFAULT_STALL_AFTER)
     }
 }
 

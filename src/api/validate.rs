@@ -415,6 +415,18 @@ mod tests {
     }
 
     #[test]
+    fn stall_after_takes_go_style_durations() {
+        for (text, secs) in [("5m", 300), ("90s", 90), ("1h30m", 5400), ("10s", 10)] {
+            let mut claim = valid_claim();
+            claim["spec"]["scaling"]["stallAfter"] = json!(text);
+            let checked = check_claim(&claim).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(checked.spec.scaling.stall_after().as_secs(), secs, "{text}");
+        }
+        let unset = check_claim(&valid_claim()).unwrap();
+        assert_eq!(unset.spec.scaling.stall_after(), crate::health::DEFAULT_STALL_AFTER);
+    }
+
+    #[test]
     fn rust_defaults_are_the_schema_defaults() {
         let minimal = json!({
             "apiVersion": "platform.bizmatters.io/v1alpha1",

@@ -22,6 +22,19 @@ pub const SERVICE_DESIRED_REPLICAS: Metric = service_gauge(
     "Replicas the lag asks for: ceil(lag / lagThreshold), within min and max.",
 );
 pub const SERVICE_MAX_REPLICAS: Metric = service_gauge("eds_service_max_replicas", "A claim's scaling.maxReplicas.");
+pub const SERVICE_REPLICA_CAP: Metric = service_gauge(
+    "eds_service_replica_cap",
+    "Replicas that can hold work at once: ceil(max_ack_pending / scaling.concurrency); +Inf when the consumer sets no max_ack_pending.",
+);
+pub const SERVICE_SECONDS_SINCE_ACK: Metric = service_gauge(
+    "eds_service_seconds_since_ack",
+    "Seconds since the claim's consumer last acknowledged a message while it had a backlog and ready replicas (Stalled at scaling.stallAfter).",
+);
+pub const SERVICE_CONSUMER_UNHEALTHY: Metric = Metric::gauge(
+    "eds_service_consumer_unhealthy",
+    &["namespace", "name", "reason"],
+    "1 while the claim's consumer has the problem `reason` (ConsumerMissing, Saturated, PoisonMessages, Stalled, Misconfigured), else 0.",
+);
 pub const LEADER: Metric = Metric::gauge("eds_leader", &[], "1 while this replica holds the leader lease.");
 
 /// Per-claim gauges, labelled by the claim's namespace and name.
@@ -38,5 +51,8 @@ pub const ALL: &[Metric] = &[
     SERVICE_REPLICAS,
     SERVICE_DESIRED_REPLICAS,
     SERVICE_MAX_REPLICAS,
+    SERVICE_REPLICA_CAP,
+    SERVICE_SECONDS_SINCE_ACK,
+    SERVICE_CONSUMER_UNHEALTHY,
     LEADER,
 ];

@@ -40,6 +40,7 @@ pub use reconcile::{Context, Stores, backoff, error_policy, reconcile};
 
 use crate::Result;
 use crate::api::EventDrivenService;
+use crate::lag::advisory::{self, AdvisoryCounts};
 use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
@@ -62,6 +63,9 @@ pub struct ControllerConfig {
     /// How often each claim's lag is read (at most one NATS request per
     /// consumer per interval) and each claim is re-checked for drift.
     pub lag_interval: Duration,
+    /// How long redeliveries must last, or how recent an advisory must be,
+    /// for `PoisonMessages`.
+    pub poison_window: Duration,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     pub http_addr: SocketAddr,
     /// Reconcile only this namespace's claims (default: every namespace).
@@ -91,7 +95,8 @@ pub struct ClaimController {
     client: Client,
     config: ControllerConfig,
     lag: Arc<LagCache>,
-    /// The same connections, for the consumers claims own.
+    /// The same connections, for the consumers claims own and, on the
+    /// leader, the advisories consumer health counts.
     connections: Connections,
     /// The connections' tenancy rules, read with them.
     access: Arc<Access>,
@@ -195,6 +200,10 @@ async fn reconcile_claims(
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // Advisories are not stored by the server: only the leader listens, from
+    // when it starts leading, so a new leader's poison window starts afresh.
+    let advisories = Arc::new(AdvisoryCounts::default());
+    let listener = AbortOnDrop(tokio::spawn(advisory::listen(connections.clone(), advisories.clone())));
     let namespace = config.watch_namespace.as_deref();
     let claims: Api<EventDrivenService> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -220,7 +229,16 @@ async fn reconcile_claims(
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, connections, access, identity, stores);
+    let context = Context::new(
+        client,
+        config,
+        lag,
+        connections.clone(),
+        access,
+        advisories,
+        identity,
+        stores,
+    );
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))
@@ -236,6 +254,17 @@ async fn reconcile_claims(
             }
         })
         .await;
+    drop(listener);
+}
+
+/// Stops a spawned task when dropped (the leader's advisory listener ends
+/// with its leadership).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn scoped(client: &Client, namespace: Option<&str>, resource: &ApiResource) -> Api<DynamicObject> {

@@ -19,8 +19,8 @@ use super::apply::{add_finalizer, apply_child, patch_status, remove_finalizer};
 use super::children::{ByKind, ChildKind};
 use super::drift::{live_holds, stamp};
 use super::metrics::{
-    RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_DESIRED_REPLICAS, SERVICE_LAG, SERVICE_MAX_REPLICAS,
-    SERVICE_REPLICAS,
+    RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_CONSUMER_UNHEALTHY, SERVICE_DESIRED_REPLICAS,
+    SERVICE_LAG, SERVICE_MAX_REPLICAS, SERVICE_REPLICA_CAP, SERVICE_REPLICAS, SERVICE_SECONDS_SINCE_ACK,
 };
 use super::{ControllerConfig, FIELD_MANAGER, FINALIZER};
 use crate::api::{
@@ -28,6 +28,8 @@ use crate::api::{
     Nats,
 };
 use crate::consumer::{self, ConsumerError, Deletion, Outcome, deletes_consumer};
+use crate::health::{History, Sample, Settings};
+use crate::lag::advisory::AdvisoryCounts;
 use crate::lag::{ConsumerKey, LagCache, LagError, desired_replicas};
 use crate::nats::{Connection, Connections, DEFAULT_CONNECTION};
 use crate::render::status::{
@@ -53,6 +55,12 @@ pub struct Context {
     /// Which namespaces may use which NATS connection: the scaler's rules.
     access: Arc<Access>,
     lag_interval: Duration,
+    poison_window: Duration,
+    advisories: Arc<AdvisoryCounts>,
+    /// What each claim's consumer readings showed so far: O(1) each (see
+    /// [`crate::health`]); a deleted claim's goes with it, and one not seen
+    /// for an hour (a claim deleted while another replica led) is pruned.
+    health: Mutex<HealthHistories>,
     recorder: Recorder,
     stores: Stores,
     /// Failures in a row, per claim, for the back-off.
@@ -81,6 +89,7 @@ impl Context {
         lag: Arc<LagCache>,
         connections: Connections,
         access: Arc<Access>,
+        advisories: Arc<AdvisoryCounts>,
         identity: &str,
         stores: Stores,
     ) -> Self {
@@ -98,6 +107,9 @@ impl Context {
             connections,
             access,
             lag_interval: config.lag_interval,
+            poison_window: config.poison_window,
+            advisories,
+            health: Mutex::default(),
             stores,
             failures: Mutex::default(),
             drains: Mutex::default(),
@@ -174,6 +186,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     // collector; applying now would only race it. Only the consumer, which
     // no owner reference reaches, is ours to delete.
     if claim.metadata.deletion_timestamp.is_some() {
+        ctx.health.lock().expect("health lock").forget(&ObjectRef::from(claim));
         if has_finalizer(claim) {
             release_consumer(ctx, claim).await?;
             remove_finalizer(&ctx.client, claim).await?;
@@ -238,10 +251,19 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         }
     };
 
+    let deployment = live
+        .deployment
+        .as_ref()
+        .and_then(|d| d.data.get("status"))
+        .and_then(|s| DeploymentStatus::deserialize(s).ok());
+    let ready_replicas = deployment
+        .as_ref()
+        .and_then(|d| d.ready_replicas)
+        .map_or(0, |n| n.max(0) as u32);
     let (lag, consumer) = if refused {
         (None, None)
     } else {
-        let (lag, mut consumer) = read_consumer(ctx, claim).await;
+        let (lag, mut consumer) = read_consumer(ctx, claim, &namespace, ready_replicas).await;
         // What the controller refused to change outranks what the reading says.
         if let Some(health) = owned.as_ref().and_then(|o| owned_consumer_health(o, &claim.spec.nats)) {
             consumer = health;
@@ -250,11 +272,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     };
     let observed = Observed {
         applied: failure.as_ref().map_or(Ok(()), Err),
-        deployment: live
-            .deployment
-            .as_ref()
-            .and_then(|d| d.data.get("status"))
-            .and_then(|s| DeploymentStatus::deserialize(s).ok()),
+        deployment,
         scaler: live
             .scaled_object
             .as_ref()
@@ -476,21 +494,99 @@ fn cached_child(ctx: &Context, kind: ChildKind, namespace: &str, name: &str) -> 
 
 /// The consumer's lag and health through the shared cache: at most one NATS
 /// request per consumer per lag interval, however often claims are
-/// reconciled.
-async fn read_consumer(ctx: &Context, claim: &EventDrivenService) -> (Option<u64>, ConsumerHealth) {
+/// reconciled. Each new reading goes into the claim's history, and the health
+/// gauges are set from the assessment.
+async fn read_consumer(
+    ctx: &Context,
+    claim: &EventDrivenService,
+    namespace: &str,
+    ready_replicas: u32,
+) -> (Option<u64>, ConsumerHealth) {
     let nats = &claim.spec.nats;
     let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
     let key = ConsumerKey::new(connection, None, &nats.stream, &nats.consumer);
-    match ctx.lag.get(&key).await.result {
-        Ok(state) => (Some(state.lag()), ConsumerHealth::Healthy),
+    let reading = ctx.lag.get(&key).await;
+    let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
+    let (lag, health, problems) = match reading.result {
+        Ok(state) => {
+            let settings = Settings::for_claim(&claim.spec.scaling, ctx.poison_window);
+            let lag = state.lag();
+            let sample = Sample {
+                at: reading.at,
+                state,
+                ready_replicas,
+                advisories: ctx.advisories.count_for(&key),
+            };
+            let assessment = {
+                let mut histories = ctx.health.lock().expect("health lock");
+                let history = histories.get(ObjectRef::from(claim), &key, reading.at);
+                history.record(sample, &settings);
+                history.assess(&settings, Instant::now())
+            };
+            let cap = assessment.replica_cap.map_or(f64::INFINITY, |cap| cap as f64);
+            metrics::gauge!(SERVICE_REPLICA_CAP.name, &labels).set(cap);
+            if let Some(quiet) = assessment.since_progress {
+                metrics::gauge!(SERVICE_SECONDS_SINCE_ACK.name, &labels).set(quiet.as_secs_f64());
+            }
+            let problems: Vec<HealthReason> = assessment.problems.iter().map(|(r, _)| *r).collect();
+            (Some(lag), assessment.health(), problems)
+        }
         Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) => (
             None,
             ConsumerHealth::unhealthy(HealthReason::ConsumerMissing, e.to_string()),
+            vec![HealthReason::ConsumerMissing],
         ),
         Err(e) => {
             tracing::debug!(consumer = %key, error = %e, "lag unavailable");
-            (None, ConsumerHealth::Unknown(e.to_string()))
+            return (None, ConsumerHealth::Unknown(e.to_string()));
         }
+    };
+    for reason in HealthReason::ALL {
+        let found = if problems.contains(&reason) { 1.0 } else { 0.0 };
+        let labels = [
+            ("namespace", namespace.to_string()),
+            ("name", claim.name_any()),
+            ("reason", reason.as_str().to_string()),
+        ];
+        metrics::gauge!(SERVICE_CONSUMER_UNHEALTHY.name, &labels).set(found);
+    }
+    (lag, health)
+}
+
+/// Each claim's consumer history, keyed by claim.
+#[derive(Default)]
+struct HealthHistories {
+    by_claim: HashMap<ObjectRef<EventDrivenService>, (ConsumerKey, History)>,
+    next_prune: Option<Instant>,
+}
+
+/// A history not fed for this long belongs to a claim that is gone.
+const HEALTH_IDLE: Duration = Duration::from_secs(3600);
+
+impl HealthHistories {
+    /// The claim's history; a new one if the claim now names another
+    /// consumer. Prunes idle histories at most once a minute.
+    fn get(&mut self, claim: ObjectRef<EventDrivenService>, key: &ConsumerKey, now: Instant) -> &mut History {
+        if self.next_prune.is_none_or(|t| now >= t) {
+            self.by_claim.retain(|_, (_, history)| {
+                history
+                    .last_at()
+                    .is_none_or(|t| now.saturating_duration_since(t) < HEALTH_IDLE)
+            });
+            self.next_prune = Some(now + Duration::from_secs(60));
+        }
+        let entry = self
+            .by_claim
+            .entry(claim)
+            .or_insert_with(|| (key.clone(), History::default()));
+        if entry.0 != *key {
+            *entry = (key.clone(), History::default());
+        }
+        &mut entry.1
+    }
+
+    fn forget(&mut self, claim: &ObjectRef<EventDrivenService>) {
+        self.by_claim.remove(claim);
     }
 }
 
@@ -638,6 +734,7 @@ mod tests {
             platform: Platform::default(),
             nats: NatsConfig::for_url("nats://127.0.0.1:9"),
             lag_interval: Duration::from_secs(15),
+            poison_window: Duration::from_secs(600),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             watch_namespace: None,
             leader: LeaderConfig {
@@ -655,6 +752,7 @@ mod tests {
             &config,
             lag,
             Connections::default(),
+            Arc::default(),
             Arc::default(),
             "test",
             stores,

@@ -109,8 +109,7 @@ mod tests {
             redelivered: 1,
             waiting: 2,
             max_ack_pending: None,
-            filter_subjects: vec![],
-            ..ConsumerState::default()
+            ..Default::default()
         }
     }
 

@@ -170,6 +170,11 @@ struct InfoConfig {
     /// -1 (or absent, or 0) is unlimited.
     #[serde(default)]
     max_ack_pending: Option<i64>,
+    #[serde(default)]
+    ack_policy: Option<String>,
+    /// -1 (or absent, or 0) is unlimited.
+    #[serde(default)]
+    max_deliver: Option<i64>,
 }
 
 /// Turns a `CONSUMER.INFO` reply into a state or a precise error.
@@ -199,15 +204,15 @@ pub fn parse_consumer_info(payload: &[u8], connection: &str, key: &ConsumerKey) 
             },
         });
     }
+    let limit = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).filter(|n| *n > 0);
     let mut filter_subjects = Vec::new();
-    let mut max_ack_pending = None;
+    let (mut max_ack_pending, mut max_deliver, mut ack_policy) = (None, None, String::new());
     if let Some(config) = reply.config {
         filter_subjects.extend(config.filter_subject.filter(|s| !s.is_empty()));
         filter_subjects.extend(config.filter_subjects.unwrap_or_default());
-        max_ack_pending = config
-            .max_ack_pending
-            .and_then(|n| u64::try_from(n).ok())
-            .filter(|n| *n > 0);
+        max_ack_pending = limit(config.max_ack_pending);
+        max_deliver = limit(config.max_deliver);
+        ack_policy = config.ack_policy.unwrap_or_default();
     }
     Ok(ConsumerState {
         pending: reply.num_pending,
@@ -217,6 +222,8 @@ pub fn parse_consumer_info(payload: &[u8], connection: &str, key: &ConsumerKey) 
         delivered_consumer_seq: reply.delivered.map_or(0, |d| d.consumer_seq),
         max_ack_pending,
         filter_subjects,
+        ack_policy,
+        max_deliver,
     })
 }
 
@@ -232,14 +239,16 @@ mod tests {
     fn parses_counts_and_filters() {
         let payload =
             br#"{"type":"io.nats.jetstream.api.v1.consumer_info_response","stream_name":"ORDERS","name":"workers",
-            "config":{"durable_name":"workers","filter_subjects":["orders.eu.>","orders.us.>"]},
-            "delivered":{"consumer_seq":57,"stream_seq":90},
+            "config":{"durable_name":"workers","filter_subjects":["orders.eu.>","orders.us.>"],
+                "ack_policy":"explicit","max_deliver":-1},
+            "delivered":{"consumer_seq":57,"stream_seq":90},"ack_floor":{"consumer_seq":50,"stream_seq":53},
             "num_ack_pending":3,"num_redelivered":1,"num_waiting":2,"num_pending":40}"#;
         let s = parse_consumer_info(payload, "default", &key()).unwrap();
         assert_eq!(
             s.delivered_consumer_seq, 57,
             "the consumer's own sequence, not the stream's"
         );
+        assert_eq!((s.ack_policy.as_str(), s.max_deliver), ("explicit", None));
         assert_eq!((s.pending, s.ack_pending, s.redelivered, s.waiting), (40, 3, 1, 2));
         assert_eq!(s.lag(), 43);
         assert_eq!(s.filter_subjects, vec!["orders.eu.>", "orders.us.>"]);
@@ -257,6 +266,19 @@ mod tests {
             let payload = format!(r#"{{"config":{config},"num_pending":1}}"#);
             let s = parse_consumer_info(payload.as_bytes(), "default", &key()).unwrap();
             assert_eq!(s.max_ack_pending, expected, "{config}");
+        }
+    }
+
+    #[test]
+    fn max_deliver_is_a_limit_only_when_positive() {
+        for (config, expected) in [
+            (r#"{"max_deliver":5}"#, Some(5)),
+            (r#"{"max_deliver":-1}"#, None),
+            (r#"{}"#, None),
+        ] {
+            let payload = format!(r#"{{"config":{config}}}"#);
+            let s = parse_consumer_info(payload.as_bytes(), "default", &key()).unwrap();
+            assert_eq!(s.max_deliver, expected, "{config}");
         }
     }
 

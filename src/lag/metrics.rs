@@ -25,6 +25,12 @@ pub const PUSH_NOTIFIERS: Metric = Metric::gauge(
     "Streams with a shared new-message notifier task (one notifier consumer each).",
 );
 
+pub const CONSUMER_ADVISORIES: Metric = Metric::counter(
+    "eds_consumer_advisories_total",
+    &["connection", "stream", "consumer", "kind"],
+    "MAX_DELIVERIES (kind max_deliveries) and MSG_TERMINATED (kind terminated) advisories the controller's leader heard for a claim's consumer.",
+);
+
 /// The labels of every `eds_consumer_*` gauge (`domain` only when set).
 const CONSUMER_LABELS: &[&str] = &["connection", "domain", "stream", "consumer"];
 
@@ -71,4 +77,5 @@ pub const ALL: &[Metric] = &[
     CACHE_REQUESTS,
     PUSH_WATCHERS,
     PUSH_NOTIFIERS,
+    CONSUMER_ADVISORIES,
 ];

@@ -14,6 +14,7 @@
 //!
 //! `CONSUMER.INFO` is answered by the consumer's leader only, so on a cluster
 //! the request reaches the one server that knows the numbers: no leader hunt.
+pub mod advisory;
 pub mod cache;
 pub mod exposition;
 pub mod jetstream;
@@ -67,13 +68,20 @@ pub struct ConsumerState {
     pub waiting: u64,
     /// The consumer sequence of the last delivery (`delivered.consumer_seq`):
     /// it counts this consumer's deliveries, redeliveries included, and
-    /// nothing else on the stream (see `crate::drain`).
+    /// nothing else on the stream. With `ack_pending`, its change over time
+    /// gives the acknowledgements (see `crate::drain` and `crate::health`).
     pub delivered_consumer_seq: u64,
     /// The consumer's `max_ack_pending`, when it sets a limit (the server
     /// hands out no more messages once this many are un-acknowledged).
     pub max_ack_pending: Option<u64>,
     /// The consumer's subject filter (empty: the whole stream).
     pub filter_subjects: Vec<String>,
+    /// The consumer's `ack_policy` as the server spells it (`explicit`,
+    /// `all`, `none`); empty when not reported.
+    pub ack_policy: String,
+    /// The consumer's `max_deliver`, when it sets a limit (-1: a message is
+    /// redelivered forever).
+    pub max_deliver: Option<u64>,
 }
 
 impl ConsumerState {

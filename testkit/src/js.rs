@@ -62,6 +62,24 @@ pub async fn pull_consumer(
         .unwrap()
 }
 
+/// Takes up to `n` messages as a worker would (waiting at most a second),
+/// neither acknowledging nor refusing them.
+pub async fn take(consumer: &consumer::Consumer<consumer::pull::Config>, n: usize) -> Vec<jetstream::Message> {
+    use futures::StreamExt;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut taken = Vec::new();
+    while let Some(message) = batch.next().await {
+        taken.push(message.unwrap());
+    }
+    taken
+}
+
 /// Publishes `n` messages and waits for each to be stored.
 pub async fn publish(js: &jetstream::Context, subject: &str, n: usize) {
     for i in 0..n {

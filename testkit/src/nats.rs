@@ -36,6 +36,25 @@ impl NatsServer {
         })
     }
 
+    /// As [`NatsServer::start`], with two users: `eds` (password
+    /// `eds-pass`) holding exactly `deploy/nats/eds-permissions.conf`, and
+    /// `admin` (`admin-pass`) holding everything. The server logs each
+    /// request a permission refused (`Violation`).
+    pub fn start_with_eds_permissions() -> Self {
+        let permissions = std::fs::read_to_string(crate::repo::path("deploy/nats/eds-permissions.conf")).unwrap();
+        Self::start_with(&format!(
+            "{permissions}\nauthorization {{\n  users: [\n    {{user: eds, password: eds-pass, permissions: $EDS_PERMISSIONS}}\n    {{user: admin, password: admin-pass}}\n  ]\n}}\n"
+        ))
+    }
+
+    /// A client as `admin`, on a server from [`Self::start_with_eds_permissions`].
+    pub async fn admin(&self) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pass".into())
+            .connect(self.url())
+            .await
+            .unwrap()
+    }
+
     fn start_configured(port: u16, config: impl FnOnce(&std::path::Path) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let text = config(dir.path()).replace("{port}", &port.to_string());
