@@ -1167,3 +1167,22 @@ async fn a_claim_the_connection_rules_refuse_gets_no_scaled_object_and_a_conditi
     assert_eq!(refused_reads.load(SeqCst), 0, "NATS read for a refused claim");
     assert_eq!(other_stream_reads.load(SeqCst), 0, "NATS read for a refused stream");
 }
+
+/// Claims created the moment the controller leads, while it is still listing
+/// the children, are each reconciled. (Each reconcile waits for the child
+/// lists; a store's own wait woke only the last waiter, so the others hung
+/// forever and their claims were never reconciled, even later.)
+#[tokio::test]
+async fn claims_created_right_after_start_are_all_reconciled() {
+    let cp = cluster::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace(&client, "startup").await;
+    let _controller = Controller::start(&cp.kubeconfig(), &ns, "startup", NO_NATS);
+    let names = ["first", "second", "third", "fourth", "fifth"];
+    for name in names {
+        create(&client, &claim(&ns, name)).await;
+    }
+    for name in names {
+        children(&client, &ns, name).await;
+    }
+}
