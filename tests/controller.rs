@@ -1099,10 +1099,7 @@ async fn a_claim_the_connection_rules_refuse_gets_no_scaled_object_and_a_conditi
         &["--lease-namespace", &ns, "--nats-config", config.to_str().unwrap()],
     );
 
-    // The allowed claim first: its children show the controller is
-    // reconciling before the refused ones arrive.
     create(&client, &claim(&ns, "allowed").with_connection("orders")).await;
-    children(&client, &ns, "allowed").await;
     create(
         &client,
         &claim(&ns, "refused").with_spec(|s| s.nats.consumer = "refused-workers".into()),
@@ -1115,6 +1112,7 @@ async fn a_claim_the_connection_rules_refuse_gets_no_scaled_object_and_a_conditi
             .with_spec(|s| s.nats.stream = "PAYMENTS".into()),
     )
     .await;
+    children(&client, &ns, "allowed").await;
 
     for (name, connection, rule) in [
         ("refused", "default", "connections.default.namespaces is [team-*]"),
