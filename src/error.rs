@@ -32,6 +32,10 @@ pub enum Error {
     #[error(transparent)]
     Lag(#[from] LagError),
 
+    /// The claim's own consumer could not be read, created, updated or deleted.
+    #[error(transparent)]
+    Consumer(#[from] crate::consumer::ConsumerError),
+
     /// A claim the CRD's schema or rules refuse, with every field named.
     #[error("invalid claim: {0}")]
     InvalidClaim(#[from] InvalidClaim),
@@ -122,6 +126,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Nats { .. } => "nats",
             Error::Lag(_) => "lag",
+            Error::Consumer(_) => "consumer",
             Error::InvalidClaim(_)
             | Error::InvalidClaims(_)
             | Error::Unrenderable { .. }

@@ -524,6 +524,25 @@ fn chart_controller_roles_are_the_tested_ones() {
     }
 }
 
+/// The controller's finalizer (issue 12: `deletionPolicy: Delete`) needs
+/// `patch` on claims; nothing else about claims grows: no update, no delete,
+/// no create.
+#[test]
+fn chart_controller_patches_claims_for_its_finalizer_and_nothing_more() {
+    let docs = chart::render("eds-system", &[]);
+    let granted = permissions(&chart::find(&docs, "ClusterRole", "eds-controller")["rules"]);
+    let on_claims: BTreeSet<String> = granted
+        .iter()
+        .filter(|(group, resource, _, _)| group == "platform.bizmatters.io" && resource == "eventdrivenservices")
+        .map(|(_, _, _, verb)| verb.clone())
+        .collect();
+    assert_eq!(
+        on_claims,
+        ["list", "patch", "watch"].map(String::from).into(),
+        "verbs on claims"
+    );
+}
+
 /// Where Crossplane serves the API (`eds function`), the chart installs the
 /// scaler alone: no controller, none of its RBAC, and no CRD (the XRD defines
 /// the same API). By default the CRD is in, and kept when the release goes.

@@ -13,6 +13,10 @@
 //!   would apply, and the status only when it changed: a quiet cluster sees
 //!   no writes from us at all.
 //! - The Deployment's `spec.replicas` is never applied: KEDA owns it.
+//! - A claim with `spec.nats.consumerConfig` owns its JetStream consumer:
+//!   created (stamped as the claim's) before the ScaledObject, kept in shape,
+//!   and deleted with the claim under `deletionPolicy: Delete`, which is the
+//!   one thing the controller ever deletes, behind [`FINALIZER`].
 pub mod apply;
 pub mod children;
 pub mod drift;
@@ -40,6 +44,10 @@ use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
 use crate::tenancy::Access;
+
+/// On a claim whose deletion deletes its consumer: the claim stays until the
+/// consumer is gone.
+pub const FINALIZER: &str = "eds.bizmatters.io/consumer";
 
 /// The one field manager every write of ours goes under.
 pub const FIELD_MANAGER: &str = "eds-controller";
@@ -80,6 +88,8 @@ pub struct ClaimController {
     client: Client,
     config: ControllerConfig,
     lag: Arc<LagCache>,
+    /// The same connections, for the consumers claims own.
+    connections: Connections,
     /// The connections' tenancy rules, read with them.
     access: Arc<Access>,
     /// Whether the last Lease request reached the API server.
@@ -92,11 +102,12 @@ impl ClaimController {
         let client = Client::try_default().await?;
         let connections = Connections::connect(&config.nats, "eds-controller").await?;
         let access = Arc::new(connections.access().clone());
-        let lag = LagCache::new(Arc::new(JetStreamLag::new(connections)), config.lag_interval);
+        let lag = LagCache::new(Arc::new(JetStreamLag::new(connections.clone())), config.lag_interval);
         Ok(ClaimController {
             client,
             config,
             lag,
+            connections,
             access,
             reachable: Arc::new(AtomicBool::new(false)),
         })
@@ -129,6 +140,7 @@ impl ClaimController {
             client,
             config,
             lag,
+            connections,
             access,
             reachable,
         } = self;
@@ -153,7 +165,7 @@ impl ClaimController {
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, access, identity, shutdown) => Ok(()),
+            () = reconcile_claims(client, &config, lag, connections, access, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -175,6 +187,7 @@ async fn reconcile_claims(
     client: Client,
     config: &ControllerConfig,
     lag: Arc<LagCache>,
+    connections: Connections,
     access: Arc<Access>,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -204,7 +217,7 @@ async fn reconcile_claims(
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, access, identity, stores);
+    let context = Context::new(client, config, lag, connections, access, identity, stores);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))

@@ -68,17 +68,22 @@ pub enum HealthReason {
     PoisonMessages,
     /// A backlog, ready replicas, and no acknowledgement for `stallAfter`.
     Stalled,
-    /// A consumer setting that breaks a scaled pool.
+    /// A consumer setting that breaks a scaled pool, or one the claim asks
+    /// for that JetStream cannot change on the existing consumer.
     Misconfigured,
+    /// The claim's `consumerConfig` names a consumer it did not create (no
+    /// stamp, or another claim's): the controller leaves it alone.
+    ConsumerNotOwned,
 }
 
 impl HealthReason {
-    pub const ALL: [HealthReason; 5] = [
+    pub const ALL: [HealthReason; 6] = [
         HealthReason::ConsumerMissing,
         HealthReason::Saturated,
         HealthReason::PoisonMessages,
         HealthReason::Stalled,
         HealthReason::Misconfigured,
+        HealthReason::ConsumerNotOwned,
     ];
 
     /// The condition's `reason`, also the metric and alert label.
@@ -89,6 +94,7 @@ impl HealthReason {
             HealthReason::PoisonMessages => "PoisonMessages",
             HealthReason::Stalled => "Stalled",
             HealthReason::Misconfigured => "Misconfigured",
+            HealthReason::ConsumerNotOwned => "ConsumerNotOwned",
         }
     }
 }
