@@ -1329,10 +1329,7 @@ async fn a_claim_the_connection_rules_refuse_gets_no_scaled_object_and_a_conditi
         &["--lease-namespace", &ns, "--nats-config", config.to_str().unwrap()],
     );
 
-    // The allowed claim first: its children show the controller is
-    // reconciling before the refused ones arrive.
     create(&client, &claim(&ns, "allowed").with_connection("orders")).await;
-    children(&client, &ns, "allowed").await;
     create(
         &client,
         &claim(&ns, "refused").with_spec(|s| s.nats.consumer = "refused-workers".into()),
@@ -1345,6 +1342,7 @@ async fn a_claim_the_connection_rules_refuse_gets_no_scaled_object_and_a_conditi
             .with_spec(|s| s.nats.stream = "PAYMENTS".into()),
     )
     .await;
+    children(&client, &ns, "allowed").await;
 
     for (name, connection, rule) in [
         ("refused", "default", "connections.default.namespaces is [team-*]"),
@@ -1541,4 +1539,23 @@ async fn each_consumer_health_condition_appears_and_clears_with_an_event() {
         events.first().filter(|e| e.type_.as_deref() == Some("Normal")).cloned()
     })
     .await;
+}
+
+/// Claims created the moment the controller leads, while it is still listing
+/// the children, are each reconciled. (Each reconcile waits for the child
+/// lists; a store's own wait woke only the last waiter, so the others hung
+/// forever and their claims were never reconciled, even later.)
+#[tokio::test]
+async fn claims_created_right_after_start_are_all_reconciled() {
+    let cp = cluster::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace(&client, "startup").await;
+    let _controller = Controller::start(&cp.kubeconfig(), &ns, "startup", NO_NATS);
+    let names = ["first", "second", "third", "fourth", "fifth"];
+    for name in names {
+        create(&client, &claim(&ns, name)).await;
+    }
+    for name in names {
+        children(&client, &ns, name).await;
+    }
 }

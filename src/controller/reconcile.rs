@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
@@ -63,6 +65,14 @@ pub struct Context {
     health: Mutex<HealthHistories>,
     recorder: Recorder,
     stores: Stores,
+    /// Resolves once every child store has been listed (or a watch stopped).
+    /// Reconciles wait on this shared future rather than on each store's
+    /// `wait_until_ready`: that one wakes only the last of several concurrent
+    /// waiters (kube-runtime's `DelayedInit` polls a oneshot receiver, which
+    /// keeps a single waker), so the claims that arrive while the children
+    /// are still being listed would wait forever and never be reconciled.
+    /// `Shared` polls the stores alone and wakes every waiter.
+    stores_listed: Shared<BoxFuture<'static, ()>>,
     /// Failures in a row, per claim, for the back-off.
     failures: Mutex<HashMap<ObjectRef<EventDrivenService>, Retry>>,
     /// The drainWithin estimate of each claim that has one.
@@ -110,6 +120,7 @@ impl Context {
             poison_window: config.poison_window,
             advisories,
             health: Mutex::default(),
+            stores_listed: listed(stores.clone()),
             stores,
             failures: Mutex::default(),
             drains: Mutex::default(),
@@ -117,6 +128,38 @@ impl Context {
             keda_version: config.keda_version,
         }
     }
+
+    /// Waits until every child store has been listed, so that reconcile
+    /// reads the live children from a complete cache.
+    async fn children_listed(&self) -> Result<()> {
+        self.stores_listed.clone().await;
+        // Each store has resolved by now (or the first that failed has), so
+        // these return at once; they only fetch the error.
+        for kind in ChildKind::APPLY_ORDER {
+            self.stores
+                .get(kind)
+                .wait_until_ready()
+                .await
+                .map_err(|source| Error::WatchStopped {
+                    kind: format!("{kind:?}"),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves once each store is ready, or once one's writer is dropped.
+fn listed(stores: Stores) -> Shared<BoxFuture<'static, ()>> {
+    async move {
+        for kind in ChildKind::APPLY_ORDER {
+            if stores.get(kind).wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+    }
+    .boxed()
+    .shared()
 }
 
 /// Reconciles one claim, timing it, counting it, and recording a failure as
@@ -210,16 +253,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         })
     })?;
     let name = claim.name_any();
-    for kind in ChildKind::APPLY_ORDER {
-        ctx.stores
-            .get(kind)
-            .wait_until_ready()
-            .await
-            .map_err(|source| Error::WatchStopped {
-                kind: format!("{kind:?}"),
-                source,
-            })?;
-    }
+    ctx.children_listed().await?;
 
     // The scaler would refuse this claim's ScaledObject: render nothing, and
     // read nothing from NATS for it (and write no consumer).
@@ -727,7 +761,7 @@ mod tests {
     use crate::nats::NatsConfig;
     use kube::runtime::reflector::store::Writer;
 
-    fn context() -> Arc<Context> {
+    fn context_with(stores: Stores) -> Arc<Context> {
         let config = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
         let client = Client::try_from(config).unwrap();
         let config = ControllerConfig {
@@ -746,7 +780,6 @@ mod tests {
             keda_version: crate::trigger::KedaVersion::STREAMS_METRIC_SPECS,
         };
         let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
-        let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
         Arc::new(Context::new(
             client,
             &config,
@@ -784,6 +817,35 @@ mod tests {
                 None,
                 "{fine:?}: the reading decides"
             );
+        }
+    }
+
+    fn context() -> Arc<Context> {
+        context_with(ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader()))
+    }
+
+    /// Claims that arrive while the children are still being listed all go
+    /// on once the lists are in, not only the last one to wait.
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_the_child_lists_goes_on() {
+        let mut writers = ByKind::from_fn(|kind| Writer::<DynamicObject>::new(kind.resource()));
+        let ctx = context_with(ByKind::from_fn(|kind| writers.get(kind).as_reader()));
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { ctx.children_listed().await })
+            })
+            .collect();
+        // Let each start waiting before the lists come in.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for kind in ChildKind::APPLY_ORDER {
+            writers
+                .get_mut(kind)
+                .apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        }
+        for (i, task) in waiting.into_iter().enumerate() {
+            let done = tokio::time::timeout(Duration::from_secs(5), task).await;
+            assert!(matches!(done, Ok(Ok(Ok(())))), "waiter {i} still waits: {done:?}");
         }
     }
 
