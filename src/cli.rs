@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::controller::{ControllerConfig, LeaderConfig};
 use crate::function::FunctionConfig;
+use crate::lag::cache::{CacheLimits, DEFAULT_MAX_ENTRIES};
+use crate::lag::limit::MissLimit;
 use crate::lag::{ConsumerKey, JetStreamLag};
 use crate::nats::{ConnectionSettings, Connections, DEFAULT_CONNECTION, NatsConfig, TlsSettings};
 use crate::render::{DEFAULT_SCALER_ADDRESS, Platform};
@@ -186,6 +188,13 @@ impl From<ScalerArgs> for ScalerConfig {
                 cache_ttl: args.tuning.cache_ttl,
                 push_active_poll: args.tuning.push_active_poll,
                 push_idle_recheck: args.tuning.push_idle_recheck,
+                cache_limits: CacheLimits {
+                    max_entries: args.tuning.lag_cache_entries as usize,
+                    misses: MissLimit {
+                        per_second: args.tuning.namespace_reads_per_second,
+                        burst: args.tuning.namespace_read_burst,
+                    },
+                },
             },
             tls: GrpcTls {
                 cert: args.tls.grpc_tls_cert,
@@ -209,6 +218,22 @@ pub struct TuningArgs {
     /// Safety re-read interval for an idle consumer with an open push stream.
     #[arg(long, env = "EDS_PUSH_IDLE_RECHECK", default_value = "15s", value_parser = parse_duration)]
     pub push_idle_recheck: Duration,
+    /// Consumers the lag cache holds at most (about 1.5 KiB each). When
+    /// full, the namespace holding the most entries loses its least
+    /// recently used one, so each namespace keeps a fair share.
+    #[arg(long, env = "EDS_LAG_CACHE_ENTRIES", default_value_t = DEFAULT_MAX_ENTRIES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub lag_cache_entries: u32,
+    /// NATS reads (cache misses) each namespace may cause a second; beyond
+    /// it a request gets RESOURCE_EXHAUSTED naming the namespace.
+    #[arg(long, env = "EDS_NAMESPACE_READS_PER_SECOND", default_value_t = MissLimit::default().per_second,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub namespace_reads_per_second: u32,
+    /// NATS reads a namespace may cause at once (KEDA reads every consumer
+    /// at once when the scaler restarts).
+    #[arg(long, env = "EDS_NAMESPACE_READ_BURST", default_value_t = MissLimit::default().burst,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub namespace_read_burst: u32,
 }
 
 /// TLS for the gRPC server. With a client CA, clients must present a

@@ -11,6 +11,24 @@ use crate::render::ResourceError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Bytes of a bad value an error message quotes at most.
+pub const QUOTE_BYTES: usize = 64;
+
+/// A value for an error message: quoted whole when short, else its first
+/// [`QUOTE_BYTES`] bytes (cut at a character boundary) and its length. A
+/// 1 MB name echoed whole would not fit a gRPC client's 16 KiB metadata
+/// limit, and the client would see RESOURCE_EXHAUSTED instead of the error.
+pub fn quote(value: &str) -> String {
+    if value.len() <= QUOTE_BYTES {
+        return format!("{value:?}");
+    }
+    let mut end = QUOTE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &value[..end], value.len())
+}
+
 /// Any error, kept as the source of ours (serializers, YAML parsers).
 pub type Source = Box<dyn std::error::Error + Send + Sync>;
 

@@ -27,6 +27,7 @@ fn push_only() -> Tuning {
         cache_ttl: Duration::from_millis(200),
         push_active_poll: Duration::from_millis(200),
         push_idle_recheck: Duration::from_secs(60),
+        ..Tuning::default()
     }
 }
 
@@ -581,6 +582,7 @@ fn notices_only() -> Tuning {
         cache_ttl: Duration::from_millis(200),
         push_active_poll: Duration::from_secs(60),
         push_idle_recheck: Duration::from_secs(60),
+        ..Tuning::default()
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod exposition;
 pub mod jetstream;
+pub mod limit;
 pub mod metrics;
 pub mod notify;
 pub mod subject;
@@ -107,6 +108,15 @@ pub enum LagError {
     },
     #[error("reading the consumer info: {0}")]
     Internal(String),
+    /// The namespace has used up its share of NATS reads; nothing was read.
+    #[error(
+        "namespace {namespace} is over its limit of {per_second} lag reads a second from NATS (burst {burst}); cached lag is still served, new reads resume as its share refills"
+    )]
+    MissLimited {
+        namespace: String,
+        per_second: u32,
+        burst: u32,
+    },
 }
 
 impl LagError {
@@ -120,6 +130,7 @@ impl LagError {
             LagError::Unavailable { .. } => "unavailable",
             LagError::Api { .. } => "api_error",
             LagError::Internal(_) => "internal",
+            LagError::MissLimited { .. } => "miss_limited",
         }
     }
 }

@@ -16,6 +16,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use service::{LagProvider, LagScaler, NatsLag, Readings};
 
+use crate::lag::cache::CacheLimits;
 use crate::lag::{JetStreamLag, LagCache, Watchers, watch::WatchConfig};
 use crate::nats::{Connections, NatsConfig};
 use crate::proto::external_scaler_server::ExternalScalerServer;
@@ -43,6 +44,8 @@ pub struct Tuning {
     pub push_active_poll: Duration,
     /// Safety re-read interval for an idle consumer with an open push stream.
     pub push_idle_recheck: Duration,
+    /// Entries the lag cache holds, and NATS reads each namespace may cause.
+    pub cache_limits: CacheLimits,
 }
 
 impl Default for Tuning {
@@ -52,6 +55,7 @@ impl Default for Tuning {
             cache_ttl: Duration::from_secs(1),
             push_active_poll: watch.active_poll,
             push_idle_recheck: watch.idle_recheck,
+            cache_limits: CacheLimits::default(),
         }
     }
 }
@@ -91,7 +95,11 @@ impl Scaler {
     /// Connects to every configured NATS connection and wires the service.
     pub async fn connect(nats: &NatsConfig, tuning: Tuning) -> Result<Self> {
         let connections = Connections::connect(nats, "eds-scaler").await?;
-        let cache = LagCache::new(Arc::new(JetStreamLag::new(connections.clone())), tuning.cache_ttl);
+        let cache = LagCache::with_limits(
+            Arc::new(JetStreamLag::new(connections.clone())),
+            tuning.cache_ttl,
+            tuning.cache_limits,
+        );
         let watchers = Watchers::new(
             cache.clone(),
             connections.clone(),

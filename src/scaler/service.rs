@@ -21,8 +21,13 @@ use crate::trigger::{ScaleMetric, Trigger, is_active};
 pub trait LagProvider: Send + Sync + 'static {
     type Readings: Readings;
 
-    /// The consumer's counts and limits, or why they could not be read.
-    fn consumer_state(&self, key: &ConsumerKey) -> impl Future<Output = Result<ConsumerState, LagError>> + Send;
+    /// The consumer's counts and limits, or why they could not be read,
+    /// for a request from `namespace` (whose share of reads it may use).
+    fn consumer_state(
+        &self,
+        namespace: &str,
+        key: &ConsumerKey,
+    ) -> impl Future<Output = Result<ConsumerState, LagError>> + Send;
 
     /// Readings of the consumer from now on; `activation_threshold` tells
     /// the source which changes matter.
@@ -45,8 +50,8 @@ pub struct NatsLag {
 impl LagProvider for NatsLag {
     type Readings = Subscription;
 
-    async fn consumer_state(&self, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
-        self.cache.get(key).await.result
+    async fn consumer_state(&self, namespace: &str, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
+        self.cache.get_for(namespace, key).await.result
     }
 
     fn subscribe(&self, key: &ConsumerKey, activation_threshold: f64) -> Subscription {
@@ -81,9 +86,9 @@ impl<L: LagProvider> LagScaler<L> {
         Trigger::parse(&so.scaler_metadata, &self.connections).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
-    async fn consumer_state(&self, trigger: &Trigger) -> Result<ConsumerState, Status> {
+    async fn consumer_state(&self, namespace: &str, trigger: &Trigger) -> Result<ConsumerState, Status> {
         self.source
-            .consumer_state(&trigger.key)
+            .consumer_state(namespace, &trigger.key)
             .await
             .map_err(|e| lag_status(&e))
     }
@@ -99,6 +104,7 @@ pub fn lag_status(error: &LagError) -> Status {
         LagError::Timeout { .. } => Status::deadline_exceeded(message),
         LagError::Disconnected { .. } | LagError::Unavailable { .. } => Status::unavailable(message),
         LagError::Api { .. } | LagError::Internal(_) => Status::internal(message),
+        LagError::MissLimited { .. } => Status::resource_exhausted(message),
     }
 }
 
@@ -130,9 +136,10 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
     async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let trigger = self.trigger(Some(request.get_ref()))?;
+            let so = request.get_ref();
+            let trigger = self.trigger(Some(so))?;
             // Activity follows the true lag, never the capped metric.
-            let state = self.consumer_state(&trigger).await?;
+            let state = self.consumer_state(&so.namespace, &trigger).await?;
             Ok(Response::new(IsActiveResponse {
                 result: trigger.is_active(state.lag()),
             }))
@@ -178,7 +185,8 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let result = async {
             let request = request.get_ref();
             let trigger = self.trigger(request.scaled_object_ref.as_ref())?;
-            let metric = trigger.scale_metric(&self.consumer_state(&trigger).await?);
+            let namespace = request.scaled_object_ref.as_ref().map_or("", |so| so.namespace.as_str());
+            let metric = trigger.scale_metric(&self.consumer_state(namespace, &trigger).await?);
             // KEDA asks by the name it got from GetMetricSpec; answer with it.
             let metric_name = if request.metric_name.is_empty() {
                 trigger.metric_name()
@@ -218,7 +226,7 @@ impl<L: LagProvider> LagScaler<L> {
         let trigger = self.trigger(Some(so))?;
         // A consumer that does not exist is an error now, not a silent stream.
         if let Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) =
-            self.source.consumer_state(&trigger.key).await
+            self.source.consumer_state(&so.namespace, &trigger.key).await
         {
             return Err(lag_status(&e));
         }
@@ -339,7 +347,7 @@ mod tests {
     impl LagProvider for Arc<FakeLag> {
         type Readings = FakeReadings;
 
-        async fn consumer_state(&self, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
+        async fn consumer_state(&self, _namespace: &str, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
             let table = self.lag.lock().unwrap();
             table.get(&*key.consumer).cloned().unwrap_or_else(|| {
                 Err(LagError::ConsumerNotFound {
