@@ -19,14 +19,26 @@ pub const QUOTE_BYTES: usize = 64;
 /// 1 MB name echoed whole would not fit a gRPC client's 16 KiB metadata
 /// limit, and the client would see RESOURCE_EXHAUSTED instead of the error.
 pub fn quote(value: &str) -> String {
-    if value.len() <= QUOTE_BYTES {
-        return format!("{value:?}");
+    match value.len() {
+        len if len <= QUOTE_BYTES => format!("{value:?}"),
+        len => format!("{:?}... ({len} bytes)", prefix(value)),
     }
-    let mut end = QUOTE_BYTES;
+}
+
+/// As [`quote`], unquoted: for names shown as they are.
+pub fn shorten(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.len() {
+        len if len <= QUOTE_BYTES => value.into(),
+        len => format!("{}... ({len} bytes)", prefix(value)).into(),
+    }
+}
+
+fn prefix(value: &str) -> &str {
+    let mut end = QUOTE_BYTES.min(value.len());
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{:?}... ({} bytes)", &value[..end], value.len())
+    &value[..end]
 }
 
 /// Any error, kept as the source of ours (serializers, YAML parsers).
@@ -168,4 +180,28 @@ impl Error {
 
 fn lines(claims: &[InvalidClaim]) -> String {
     claims.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod quote_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_value_is_quoted_by_a_short_prefix_and_its_length() {
+        assert_eq!(quote("ORDERS"), "\"ORDERS\"");
+        let long = "é".repeat(500_000);
+        let quoted = quote(&long);
+        assert!(quoted.len() < 200, "{quoted}");
+        assert!(quoted.ends_with("... (1000000 bytes)"), "{quoted}");
+        assert!(quoted.starts_with(&format!("\"{}", "é".repeat(32))), "{quoted}");
+        // A cut inside a character moves back to its start.
+        let odd = format!("a{}", "é".repeat(100));
+        assert!(
+            quote(&odd).starts_with(&format!("\"a{}\"...", "é".repeat(31))),
+            "{}",
+            quote(&odd)
+        );
+        assert_eq!(shorten("team-a"), "team-a");
+        assert_eq!(shorten(&"x".repeat(65)), format!("{}... (65 bytes)", "x".repeat(64)));
+    }
 }

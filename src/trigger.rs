@@ -11,6 +11,7 @@ use std::num::NonZeroU32;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::EventDrivenService;
+use crate::error::quote;
 use crate::lag::{ConsumerKey, ConsumerState};
 use crate::nats::{Connections, DEFAULT_CONNECTION};
 
@@ -56,9 +57,9 @@ impl LagThreshold {
     /// Reads `"5"`, `"2.5"` (surrounding blanks ignored).
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let value: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+        let value: f64 = text.parse().map_err(|_| format!("{} is not a number", quote(text)))?;
         if !value.is_finite() {
-            return Err(format!("{text:?} is not a number"));
+            return Err(format!("{} is not a number", quote(text)));
         }
         Self::new(value)
     }
@@ -153,7 +154,8 @@ impl Trigger {
                     return Err(bad(
                         NATS_CONNECTION,
                         format!(
-                            "no connection named {name:?} is configured (known: {})",
+                            "no connection named {} is configured (known: {})",
+                            quote(name),
                             known.join(", ")
                         ),
                     ));
@@ -172,7 +174,7 @@ impl Trigger {
         let domain = match metadata.get(JS_DOMAIN).map(|s| s.trim()) {
             None | Some("") => None,
             Some(d) if is_nats_name(d) => Some(d),
-            Some(d) => return Err(bad(JS_DOMAIN, format!("{d:?} is not a valid JetStream domain"))),
+            Some(d) => return Err(bad(JS_DOMAIN, format!("{} is not a valid JetStream domain", quote(d)))),
         };
         let lag_threshold = match metadata.get(LAG_THRESHOLD).map(|s| s.trim()) {
             None | Some("") => LagThreshold::DEFAULT,
@@ -275,7 +277,7 @@ pub fn scale_metric(state: &ConsumerState, target: f64, concurrency: NonZeroU32)
 pub fn parse_concurrency(text: &str) -> Result<NonZeroU32, String> {
     let value: u32 = text
         .parse()
-        .map_err(|_| format!("{text:?} is not a positive whole number"))?;
+        .map_err(|_| format!("{} is not a positive whole number", quote(text)))?;
     match NonZeroU32::new(value) {
         Some(n) if value <= MAX_CONCURRENCY => Ok(n),
         Some(_) => Err(format!("must be at most {MAX_CONCURRENCY}, got {value}")),
@@ -345,7 +347,10 @@ fn required_name<'a>(metadata: &'a HashMap<String, String>, key: &'static str) -
         Some(name) if is_nats_name(name) => Ok(name),
         Some(name) => Err(bad(
             key,
-            format!("{name:?} is not a valid NATS name (no '.', '*', '>', '/', '\\' or whitespace)"),
+            format!(
+                "{} is not a valid NATS name (1 to 255 bytes; no '.', '*', '>', '/', '\\' or whitespace)",
+                quote(name)
+            ),
         )),
     }
 }
@@ -355,7 +360,7 @@ fn number(metadata: &HashMap<String, String>, key: &'static str, default: f64) -
         None | Some("") => Ok(default),
         Some(text) => match text.parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(v),
-            _ => Err(bad(key, format!("{text:?} is not a number"))),
+            _ => Err(bad(key, format!("{} is not a number", quote(text)))),
         },
     }
 }

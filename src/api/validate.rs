@@ -14,6 +14,7 @@ use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
 use serde_json::{Map, Value};
 
 use super::EventDrivenService;
+use crate::error::{quote, shorten};
 
 /// One thing wrong with a claim: the field and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,8 +117,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 fn claim_name(value: &Value) -> String {
     let meta = |key: &str| value.pointer(&format!("/metadata/{key}")).and_then(Value::as_str);
     match (meta("namespace"), meta("name")) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        (None, Some(name)) => name.to_string(),
+        (Some(ns), Some(name)) => format!("{}/{}", shorten(ns), shorten(name)),
+        (None, Some(name)) => shorten(name).into_owned(),
         _ => "<unnamed>".to_string(),
     }
 }
@@ -130,7 +131,7 @@ fn check_type_meta(value: &Value, errors: &mut Vec<FieldError>) {
             Some(got) if got == want => {}
             Some(got) => errors.push(FieldError {
                 field: field.to_string(),
-                detail: format!("Unsupported value: {got:?}: supported values: {want:?}"),
+                detail: format!("Unsupported value: {}: supported values: {want:?}", quote(got)),
             }),
             None => errors.push(required(field)),
         }
@@ -189,7 +190,11 @@ fn check_structure(schema: &Value, value: &mut Value, path: &str, errors: &mut V
                 let supported: Vec<String> = allowed.iter().map(Value::to_string).collect();
                 errors.push(FieldError {
                     field: path.to_string(),
-                    detail: format!("Unsupported value: {value}: supported values: {}", supported.join(", ")),
+                    detail: format!(
+                        "Unsupported value: {}: supported values: {}",
+                        quote(text),
+                        supported.join(", ")
+                    ),
                 });
             }
         }
@@ -227,8 +232,8 @@ fn check_object(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<
             // The root's type and object meta are the API server's, not in our schema.
             None if path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") => {}
             None => errors.push(FieldError {
-                field: join(path, key),
-                detail: format!("unknown field {:?}", join(path, key)),
+                field: join(path, &shorten(key)),
+                detail: format!("unknown field {}", quote(&join(path, key))),
             }),
         }
     }
@@ -272,7 +277,8 @@ fn json_type(value: &Value) -> &'static str {
 /// The API server shows scalar values and leaves objects and lists out.
 fn invalid_value(value: Option<&Value>, message: &str) -> String {
     match value {
-        Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => format!("Invalid value: {v}: {message}"),
+        Some(Value::String(text)) => format!("Invalid value: {}: {message}", quote(text)),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => format!("Invalid value: {v}: {message}"),
         _ => format!("Invalid value: {message}"),
     }
 }

@@ -147,7 +147,11 @@ impl Store {
             _ if own > 0 => owner.into(),
             _ => return false,
         };
-        let key = self.order[&victim].values().next().expect("a listed namespace has entries").clone();
+        let key = self.order[&victim]
+            .values()
+            .next()
+            .expect("a listed namespace has entries")
+            .clone();
         self.remove(&key);
         true
     }
@@ -595,16 +599,28 @@ mod tests {
         }
         assert_eq!(cache.len(), 10);
         for i in 0..4 {
-            assert!(cache.peek(&key(&format!("q{i}"))).is_some(), "q{i} is within quiet's share");
+            assert!(
+                cache.peek(&key(&format!("q{i}"))).is_some(),
+                "q{i} is within quiet's share"
+            );
         }
         // A third namespace takes its share from the one holding the most.
         for i in 0..5 {
             cache.get_for("third", &key(&format!("t{i}"))).await.result.unwrap();
         }
-        let held = |prefix: &str| cache.samples().iter().filter(|s| s.key.consumer.starts_with(prefix)).count();
+        let held = |prefix: &str| {
+            cache
+                .samples()
+                .iter()
+                .filter(|s| s.key.consumer.starts_with(prefix))
+                .count()
+        };
         let held = [held("q"), held("n"), held("t")];
         assert_eq!(held.iter().sum::<usize>(), 10);
-        assert!(held.iter().all(|&n| n >= 10 / 3), "each keeps at least its share of 10 over 3: {held:?}");
+        assert!(
+            held.iter().all(|&n| n >= 10 / 3),
+            "each keeps at least its share of 10 over 3: {held:?}"
+        );
     }
 
     #[tokio::test]
@@ -636,4 +652,3 @@ mod tests {
         assert!(cache.get(&key("d")).await.result.is_ok());
     }
 }
-

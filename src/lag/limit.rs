@@ -129,7 +129,10 @@ impl MissLimiter {
         if self.buckets.len() < MAX_NAMESPACES {
             return true;
         }
-        if self.last_scan.is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1)) {
+        if self
+            .last_scan
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
+        {
             return false;
         }
         self.last_scan = Some(now);
@@ -155,7 +158,10 @@ mod tests {
         let allowed = (0..5).filter(|_| limiter.allow("team-a", t0)).count();
         assert_eq!(allowed, 3, "the burst");
         assert!(!limiter.allow("team-a", t0 + Duration::from_millis(50)));
-        assert!(limiter.allow("team-a", t0 + Duration::from_millis(100)), "one token a tenth of a second");
+        assert!(
+            limiter.allow("team-a", t0 + Duration::from_millis(100)),
+            "one token a tenth of a second"
+        );
         assert!(!limiter.allow("team-a", t0 + Duration::from_millis(100)));
     }
 

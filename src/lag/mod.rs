@@ -83,7 +83,7 @@ impl ConsumerState {
 /// Why a lag could not be read. Never a number in disguise.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LagError {
-    #[error("no NATS connection named {0:?} is configured")]
+    #[error("no NATS connection named {} is configured", crate::error::quote(.0))]
     UnknownConnection(String),
     #[error("stream {stream:?} not found on connection {connection}")]
     StreamNotFound { connection: String, stream: String },

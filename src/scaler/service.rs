@@ -185,7 +185,10 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let result = async {
             let request = request.get_ref();
             let trigger = self.trigger(request.scaled_object_ref.as_ref())?;
-            let namespace = request.scaled_object_ref.as_ref().map_or("", |so| so.namespace.as_str());
+            let namespace = request
+                .scaled_object_ref
+                .as_ref()
+                .map_or("", |so| so.namespace.as_str());
             let metric = trigger.scale_metric(&self.consumer_state(namespace, &trigger).await?);
             // KEDA asks by the name it got from GetMetricSpec; answer with it.
             let metric_name = if request.metric_name.is_empty() {
@@ -469,6 +472,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_huge_bad_value_is_quoted_by_a_short_prefix() {
+        let (scaler, _) = scaler(FakeLag::with("c", Ok(1)));
+        let huge = "é.".repeat(350_000);
+        for key in [
+            "stream",
+            "consumer",
+            "jsDomain",
+            "lagThreshold",
+            "concurrency",
+            "natsConnection",
+        ] {
+            let mut pairs = vec![("stream", "S"), ("consumer", "c")];
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, &huge));
+            let status = scaler.get_metrics(metrics(so(&pairs), "m")).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{key}");
+            assert!(status.message().len() < 512, "{key}: {} bytes", status.message().len());
+            assert!(status.message().contains(key), "{key}: {}", status.message());
+            assert!(
+                status.message().contains("(1050000 bytes)"),
+                "{key}: {}",
+                status.message()
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_missing_consumer_is_not_found_for_every_rpc() {
         let (scaler, _) = scaler(FakeLag::default());
         let trigger = so(&[("stream", "S"), ("consumer", "gone")]);
@@ -499,6 +529,14 @@ mod tests {
                 tonic::Code::Unavailable,
             ),
             (LagError::Internal("bad reply".into()), tonic::Code::Internal),
+            (
+                LagError::MissLimited {
+                    namespace: "\"n\"".into(),
+                    per_second: 100,
+                    burst: 1000,
+                },
+                tonic::Code::ResourceExhausted,
+            ),
         ];
         for (error, code) in failures {
             let (scaler, _) = scaler(FakeLag::with("c", Err(error.clone())));
