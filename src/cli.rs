@@ -212,10 +212,12 @@ pub struct TuningArgs {
     /// request per consumer per TTL, however often KEDA calls.
     #[arg(long, env = "EDS_CACHE_TTL", default_value = "1s", value_parser = parse_duration)]
     pub cache_ttl: Duration,
-    /// Re-read interval for an active consumer with an open push stream.
+    /// Re-read interval for an idle consumer with an open push stream that
+    /// no live notifier covers (while it is set up, or when it cannot be).
     #[arg(long, env = "EDS_PUSH_ACTIVE_POLL", default_value = "1s", value_parser = parse_duration)]
     pub push_active_poll: Duration,
-    /// Safety re-read interval for an idle consumer with an open push stream.
+    /// Safety re-read interval for a consumer with an open push stream
+    /// (idle with a notifier, active, or failing).
     #[arg(long, env = "EDS_PUSH_IDLE_RECHECK", default_value = "15s", value_parser = parse_duration)]
     pub push_idle_recheck: Duration,
     /// Consumers the lag cache holds at most (about 1.5 KiB each). When

@@ -20,8 +20,9 @@ fn fast() -> Tuning {
     }
 }
 
-/// Fast re-reads while active, and a safety re-check so slow that only the
-/// push path can explain a fast activation.
+/// A short TTL, and a safety re-check so slow that only the push path can
+/// explain a fast activation (or a watcher's going back to idle: only KEDA's
+/// own calls, through the cache, tell it).
 fn push_only() -> Tuning {
     Tuning {
         cache_ttl: Duration::from_millis(200),
@@ -454,12 +455,16 @@ async fn push_activation_is_fast() {
             .unwrap();
         let took = wait_push(&mut pushed, true, Duration::from_secs(1)).await;
         latencies.push(published.elapsed().max(took));
-        // Drain, and wait until the scaler says idle again.
+        // Drain. An active consumer's watcher does not read: it learns the
+        // consumer went idle from KEDA's own calls, as here.
         let mut batch = workers.fetch().max_messages(10).messages().await.unwrap();
         while let Some(m) = batch.next().await {
             m.unwrap().double_ack().await.unwrap();
         }
-        wait_push(&mut pushed, false, Duration::from_secs(3)).await;
+        tokio::time::sleep(tuning.cache_ttl).await;
+        let active = client.is_active(so("WAKE", "c")).await.unwrap().into_inner().result;
+        assert!(!active, "drained");
+        wait_push(&mut pushed, false, Duration::from_secs(1)).await;
     }
     latencies.sort();
     println!("push activation latency (publish -> true): {latencies:?}");
@@ -773,4 +778,111 @@ async fn the_metric_stops_at_the_replica_cap() {
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
         assert!(err.message().contains("concurrency"), "{bad}: {}", err.message());
     }
+}
+
+/// Once a watcher has pushed `true` it stops reading: KEDA's own calls read
+/// the consumer through the cache, and the watcher learns from those that it
+/// went idle. Then a new message wakes it as fast as ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_active_consumer_costs_no_watcher_reads() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "QUIET", &["quiet.>"]).await;
+    let workers = pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    let tuning = push_only();
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), tuning, None).await;
+    let mut client = scaler.client().await;
+    let mut pushed = client.stream_is_active(so("QUIET", "c")).await.unwrap().into_inner();
+    wait_push(&mut pushed, false, Duration::from_secs(2)).await;
+    for i in 0..3 {
+        js.publish("quiet.x", format!("{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    wait_push(&mut pushed, true, Duration::from_secs(1)).await;
+
+    // Active, and nobody asks: 2 s is ten TTLs, and the watcher used to read
+    // once per TTL here.
+    let mut requests = count_info_requests(&nats.url(), "QUIET", "c").await;
+    requests.since_last().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_reads = requests.since_last().await;
+    println!("CONSUMER.INFO in 2 s while active and unpolled: {idle_reads}");
+    assert_eq!(idle_reads, 0, "an active consumer's watcher does not read");
+
+    // KEDA polls: one read per call past the TTL, and no more.
+    for _ in 0..3 {
+        tokio::time::sleep(tuning.cache_ttl).await;
+        client
+            .get_metrics(testkit::scaler::metrics_request(so("QUIET", "c")))
+            .await
+            .unwrap();
+    }
+    let polled = requests.since_last().await;
+    assert!(polled <= 3, "{polled} reads for 3 KEDA calls");
+
+    // Drained: KEDA's next call reads it idle, and the stream says so at
+    // once, without a read of the watcher's own.
+    let mut batch = workers.fetch().max_messages(10).messages().await.unwrap();
+    while let Some(m) = batch.next().await {
+        m.unwrap().double_ack().await.unwrap();
+    }
+    tokio::time::sleep(tuning.cache_ttl).await;
+    requests.since_last().await;
+    let called = Instant::now();
+    assert!(!client.is_active(so("QUIET", "c")).await.unwrap().into_inner().result);
+    wait_push(&mut pushed, false, Duration::from_secs(1)).await;
+    println!("idle pushed {:?} after KEDA's call", called.elapsed());
+    let reads = requests.since_last().await;
+    assert!(
+        reads <= 2,
+        "{reads} reads: KEDA's one, and at most one notifier re-read"
+    );
+
+    // And it has gone back to listening: a message right after wakes it fast.
+    let published = Instant::now();
+    js.publish("quiet.y", "again".into()).await.unwrap().await.unwrap();
+    wait_push(&mut pushed, true, Duration::from_millis(500)).await;
+    println!("push after going idle: {:?}", published.elapsed());
+}
+
+/// A consumer kept below its activation threshold while messages keep
+/// arriving costs at most one read per TTL, whatever the message rate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_consumer_below_its_threshold_is_read_once_per_ttl() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "BELOW", &["below.>"]).await;
+    pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    let tuning = push_only();
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), tuning, None).await;
+    let mut client = scaler.client().await;
+    let below = scaled_object(&[
+        ("stream", "BELOW"),
+        ("consumer", "c"),
+        ("activationLagThreshold", "100000"),
+    ]);
+    let mut pushed = client.stream_is_active(below).await.unwrap().into_inner();
+    wait_push(&mut pushed, false, Duration::from_secs(2)).await;
+    let mut requests = count_info_requests(&nats.url(), "BELOW", "c").await;
+    requests.since_last().await;
+    // About 200 messages a second for 2 s.
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        js.publish("below.x", "m".into()).await.unwrap().await.unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reads = requests.since_last().await;
+    let window = started.elapsed();
+    let bound = (window.as_secs_f64() / tuning.cache_ttl.as_secs_f64()).ceil() as usize + 1;
+    println!("{reads} CONSUMER.INFO for {sent} messages in {window:?} (bound {bound})");
+    assert!(
+        reads <= bound,
+        "{reads} reads for {sent} messages; at most one per TTL ({bound})"
+    );
+    assert!(reads >= 2, "the notices are still heard ({reads} reads)");
 }

@@ -35,7 +35,14 @@ async fn metrics_health_and_readiness() {
     assert_eq!(lag_of(&mut client, &so).await.unwrap(), 1);
     let missing = scaled_object(&[("stream", "OBS"), ("consumer", "gone")]);
     assert!(lag_of(&mut client, &missing).await.is_err());
-    let mut pushed = client.stream_is_active(so.clone()).await.unwrap().into_inner();
+    // A push stream that sees its consumer wake: an activation. (A stream
+    // opened on a consumer already active is not one.)
+    let w = testkit::js::stream_with(&js, "WAKE", &["wake.>"]).await;
+    testkit::js::pull_consumer(&w, "w", "", Duration::from_secs(30)).await;
+    let sleeper = scaled_object(&[("stream", "WAKE"), ("consumer", "w")]);
+    let mut pushed = client.stream_is_active(sleeper).await.unwrap().into_inner();
+    assert!(!pushed.message().await.unwrap().unwrap().result);
+    testkit::js::publish(&js, "wake.x", 1).await;
     assert!(pushed.message().await.unwrap().unwrap().result);
 
     let metrics = get_async(port, "/metrics").await.unwrap();

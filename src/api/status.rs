@@ -13,6 +13,11 @@ pub const CONDITION_RECONCILED: &str = "Reconciled";
 pub const CONDITION_SCALER_READY: &str = "ScalerReady";
 /// The Deployment's `Available` condition.
 pub const CONDITION_DEPLOYMENT_AVAILABLE: &str = "DeploymentAvailable";
+/// Whether the JetStream consumer can be drained by adding replicas: False
+/// with a reason (`ConsumerMissing`, `Saturated`, `PoisonMessages`,
+/// `Stalled`, `Misconfigured`...) when it cannot. Only the controller, which
+/// reads NATS, sets it; it does not feed `Ready`.
+pub const CONDITION_CONSUMER_HEALTHY: &str = "ConsumerHealthy";
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -21,7 +26,8 @@ pub struct EventDrivenServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`, `Reconciled`, `ScalerReady` and `DeploymentAvailable`.
+    /// `Ready`, `Reconciled`, `ScalerReady`, `DeploymentAvailable` and, from
+    /// the controller, `ConsumerHealthy`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,

@@ -23,10 +23,12 @@ use super::metrics::{
     SERVICE_REPLICAS,
 };
 use super::{ControllerConfig, FIELD_MANAGER};
-use crate::api::{EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim};
-use crate::lag::{ConsumerKey, LagCache, desired_replicas};
+use crate::api::{CONDITION_CONSUMER_HEALTHY, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim};
+use crate::lag::{ConsumerKey, LagCache, LagError, desired_replicas};
 use crate::nats::DEFAULT_CONNECTION;
-use crate::render::status::{Observed, desired_status, keda_conditions};
+use crate::render::status::{
+    ConsumerHealth, HealthReason, Observed, changed_condition, desired_status, keda_conditions,
+};
 use crate::render::{Children, Platform, desired_children};
 use crate::trigger::LagThreshold;
 use crate::{Error, Result};
@@ -166,6 +168,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         ),
     };
 
+    let (lag, consumer) = read_consumer(ctx, claim).await;
     let observed = Observed {
         applied: failure.as_ref().map_or(Ok(()), Err),
         deployment: live
@@ -178,12 +181,29 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             .as_ref()
             .map(|so| keda_conditions(&so.data))
             .unwrap_or_default(),
-        lag: read_lag(ctx, claim).await,
+        lag,
+        consumer: Some(consumer),
     };
     let status = desired_status(claim, &observed, Timestamp::now());
     record_gauges(claim, &namespace, &status);
     if claim.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, claim, &namespace, &status).await?;
+        if let Some(health) = changed_condition(claim.status.as_ref(), &status, CONDITION_CONSUMER_HEALTHY) {
+            let type_ = if health.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            publish(
+                &ctx.recorder,
+                claim,
+                type_,
+                &health.reason,
+                "AssessConsumer",
+                &health.message,
+            )
+            .await;
+        }
     }
     match failure {
         Some(e) => Err(e),
@@ -241,17 +261,22 @@ fn cached_child(ctx: &Context, kind: ChildKind, namespace: &str, name: &str) -> 
     ctx.stores.get(kind).get(&key)
 }
 
-/// The consumer's lag through the shared cache: at most one NATS request per
-/// consumer per lag interval, however often claims are reconciled.
-async fn read_lag(ctx: &Context, claim: &EventDrivenService) -> Option<u64> {
+/// The consumer's lag and health through the shared cache: at most one NATS
+/// request per consumer per lag interval, however often claims are
+/// reconciled.
+async fn read_consumer(ctx: &Context, claim: &EventDrivenService) -> (Option<u64>, ConsumerHealth) {
     let nats = &claim.spec.nats;
     let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
     let key = ConsumerKey::new(connection, None, &nats.stream, &nats.consumer);
     match ctx.lag.get(&key).await.result {
-        Ok(state) => Some(state.lag()),
+        Ok(state) => (Some(state.lag()), ConsumerHealth::Healthy),
+        Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) => (
+            None,
+            ConsumerHealth::unhealthy(HealthReason::ConsumerMissing, e.to_string()),
+        ),
         Err(e) => {
             tracing::debug!(consumer = %key, error = %e, "lag unavailable");
-            None
+            (None, ConsumerHealth::Unknown(e.to_string()))
         }
     }
 }
@@ -272,9 +297,28 @@ fn record_gauges(claim: &EventDrivenService, namespace: &str, status: &EventDriv
     }
 }
 
-/// Events carry at most 1 kB of note.
 async fn publish_failure(recorder: &Recorder, claim: &EventDrivenService, error: &Error) {
-    let mut note = error.to_string();
+    publish(
+        recorder,
+        claim,
+        EventType::Warning,
+        "ReconcileFailed",
+        "Reconcile",
+        &error.to_string(),
+    )
+    .await;
+}
+
+/// Events carry at most 1 kB of note.
+async fn publish(
+    recorder: &Recorder,
+    claim: &EventDrivenService,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let mut note = note.to_string();
     if note.len() > 1024 {
         let mut end = 1021;
         while !note.is_char_boundary(end) {
@@ -284,10 +328,10 @@ async fn publish_failure(recorder: &Recorder, claim: &EventDrivenService, error:
         note.push_str("...");
     }
     let event = Event {
-        type_: EventType::Warning,
-        reason: "ReconcileFailed".into(),
+        type_,
+        reason: reason.into(),
         note: Some(note),
-        action: "Reconcile".into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(e) = recorder.publish(&event, &claim.object_ref(&())).await {

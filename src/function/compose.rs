@@ -160,6 +160,8 @@ fn compose(request: &RunFunctionRequest, now: Timestamp) -> Result<Composed, Str
                 .and_then(|s| serde_json::from_value::<DeploymentStatus>(s.clone()).ok()),
             scaler: scaled_object.as_ref().map(keda_conditions).unwrap_or_default(),
             lag: None,
+            // The function reads no NATS: no `ConsumerHealthy` condition.
+            consumer: None,
         },
         now,
     );

@@ -31,6 +31,10 @@ pub struct Reading {
 
 type InFlight = Shared<BoxFuture<'static, Reading>>;
 
+/// Told of every completed read, whoever caused it: push watchers learn
+/// from KEDA's own reads instead of reading again.
+pub type ReadingListener = Box<dyn Fn(&ConsumerKey) + Send + Sync>;
+
 struct Slot {
     last: Option<Reading>,
     inflight: Option<Pending>,
@@ -194,6 +198,7 @@ pub struct LagCache {
     coalesced: Counter,
     refused: Counter,
     evicted: Counter,
+    listener: std::sync::OnceLock<ReadingListener>,
 }
 
 /// Entries unused for this long are dropped (a deleted ScaledObject).
@@ -229,11 +234,18 @@ impl LagCache {
             coalesced: lookups("coalesced"),
             refused: lookups("refused"),
             evicted: metrics::counter!(super::metrics::CACHE_EVICTIONS.name),
+            listener: std::sync::OnceLock::new(),
         })
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Sets the one listener told of every completed read (after it is
+    /// stored, outside the cache's lock). A second call is ignored.
+    pub fn set_listener(&self, listener: ReadingListener) {
+        let _ = self.listener.set(listener);
     }
 
     pub fn limits(&self) -> CacheLimits {
@@ -374,17 +386,22 @@ impl LagCache {
                 this.source.fetch(&key).await
             };
             let reading = Reading { at, result };
-            let mut store = this.store.lock().expect("lag cache lock");
-            // An entry evicted while its read was under way stays out: its
-            // callers get the reading, the cache does not grow back.
-            if let Some(slot) = store.slots.get_mut(&key) {
-                // An older read finishing late must not replace a newer one.
-                if slot.last.as_ref().is_none_or(|last| last.at <= at) {
-                    slot.last = Some(reading.clone());
+            {
+                let mut store = this.store.lock().expect("lag cache lock");
+                // An entry evicted while its read was under way stays out:
+                // its callers get the reading, the cache does not grow back.
+                if let Some(slot) = store.slots.get_mut(&key) {
+                    // An older read finishing late must not replace a newer one.
+                    if slot.last.as_ref().is_none_or(|last| last.at <= at) {
+                        slot.last = Some(reading.clone());
+                    }
+                    if slot.inflight.as_ref().is_some_and(|p| p.id == id) {
+                        slot.inflight = None;
+                    }
                 }
-                if slot.inflight.as_ref().is_some_and(|p| p.id == id) {
-                    slot.inflight = None;
-                }
+            }
+            if let Some(listener) = this.listener.get() {
+                listener(&key);
             }
             reading
         });
@@ -650,5 +667,32 @@ mod tests {
         assert!(cache.get_for("modest", &key("c")).await.result.is_ok());
         // The scaler's own reads (push watchers) are not any namespace's.
         assert!(cache.get(&key("d")).await.result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_listener_hears_of_every_read_once_it_is_stored() {
+        let (cache, _source) = cache(Duration::from_millis(10), Duration::ZERO);
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (weak, log) = (Arc::downgrade(&cache), heard.clone());
+        cache.set_listener(Box::new(move |key| {
+            // Stored before the listener runs, and the cache is not locked.
+            let stored = weak.upgrade().and_then(|c| c.peek(key)).is_some();
+            log.lock().unwrap().push((key.consumer.to_string(), stored));
+        }));
+        let (a, b) = (
+            ConsumerKey::new("default", None, "S", "A"),
+            ConsumerKey::new("default", None, "S", "B"),
+        );
+        cache.get(&a).await;
+        cache.get(&a).await;
+        cache.get(&b).await;
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![("A".to_string(), true), ("B".to_string(), true)],
+            "a cached answer is not a read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cache.get(&a).await;
+        assert_eq!(heard.lock().unwrap().len(), 3);
     }
 }

@@ -3,16 +3,23 @@
 //!
 //! While a consumer is idle, its watcher registers with its stream's shared
 //! notifier ([`super::notify`]), which hears of every new stored message the
-//! consumer counts. A notice triggers one fresh `CONSUMER.INFO`. As soon as
-//! every subscriber is active the watcher unregisters, so a busy consumer
-//! costs one cached read per `active_poll`, not a read per message.
+//! consumer counts. A notice triggers one fresh `CONSUMER.INFO`; more notices
+//! within one cache TTL wait for the next TTL, so a consumer that is busy but
+//! below its activation threshold costs at most one read per TTL.
 //!
-//! A slow re-check (`idle_recheck`) and a re-check on every reconnect catch
-//! what no new message announces (a consumer reset, a server restart).
+//! Once a watcher has seen the consumer active it stops reading. KEDA's own
+//! `GetMetrics` and `IsActive` calls read the consumer through the shared
+//! cache, which tells the watcher of every reading ([`LagCache::set_listener`]);
+//! the watcher learns from those that the consumer went idle, and only then
+//! listens for new messages again. A slow re-check (`idle_recheck`) covers
+//! what no one else reads: an active consumer nobody polls, a failing target,
+//! a reset consumer, a server restart.
+//!
 //! Watchers are shared by every stream open on the same consumer and stop when
-//! the last one closes.
+//! the last one closes; the activation threshold they watch for is the highest
+//! among the streams open now.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,12 +32,12 @@ use crate::nats::Connections;
 /// How often watchers re-read.
 #[derive(Clone, Copy, Debug)]
 pub struct WatchConfig {
-    /// Re-read interval while every subscriber is active (through the cache).
+    /// Re-read interval while idle and no notifier covers the consumer yet
+    /// (it is being set up).
     pub active_poll: Duration,
-    /// Re-read interval while idle with a notifier in place.
+    /// The slow re-check: while idle with a notifier in place, while active
+    /// (KEDA's own reads tell the watcher more often), and while failing.
     pub idle_recheck: Duration,
-    /// Least time between two notification-driven reads of one consumer.
-    pub min_spacing: Duration,
 }
 
 impl Default for WatchConfig {
@@ -38,7 +45,6 @@ impl Default for WatchConfig {
         WatchConfig {
             active_poll: Duration::from_secs(1),
             idle_recheck: Duration::from_secs(15),
-            min_spacing: Duration::from_millis(20),
         }
     }
 }
@@ -58,12 +64,19 @@ struct Watch {
     /// Subscribers wait here; every reading wakes them all.
     changed: Notify,
     subscribers: AtomicUsize,
-    /// The highest activation threshold among subscribers: the watcher keeps
-    /// its notifier while the lag is at or below it.
-    max_threshold: Mutex<f64>,
+    /// The activation thresholds of the subscribers open now (one each):
+    /// the watcher keeps its notifier while the lag is at or below the
+    /// highest of them.
+    thresholds: Mutex<Vec<f64>>,
+    /// Set by the watcher while the consumer is active or failing: it then
+    /// wants to hear of other callers' readings instead of reading itself.
+    /// While idle it listens to the notifier only, so a cache reading can
+    /// never stand in for a notice.
+    wants_readings: AtomicBool,
     /// Wakes the watcher: a notice of a new message, a change of its
-    /// notifier, or a subscriber leaving. One wake-up source keeps each of
-    /// the (possibly ten thousand) watcher tasks small.
+    /// notifier, a reading in the cache, or a subscriber leaving. One
+    /// wake-up source keeps each of the (possibly ten thousand) watcher tasks
+    /// small.
     poke: Arc<Notify>,
 }
 
@@ -80,9 +93,16 @@ impl Watch {
             latest: Mutex::default(),
             changed: Notify::new(),
             subscribers: AtomicUsize::new(1),
-            max_threshold: Mutex::new(activation_threshold),
+            thresholds: Mutex::new(vec![activation_threshold]),
+            wants_readings: AtomicBool::new(false),
             poke: Arc::new(Notify::new()),
         }
+    }
+
+    /// The highest activation threshold among the open subscribers.
+    fn threshold(&self) -> f64 {
+        let thresholds = self.thresholds.lock().expect("threshold lock");
+        thresholds.iter().copied().fold(f64::NEG_INFINITY, f64::max)
     }
 
     fn publish(&self, lag: Option<u64>) {
@@ -100,6 +120,7 @@ impl Watch {
 pub struct Subscription {
     watch: Arc<Watch>,
     seen: u64,
+    threshold: f64,
 }
 
 impl Subscription {
@@ -126,6 +147,13 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        {
+            let mut thresholds = self.watch.thresholds.lock().expect("threshold lock");
+            let mine = self.threshold.to_bits();
+            if let Some(at) = thresholds.iter().position(|t| t.to_bits() == mine) {
+                thresholds.swap_remove(at);
+            }
+        }
         self.watch.subscribers.fetch_sub(1, Ordering::AcqRel);
         self.watch.poke.notify_one();
     }
@@ -133,32 +161,58 @@ impl Drop for Subscription {
 
 impl Watchers {
     pub fn new(cache: Arc<LagCache>, connections: Connections, config: WatchConfig) -> Arc<Self> {
-        Arc::new(Watchers {
-            cache,
+        let watchers = Arc::new(Watchers {
+            cache: cache.clone(),
             connections,
             config,
             watches: Mutex::default(),
             notifiers: Arc::default(),
-        })
+        });
+        let weak = Arc::downgrade(&watchers);
+        cache.set_listener(Box::new(move |key| {
+            if let Some(watchers) = weak.upgrade() {
+                watchers.heard_reading(key);
+            }
+        }));
+        watchers
+    }
+
+    /// A reading of `key` was stored in the cache: wake its watcher if it
+    /// is waiting to learn from one that the consumer went idle.
+    fn heard_reading(&self, key: &ConsumerKey) {
+        let watches = self.watches.lock().expect("watchers lock");
+        if let Some(watch) = watches.get(key)
+            && watch.wants_readings.load(Ordering::Acquire)
+        {
+            watch.poke.notify_one();
+        }
     }
 
     /// Subscribes to `key`, starting its watcher if none runs.
     pub fn subscribe(self: &Arc<Self>, key: &ConsumerKey, activation_threshold: f64) -> Subscription {
         let mut watches = self.watches.lock().expect("watchers lock");
         if let Some(existing) = watches.get(key) {
-            let mut max = existing.max_threshold.lock().expect("threshold lock");
-            *max = max.max(activation_threshold);
+            existing
+                .thresholds
+                .lock()
+                .expect("threshold lock")
+                .push(activation_threshold);
             existing.subscribers.fetch_add(1, Ordering::AcqRel);
             return Subscription {
                 watch: existing.clone(),
                 seen: 0,
+                threshold: activation_threshold,
             };
         }
         let watch = Arc::new(Watch::new(activation_threshold));
         watches.insert(key.clone(), watch.clone());
         metrics::gauge!(super::metrics::PUSH_WATCHERS.name).set(watches.len() as f64);
         tokio::spawn(Arc::clone(self).run(key.clone(), watch.clone()));
-        Subscription { watch, seen: 0 }
+        Subscription {
+            watch,
+            seen: 0,
+            threshold: activation_threshold,
+        }
     }
 
     /// How many consumers are watched now.
@@ -201,65 +255,108 @@ impl Watchers {
         };
         let mut registration: Option<Registration> = None;
         let mut since = Instant::now();
-        let mut last_woken: Option<Instant> = None;
+        // What the last reading said, and when that read started.
+        let mut state = Seen::Failing;
+        let mut last_at: Option<Instant> = None;
+        // The last read a notice caused while idle: more notices within a
+        // TTL of it wait for the TTL.
+        let mut last_noticed: Option<Instant> = None;
+        let mut use_fresh = false;
         let mut schedule = Schedule::new(self.config.active_poll);
         loop {
-            let reading = self.cache.get_newer_than(&key, since).await;
-            let threshold = *watch.max_threshold.lock().expect("threshold lock");
-            match &reading.result {
-                Ok(state) if state.lag() as f64 > threshold => registration = None,
-                // Registering is immediate; the notifier wakes the watcher
-                // once it covers the consumer, for a re-read that catches a
-                // message stored in between.
-                Ok(state)
-                    if registration
-                        .as_ref()
-                        .is_none_or(|r| r.filters() != state.filter_subjects) =>
-                {
-                    registration = Some(self.notifiers.register(
-                        &key,
-                        &conn.client,
-                        &conn.connects,
-                        &state.filter_subjects,
-                        watch.poke.clone(),
-                    ));
+            // Someone else's reading (KEDA's calls through the cache), or our
+            // own read of one at least as new as `since`.
+            let reading = if use_fresh {
+                self.cache.peek(&key).filter(|r| last_at.is_none_or(|at| r.at > at))
+            } else {
+                Some(self.cache.get_newer_than(&key, since).await)
+            };
+            if let Some(reading) = reading {
+                last_at = Some(reading.at);
+                let threshold = watch.threshold();
+                let was = state;
+                state = match &reading.result {
+                    Ok(s) if s.lag() as f64 > threshold => Seen::Active,
+                    Ok(_) => Seen::Idle,
+                    Err(_) => Seen::Failing,
+                };
+                match &reading.result {
+                    Ok(_) if state == Seen::Active => registration = None,
+                    // Registering is immediate; the notifier wakes the
+                    // watcher once it covers the consumer, for a re-read
+                    // that catches a message stored in between.
+                    Ok(s) if registration.as_ref().is_none_or(|r| r.filters() != s.filter_subjects) => {
+                        registration = Some(self.notifiers.register(
+                            &key,
+                            &conn.client,
+                            &conn.connects,
+                            &s.filter_subjects,
+                            watch.poke.clone(),
+                        ));
+                    }
+                    _ => {}
                 }
-                _ => {}
+                if state == Seen::Idle && was != Seen::Idle {
+                    // Just gone idle: the first new message is read at once.
+                    last_noticed = None;
+                }
+                watch.wants_readings.store(state != Seen::Idle, Ordering::Release);
+                watch.publish(reading.result.as_ref().ok().map(|s| s.lag()));
             }
-            watch.publish(reading.result.as_ref().ok().map(|s| s.lag()));
-            // Idle with a live notifier: a slow safety re-check. Otherwise
-            // (busy, failing, or nothing covers it) re-read every active
-            // poll; a reconnect is seen there, or through the notifier.
-            let period = match &registration {
-                Some(r) if r.armed() => self.config.idle_recheck,
-                _ => self.config.active_poll,
+            // Idle with a live notifier, active, or failing: the slow
+            // re-check (an active consumer is read by KEDA's own calls, and
+            // a failing one must not be hammered). Idle while the notifier
+            // is being set up: the short poll.
+            let period = match (&state, &registration) {
+                (Seen::Idle, Some(r)) if !r.armed() => self.config.active_poll,
+                _ => self.config.idle_recheck,
             };
             // Never more often than the TTL: NATS sees at most one read per
-            // consumer per TTL. At the TTL, a busy consumer's value is
-            // renewed as it expires, so KEDA's calls find it fresh.
+            // consumer per TTL from the watcher.
             let due = schedule.next(period.max(self.cache.ttl()));
             if tokio::time::timeout_at(due.into(), watch.poke.notified())
                 .await
                 .is_err()
             {
                 since = due;
+                use_fresh = false;
                 continue;
             }
             if watch.subscribers.load(Ordering::Acquire) == 0 && self.retire_if_unused(&key, &watch) {
                 return;
             }
-            // A notice: re-read now, but bound the read rate on a stream
-            // that is busy yet still below the activation threshold.
-            if let Some(last) = last_woken {
-                let gap = last.elapsed();
-                if gap < self.config.min_spacing {
-                    tokio::time::sleep(self.config.min_spacing - gap).await;
+            // Active or failing: a reading someone else made says whether
+            // that changed, and nothing else is worth a read. (No notice is
+            // lost to this: no notifier is registered while active, and a
+            // failing read registers none.)
+            if state != Seen::Idle {
+                use_fresh = true;
+                continue;
+            }
+            // Idle: a notice of a new message (or a subscriber came or went)
+            // is worth a read; the first at once, then at most one per TTL.
+            use_fresh = false;
+            if let Some(last) = last_noticed {
+                let next = last + self.cache.ttl();
+                if next > Instant::now() {
+                    tokio::time::sleep_until(next.into()).await;
                 }
             }
-            last_woken = Some(Instant::now());
+            last_noticed = Some(Instant::now());
             since = Instant::now();
         }
     }
+}
+
+/// What a watcher's last reading said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Lag above the highest open threshold: nothing to listen for.
+    Active,
+    /// At or below it: listening for new messages.
+    Idle,
+    /// The read failed.
+    Failing,
 }
 
 /// When a watcher re-reads: on a grid of the period from a random phase.
@@ -400,6 +497,7 @@ mod tests {
         let mut first = Subscription {
             watch: watch.clone(),
             seen: 0,
+            threshold: 0.0,
         };
         assert_eq!(first.next().now_or_never(), None, "nothing read yet");
         watch.publish(Some(3));
@@ -407,9 +505,11 @@ mod tests {
         assert_eq!(first.next().now_or_never(), None, "seen already");
         // A late subscriber gets the current reading at once.
         watch.subscribers.fetch_add(1, Ordering::AcqRel);
+        watch.thresholds.lock().unwrap().push(0.0);
         let mut late = Subscription {
             watch: watch.clone(),
             seen: 0,
+            threshold: 0.0,
         };
         assert_eq!(late.next().now_or_never(), Some(Some(3)));
         // A waiting subscriber is woken by the next reading, failed or not.
@@ -421,5 +521,26 @@ mod tests {
         drop(late);
         assert_eq!(watch.subscribers.load(Ordering::Acquire), 0);
         assert!(watch.poke.notified().now_or_never().is_some());
+    }
+
+    /// The threshold a watcher keeps its notifier for is the highest among
+    /// the streams open now, not the highest any stream ever asked for.
+    #[tokio::test]
+    async fn the_threshold_follows_the_open_streams() {
+        let cache = LagCache::new(Arc::new(Idle), Duration::from_secs(1));
+        let watchers = Watchers::new(cache, Connections::default(), WatchConfig::default());
+        let key = ConsumerKey::new("default", None, "S", "C");
+        let low = watchers.subscribe(&key, 0.0);
+        let high = watchers.subscribe(&key, 50.0);
+        let same = watchers.subscribe(&key, 50.0);
+        assert_eq!(low.watch.threshold(), 50.0);
+        drop(high);
+        assert_eq!(low.watch.threshold(), 50.0, "one stream still asks for 50");
+        drop(same);
+        assert_eq!(low.watch.threshold(), 0.0);
+        let again = watchers.subscribe(&key, 5.0);
+        assert_eq!(again.watch.threshold(), 5.0);
+        drop(again);
+        assert_eq!(low.watch.threshold(), 0.0);
     }
 }

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use super::{ScaledObjectCondition, ScaledObjectStatus};
 use crate::Error;
 use crate::api::{
-    CONDITION_DEPLOYMENT_AVAILABLE, CONDITION_READY, CONDITION_RECONCILED, CONDITION_SCALER_READY, EventDrivenService,
-    EventDrivenServiceStatus,
+    CONDITION_CONSUMER_HEALTHY, CONDITION_DEPLOYMENT_AVAILABLE, CONDITION_READY, CONDITION_RECONCILED,
+    CONDITION_SCALER_READY, EventDrivenService, EventDrivenServiceStatus,
 };
 
 /// What one reconcile saw.
@@ -22,6 +22,81 @@ pub struct Observed<'a> {
     pub scaler: Vec<ScaledObjectCondition>,
     /// The consumer's lag, when it could be read.
     pub lag: Option<u64>,
+    /// The consumer's health as the controller assessed it; `None` where
+    /// nothing reads NATS (the Crossplane function): then the claim gets no
+    /// `ConsumerHealthy` condition.
+    pub consumer: Option<ConsumerHealth>,
+}
+
+/// What the controller found about a claim's JetStream consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerHealth {
+    /// Nothing wrong was found.
+    Healthy,
+    /// Replicas cannot drain the consumer, for this reason.
+    Unhealthy { reason: HealthReason, message: String },
+    /// The consumer could not be read (NATS unreachable, a timeout): why.
+    Unknown(String),
+}
+
+impl ConsumerHealth {
+    pub fn unhealthy(reason: HealthReason, message: impl Into<String>) -> Self {
+        ConsumerHealth::Unhealthy {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// A setting that breaks a scaled pool, named by its field
+    /// (`consumer.ack_policy`, `spec.nats.consumerConfig.maxDeliver`...).
+    pub fn misconfigured(field: &str, detail: impl std::fmt::Display) -> Self {
+        Self::unhealthy(HealthReason::Misconfigured, format!("{field}: {detail}"))
+    }
+}
+
+/// The reason of a False `ConsumerHealthy` condition. Open: new problems get
+/// new variants, so code outside this module should not assume this list is
+/// complete (`HealthReason::ALL` is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HealthReason {
+    /// The stream or the consumer does not exist.
+    ConsumerMissing,
+    /// Ack-pending reached max-ack-pending and the replica cap is below
+    /// `maxReplicas`: more replicas would get no messages.
+    Saturated,
+    /// Messages keep being redelivered without progress.
+    PoisonMessages,
+    /// A backlog, ready replicas, and no acknowledgement for `stallAfter`.
+    Stalled,
+    /// A consumer setting that breaks a scaled pool.
+    Misconfigured,
+}
+
+impl HealthReason {
+    pub const ALL: [HealthReason; 5] = [
+        HealthReason::ConsumerMissing,
+        HealthReason::Saturated,
+        HealthReason::PoisonMessages,
+        HealthReason::Stalled,
+        HealthReason::Misconfigured,
+    ];
+
+    /// The condition's `reason`, also the metric and alert label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthReason::ConsumerMissing => "ConsumerMissing",
+            HealthReason::Saturated => "Saturated",
+            HealthReason::PoisonMessages => "PoisonMessages",
+            HealthReason::Stalled => "Stalled",
+            HealthReason::Misconfigured => "Misconfigured",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for Observed<'_> {
@@ -31,6 +106,7 @@ impl Default for Observed<'_> {
             deployment: None,
             scaler: Vec::new(),
             lag: None,
+            consumer: None,
         }
     }
 }
@@ -86,17 +162,39 @@ pub fn desired_status(claim: &EventDrivenService, observed: &Observed<'_>, now: 
         |(state, reason)| State::new(False, reason, state.message.clone()),
     );
 
+    let mut conditions = vec![
+        condition(CONDITION_READY, ready),
+        condition(CONDITION_RECONCILED, reconciled),
+        condition(CONDITION_SCALER_READY, scaler),
+        condition(CONDITION_DEPLOYMENT_AVAILABLE, available),
+    ];
+    if let Some(health) = &observed.consumer {
+        conditions.push(condition(CONDITION_CONSUMER_HEALTHY, consumer_healthy(health)));
+    }
+
     EventDrivenServiceStatus {
         observed_generation: generation,
-        conditions: vec![
-            condition(CONDITION_READY, ready),
-            condition(CONDITION_RECONCILED, reconciled),
-            condition(CONDITION_SCALER_READY, scaler),
-            condition(CONDITION_DEPLOYMENT_AVAILABLE, available),
-        ],
+        conditions,
         replicas: observed.deployment.as_ref().map(|d| d.replicas.unwrap_or(0)),
         ready_replicas: observed.deployment.as_ref().map(|d| d.ready_replicas.unwrap_or(0)),
         lag: observed.lag.map(|lag| i64::try_from(lag).unwrap_or(i64::MAX)),
+    }
+}
+
+/// The condition of `type_` in `after` when its status or reason differs
+/// from `before`'s: what deserves an Event. A move to `Unknown` (NATS
+/// briefly unreachable) is not one.
+pub fn changed_condition<'a>(
+    before: Option<&EventDrivenServiceStatus>,
+    after: &'a EventDrivenServiceStatus,
+    type_: &str,
+) -> Option<&'a Condition> {
+    let find = |s: &'a EventDrivenServiceStatus| s.conditions.iter().find(|c| c.type_ == type_);
+    let new = find(after).filter(|c| ConditionStatus::parse(&c.status) != Unknown)?;
+    let old = before.and_then(|b| b.conditions.iter().find(|c| c.type_ == type_));
+    match old {
+        Some(old) if old.status == new.status && old.reason == new.reason => None,
+        _ => Some(new),
     }
 }
 
@@ -196,6 +294,18 @@ fn scaler_ready(conditions: &[ScaledObjectCondition]) -> State {
     }
 }
 
+fn consumer_healthy(health: &ConsumerHealth) -> State {
+    match health {
+        ConsumerHealth::Healthy => State::new(
+            True,
+            "Healthy",
+            "More replicas drain the consumer: it exists, is not saturated, and acknowledges.",
+        ),
+        ConsumerHealth::Unhealthy { reason, message } => State::new(False, reason.as_str(), message.clone()),
+        ConsumerHealth::Unknown(why) => State::new(Unknown, "ConsumerUnreadable", why.clone()),
+    }
+}
+
 fn message_or(message: &Option<String>, fallback: &str) -> String {
     message
         .clone()
@@ -254,6 +364,7 @@ mod tests {
             deployment: Some(available("True")),
             scaler: keda("True", "False"),
             lag: Some(7),
+            consumer: None,
         };
         let status = desired_status(&claim(None), &observed, Timestamp::UNIX_EPOCH);
         assert_eq!(status.observed_generation, Some(3));
@@ -284,6 +395,7 @@ mod tests {
             deployment: None,
             scaler: vec![],
             lag: None,
+            consumer: None,
         };
         let status = desired_status(&claim(None), &observed, Timestamp::UNIX_EPOCH);
         let ready = get(&status, CONDITION_READY);
@@ -327,6 +439,103 @@ mod tests {
             Time(later)
         );
         assert_eq!(get(&changed, CONDITION_RECONCILED).last_transition_time, Time(then));
+    }
+
+    #[test]
+    fn consumer_health_is_a_condition_only_when_assessed() {
+        let unassessed = desired_status(&claim(None), &Observed::default(), Timestamp::UNIX_EPOCH);
+        assert!(
+            unassessed
+                .conditions
+                .iter()
+                .all(|c| c.type_ != CONDITION_CONSUMER_HEALTHY)
+        );
+
+        let saturated = Observed {
+            consumer: Some(ConsumerHealth::unhealthy(
+                HealthReason::Saturated,
+                "ack-pending 4 reached max-ack-pending 4",
+            )),
+            ..Default::default()
+        };
+        let status = desired_status(&claim(None), &saturated, Timestamp::UNIX_EPOCH);
+        let healthy = get(&status, CONDITION_CONSUMER_HEALTHY);
+        assert_eq!(
+            (
+                healthy.status.as_str(),
+                healthy.reason.as_str(),
+                healthy.message.as_str()
+            ),
+            ("False", "Saturated", "ack-pending 4 reached max-ack-pending 4")
+        );
+        assert_eq!(
+            get(&status, CONDITION_READY).reason,
+            "DeploymentUnavailable",
+            "health does not feed Ready"
+        );
+
+        let misconfigured = ConsumerHealth::misconfigured("consumer.ack_policy", "is none, not explicit");
+        let status = desired_status(
+            &claim(None),
+            &Observed {
+                consumer: Some(misconfigured),
+                ..Default::default()
+            },
+            Timestamp::UNIX_EPOCH,
+        );
+        let condition = get(&status, CONDITION_CONSUMER_HEALTHY);
+        assert_eq!(condition.reason, "Misconfigured");
+        assert_eq!(condition.message, "consumer.ack_policy: is none, not explicit");
+        for (health, status) in [
+            (ConsumerHealth::Healthy, "True"),
+            (ConsumerHealth::Unknown("timeout".into()), "Unknown"),
+        ] {
+            let observed = Observed {
+                consumer: Some(health),
+                ..Default::default()
+            };
+            let computed = desired_status(&claim(None), &observed, Timestamp::UNIX_EPOCH);
+            assert_eq!(get(&computed, CONDITION_CONSUMER_HEALTHY).status, status);
+        }
+    }
+
+    #[test]
+    fn a_condition_change_is_found_once() {
+        let at = |health: ConsumerHealth, before: Option<EventDrivenServiceStatus>| {
+            let observed = Observed {
+                consumer: Some(health),
+                ..Default::default()
+            };
+            desired_status(&claim(before), &observed, Timestamp::UNIX_EPOCH)
+        };
+        let stalled = || ConsumerHealth::unhealthy(HealthReason::Stalled, "no acknowledgement for 5m");
+        let first = at(stalled(), None);
+        let changed = changed_condition(None, &first, CONDITION_CONSUMER_HEALTHY).unwrap();
+        assert_eq!(changed.reason, "Stalled");
+        let again = at(stalled(), Some(first.clone()));
+        assert_eq!(
+            changed_condition(Some(&first), &again, CONDITION_CONSUMER_HEALTHY),
+            None
+        );
+        let poison = at(
+            ConsumerHealth::unhealthy(HealthReason::PoisonMessages, "redelivered"),
+            Some(again.clone()),
+        );
+        let changed = changed_condition(Some(&again), &poison, CONDITION_CONSUMER_HEALTHY).unwrap();
+        assert_eq!(changed.reason, "PoisonMessages", "a new reason is a change");
+        let unknown = at(ConsumerHealth::Unknown("timeout".into()), Some(poison.clone()));
+        assert_eq!(
+            changed_condition(Some(&poison), &unknown, CONDITION_CONSUMER_HEALTHY),
+            None,
+            "a blip to Unknown is no Event"
+        );
+        let healthy = at(ConsumerHealth::Healthy, Some(unknown.clone()));
+        assert_eq!(
+            changed_condition(Some(&unknown), &healthy, CONDITION_CONSUMER_HEALTHY)
+                .unwrap()
+                .status,
+            "True"
+        );
     }
 
     #[test]

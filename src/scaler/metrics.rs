@@ -15,7 +15,7 @@ pub const PUSH_STREAMS: Metric = Metric::gauge("eds_push_streams", &[], "Open St
 pub const PUSH_ACTIVATIONS: Metric = Metric::counter(
     "eds_push_activations_total",
     &[],
-    "Times a push stream told KEDA a consumer became active.",
+    "Wake-ups pushed: a push stream that had told KEDA its consumer was idle told it the consumer became active. A stream opened on a consumer already active does not count.",
 );
 
 pub const ALL: &[Metric] = &[RPCS, RPC_DURATION, PUSH_STREAMS, PUSH_ACTIVATIONS];

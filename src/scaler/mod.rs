@@ -40,9 +40,10 @@ pub struct Tuning {
     /// Longest a lag value is served from cache. NATS sees at most one
     /// request per consumer per TTL, however often KEDA calls.
     pub cache_ttl: Duration,
-    /// Re-read interval for an active consumer with an open push stream.
+    /// Re-read interval for an idle consumer with an open push stream that
+    /// no live notifier covers.
     pub push_active_poll: Duration,
-    /// Safety re-read interval for an idle consumer with an open push stream.
+    /// Safety re-read interval for a consumer with an open push stream.
     pub push_idle_recheck: Duration,
     /// Entries the lag cache holds, and NATS reads each namespace may cause.
     pub cache_limits: CacheLimits,
@@ -106,7 +107,6 @@ impl Scaler {
             WatchConfig {
                 active_poll: tuning.push_active_poll,
                 idle_recheck: tuning.push_idle_recheck,
-                ..WatchConfig::default()
             },
         );
         Ok(Scaler {

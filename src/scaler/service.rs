@@ -272,7 +272,10 @@ impl<R: Readings> PushState<R> {
             if self.sent == Some(active) {
                 continue;
             }
-            if active {
+            // A wake-up: this stream saw the consumer idle, and now active.
+            // The first answer of a stream opened on a busy consumer (KEDA
+            // reconnecting, say) is not one.
+            if active && self.sent == Some(false) {
                 metrics::counter!(PUSH_ACTIVATIONS.name).increment(1);
             }
             tracing::debug!(scaled_object = %self.scaled_object, active, "pushed activity");
