@@ -365,16 +365,27 @@ fn render(args: RenderArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads at most one byte over the limit, so `/dev/zero` or a huge file
+/// is refused at once instead of filling memory.
 fn read_input(file: &str) -> Result<String> {
-    if file == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| Error::io("stdin", e))?;
-        Ok(text)
+    let limit = crate::render::MAX_INPUT_BYTES;
+    let (name, reader): (&str, Box<dyn Read>) = if file == "-" {
+        ("stdin", Box::new(std::io::stdin()))
     } else {
-        std::fs::read_to_string(file).map_err(|e| Error::io(file, e))
+        (
+            file,
+            Box::new(std::fs::File::open(file).map_err(|e| Error::io(file, e))?),
+        )
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(name, e))?;
+    if bytes.len() > limit {
+        return Err(crate::render::over_size(bytes.len()));
     }
+    String::from_utf8(bytes).map_err(|e| Error::io(name, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// `eds lag` flags.

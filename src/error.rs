@@ -88,6 +88,18 @@ pub enum Error {
     #[error("invalid claim: no EventDrivenService in the input")]
     NoClaim,
 
+    /// An input over one of `eds render`'s limits, which it names.
+    #[error("invalid claim: {what} is over the limit: {limit}")]
+    OverLimit { what: String, limit: String },
+
+    /// Two claims of one input with one namespace and name.
+    #[error("invalid claim: EventDrivenService {claim} is given twice (documents {first} and {second})")]
+    DuplicateClaim { claim: String, first: usize, second: usize },
+
+    /// A render failure for each of several claims.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<Error>),
+
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 
@@ -151,7 +163,10 @@ impl Error {
             | Error::InvalidClaims(_)
             | Error::Unrenderable { .. }
             | Error::NotYaml { .. }
-            | Error::NoClaim => "invalid_claim",
+            | Error::NoClaim
+            | Error::OverLimit { .. }
+            | Error::DuplicateClaim { .. }
+            | Error::Several(_) => "invalid_claim",
             Error::Kube(_) | Error::KubeCall { .. } => "kube",
             Error::Timeout { .. } => "timeout",
             Error::WatchStopped { .. } => "watch",

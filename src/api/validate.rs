@@ -136,10 +136,55 @@ fn check_type_meta(value: &Value, errors: &mut Vec<FieldError>) {
             None => errors.push(required(field)),
         }
     }
-    match value.pointer("/metadata/name") {
+    let Some(metadata) = value.get("metadata") else {
+        return errors.push(required("metadata.name"));
+    };
+    let Some(metadata) = metadata.as_object() else {
+        return errors.push(wrong_type("metadata", "object", metadata));
+    };
+    match metadata.get("name") {
         Some(Value::String(_)) => {}
-        _ => errors.push(required("metadata.name")),
+        Some(other) => errors.push(wrong_type("metadata.name", "string", other)),
+        None => errors.push(required("metadata.name")),
     }
+    match metadata.get("namespace") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(ns)) if is_dns_label(ns) => {}
+        Some(Value::String(ns)) => errors.push(FieldError {
+            field: "metadata.namespace".into(),
+            detail: format!(
+                "Invalid value: {}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', start and end with one, and be at most 63 bytes",
+                quote(ns)
+            ),
+        }),
+        Some(other) => errors.push(wrong_type("metadata.namespace", "string", other)),
+    }
+    for map in ["labels", "annotations"] {
+        let field = format!("metadata.{map}");
+        match metadata.get(map) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(entries)) => {
+                for (key, entry) in entries {
+                    if !entry.is_string() {
+                        errors.push(wrong_type(&format!("{field}.{}", shorten(key)), "string", entry));
+                    }
+                }
+            }
+            Some(other) => errors.push(wrong_type(&field, "object", other)),
+        }
+    }
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
 }
 
 /// The structural part of OpenAPI validation, for the keywords our schema
@@ -199,6 +244,12 @@ fn check_structure(schema: &Value, value: &mut Value, path: &str, errors: &mut V
             }
         }
         Some("integer") if !(value.is_i64() || value.is_u64()) => errors.push(wrong_type(path, "integer", value)),
+        // The API server reads integers as int64 (the CEL rules bound
+        // narrower fields); a larger one cannot be decoded.
+        Some("integer") if !value.is_i64() => errors.push(FieldError {
+            field: path.to_string(),
+            detail: format!("Invalid value: {value}: {path} in body must be of type integer (int64): out of range"),
+        }),
         Some("boolean") if !value.is_boolean() => errors.push(wrong_type(path, "boolean", value)),
         _ => {}
     }
