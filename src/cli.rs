@@ -17,6 +17,7 @@ use crate::nats::{ConnectionSettings, Connections, DEFAULT_CONNECTION, NatsConfi
 use crate::render::{DEFAULT_SCALER_ADDRESS, Platform};
 use crate::scaler::{GrpcTls, ScalerConfig, Tuning};
 use crate::telemetry::{self, LogFormat};
+use crate::tenancy::Patterns;
 use crate::{Error, Result};
 
 #[derive(Parser, Debug)]
@@ -128,6 +129,10 @@ pub struct NatsArgs {
     /// Client key (PEM) for NATS mutual TLS.
     #[arg(long, env = "EDS_NATS_TLS_KEY", requires = "nats_tls_cert")]
     pub nats_tls_key: Option<PathBuf>,
+    /// Namespaces (names or `*` globs, comma separated) that may use the
+    /// default connection. Not set: none may. `*`: every namespace.
+    #[arg(long, env = "EDS_NATS_NAMESPACES", value_parser = parse_patterns)]
+    pub nats_namespaces: Option<Patterns>,
     /// YAML file of named connections (see docs/scaler.md). A connection named
     /// `default` there replaces the one built from the flags above.
     #[arg(long, env = "EDS_NATS_CONFIG")]
@@ -153,6 +158,7 @@ impl From<NatsArgs> for NatsConfig {
                 user: args.nats_user,
                 password: args.nats_password,
                 tls,
+                namespaces: args.nats_namespaces,
                 ..Default::default()
             },
             config_file: args.nats_config,
@@ -472,6 +478,12 @@ async fn lag(args: LagArgs) -> Result<()> {
 
 /// Parses `1500ms`, `2s`, `1m`, `1m30s` (jiff's friendly format) or a bare
 /// number of seconds.
+/// A comma-separated list of namespace patterns (`team-*,billing`).
+fn parse_patterns(text: &str) -> std::result::Result<Patterns, String> {
+    let patterns: Vec<&str> = text.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    Patterns::new(&patterns)
+}
+
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
@@ -552,6 +564,22 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn namespace_flag_lists_patterns() {
+        let patterns = parse_patterns("team-*, billing").unwrap();
+        assert!(patterns.matches("team-a") && patterns.matches("billing") && !patterns.matches("ops"));
+        assert!(parse_patterns("a b").is_err());
+        let args = Args::parse_from(["eds", "scaler"]);
+        let Command::Scaler(scaler) = args.command else {
+            unreachable!()
+        };
+        assert_eq!(
+            NatsConfig::from(scaler.nats).default.namespaces,
+            None,
+            "no flag: no namespace"
+        );
     }
 
     #[test]

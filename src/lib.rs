@@ -26,6 +26,7 @@ pub mod render;
 pub mod runtime;
 pub mod scaler;
 pub mod telemetry;
+pub mod tenancy;
 pub mod trigger;
 
 pub use error::{Error, Result};

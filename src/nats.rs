@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::error::quote;
 use crate::telemetry::Metric;
+use crate::tenancy::{Access, ConnectionRules, Patterns, ReadRule};
 use crate::{Error, Result};
 
 /// The name of the connection built from the `--nats-*` flags.
@@ -56,6 +57,22 @@ pub struct ConnectionSettings {
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
     pub tls: Option<TlsSettings>,
+    /// The namespaces that may use this connection (names or `*` globs).
+    /// Not written: none may. `["*"]`: every namespace.
+    pub namespaces: Option<Patterns>,
+    /// Narrower reads (domains, streams) for some of those namespaces.
+    #[serde(default)]
+    pub reads: Vec<ReadRule>,
+}
+
+impl ConnectionSettings {
+    /// The tenancy rules this connection's settings hold.
+    pub fn rules(&self) -> ConnectionRules {
+        ConnectionRules {
+            namespaces: self.namespaces.clone(),
+            reads: self.reads.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -74,11 +91,13 @@ struct ConfigFile {
 }
 
 impl NatsConfig {
-    /// The default connection at `url` and nothing else (tests, demo).
+    /// The default connection at `url` and nothing else (tests, demo), open
+    /// to every namespace: one team, one machine.
     pub fn for_url(url: impl Into<String>) -> Self {
         NatsConfig {
             default: ConnectionSettings {
                 url: url.into(),
+                namespaces: Some(Patterns::any()),
                 ..Default::default()
             },
             config_file: None,
@@ -96,6 +115,15 @@ impl NatsConfig {
         }
         Ok(all)
     }
+
+    /// Who may use which connection, from the same settings.
+    pub fn access(&self) -> Result<Access> {
+        Ok(access_of(&self.connection_settings()?))
+    }
+}
+
+fn access_of(settings: &BTreeMap<String, ConnectionSettings>) -> Access {
+    Access::new(settings.iter().map(|(name, s)| (name.clone(), s.rules())).collect())
 }
 
 /// Parses the named-connections config file.
@@ -116,6 +144,12 @@ pub fn parse_config(text: &str) -> std::result::Result<BTreeMap<String, Connecti
         }
         if settings.password.is_some() && settings.password_file.is_some() {
             return Err(format!("connections.{name}: set password or passwordFile, not both"));
+        }
+        if settings.reads.len() > crate::tenancy::MAX_READ_RULES {
+            return Err(format!(
+                "connections.{name}.reads: at most {} rules",
+                crate::tenancy::MAX_READ_RULES
+            ));
         }
     }
     Ok(file.connections)
@@ -151,6 +185,8 @@ pub struct Connection {
 #[derive(Clone, Debug, Default)]
 pub struct Connections {
     by_name: Arc<BTreeMap<String, Connection>>,
+    /// Who may use which of them. Empty (the default) allows no one.
+    access: Arc<Access>,
 }
 
 impl Connections {
@@ -159,12 +195,21 @@ impl Connections {
     /// on it fail fast until it is back.
     pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Self> {
         let mut by_name = BTreeMap::new();
-        for (name, settings) in config.connection_settings()? {
+        let settings = config.connection_settings()?;
+        let access = access_of(&settings);
+        for name in access.closed_connections() {
+            tracing::warn!(
+                connection = name,
+                "no namespace may use this NATS connection: its `namespaces` rule is not set"
+            );
+        }
+        for (name, settings) in settings {
             let conn = connect_one(&name, &settings, client_name, config.request_timeout).await?;
             by_name.insert(name, conn);
         }
         Ok(Connections {
             by_name: Arc::new(by_name),
+            access: Arc::new(access),
         })
     }
 
@@ -178,6 +223,7 @@ impl Connections {
         let conn = connect_one(name, &settings, client_name, config.request_timeout).await?;
         Ok(Connections {
             by_name: Arc::new(BTreeMap::from([(name.to_string(), conn)])),
+            access: Arc::new(Access::new(BTreeMap::from([(name.to_string(), settings.rules())]))),
         })
     }
 
@@ -188,6 +234,19 @@ impl Connections {
             conn.closing.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = conn.client.drain().await;
         }
+    }
+
+    /// The same connections under other rules (tests, embedding).
+    pub fn with_access(self, access: Access) -> Self {
+        Connections {
+            access: Arc::new(access),
+            ..self
+        }
+    }
+
+    /// Who may use which connection.
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// The connection trigger metadata named, or the default one.
@@ -373,6 +432,48 @@ mod tests {
         assert_eq!(
             orders.tls.as_ref().unwrap().ca_file.as_deref(),
             Some(Path::new("/etc/eds/ca.pem"))
+        );
+    }
+
+    #[test]
+    fn config_file_holds_each_connections_rules() {
+        let parsed = parse_config(
+            "connections:\n  orders:\n    url: nats://a\n    namespaces: [team-*, billing]\n    reads:\n      - namespaces: [team-a]\n        domains: ['', hub]\n        streams: [ORDERS-*]\n  closed:\n    url: nats://b\n",
+        )
+        .unwrap();
+        let access = access_of(&parsed);
+        assert!(access.authorize("team-a", "orders", Some("hub"), "ORDERS-eu").is_ok());
+        assert!(access.authorize("team-a", "orders", None, "PAYMENTS").is_err());
+        assert!(access.authorize("billing", "orders", None, "PAYMENTS").is_ok());
+        let denied = access.authorize("billing", "closed", None, "S").unwrap_err();
+        assert!(
+            denied.rule.contains("connections.closed.namespaces is not set"),
+            "{denied}"
+        );
+        assert!(
+            parse_config("connections:\n  a:\n    url: x\n    namespaces: ['a b']\n")
+                .unwrap_err()
+                .contains("whitespace")
+        );
+        assert!(
+            parse_config("connections:\n  a:\n    url: x\n    reads: [{namespaces: [x], topics: [y]}]\n")
+                .unwrap_err()
+                .contains("topics")
+        );
+    }
+
+    #[test]
+    fn the_flags_connection_is_open_only_when_asked() {
+        let open = NatsConfig::for_url("nats://a").access().unwrap();
+        assert!(open.authorize("anyone", DEFAULT_CONNECTION, None, "S").is_ok());
+        let mut config = NatsConfig::for_url("nats://a");
+        config.default.namespaces = None;
+        assert!(
+            config
+                .access()
+                .unwrap()
+                .authorize("anyone", DEFAULT_CONNECTION, None, "S")
+                .is_err()
         );
     }
 

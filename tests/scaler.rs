@@ -886,3 +886,50 @@ async fn a_busy_consumer_below_its_threshold_is_read_once_per_ttl() {
     );
     assert!(reads >= 2, "the notices are still heard ({reads} reads)");
 }
+
+/// The slow re-check of an active consumer reads NATS only when nobody else
+/// did for a whole period: under KEDA's polling it never reads, and without
+/// it, once per period.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_recheck_reads_only_what_nobody_else_read() {
+    let nats = NatsServer::start();
+    let js = js(&nats.url()).await;
+    let s = stream_with(&js, "RECHECK", &["recheck.>"]).await;
+    pull_consumer(&s, "c", "", Duration::from_secs(30)).await;
+    publish(&js, "recheck.x", 3).await;
+    let tuning = Tuning {
+        cache_ttl: Duration::from_millis(100),
+        push_active_poll: Duration::from_millis(100),
+        push_idle_recheck: Duration::from_millis(500),
+    };
+    let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), tuning, None).await;
+    let mut client = scaler.client().await;
+    let mut pushed = client.stream_is_active(so("RECHECK", "c")).await.unwrap().into_inner();
+    wait_push(&mut pushed, true, Duration::from_secs(2)).await;
+    let mut requests = count_info_requests(&nats.url(), "RECHECK", "c").await;
+    requests.since_last().await;
+
+    // KEDA polls every 250 ms, more often than the re-check period.
+    let mut calls = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        client
+            .get_metrics(testkit::scaler::metrics_request(so("RECHECK", "c")))
+            .await
+            .unwrap();
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let polled = requests.since_last().await;
+    println!("{polled} CONSUMER.INFO for {calls} KEDA calls in 3 s");
+    assert!(
+        polled <= calls,
+        "{polled} reads for {calls} calls: the watcher read too"
+    );
+
+    // Nobody polls: the re-check reads about once per 500 ms.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let unpolled = requests.since_last().await;
+    println!("{unpolled} CONSUMER.INFO in 3 s unpolled (re-check 500 ms)");
+    assert!((4..=8).contains(&unpolled), "{unpolled} re-check reads in 3 s");
+}

@@ -210,7 +210,7 @@ async fn named_connections_pick_accounts() {
     std::fs::write(
         &config,
         format!(
-            "connections:\n  orders:\n    url: {}\n    user: orders\n    passwordFile: {:?}\n",
+            "connections:\n  orders:\n    url: {}\n    user: orders\n    passwordFile: {:?}\n    namespaces: ['*']\n",
             nats.url(),
             nats.path("orders.pass")
         ),

@@ -258,6 +258,8 @@ impl Watchers {
         // What the last reading said, and when that read started.
         let mut state = Seen::Failing;
         let mut last_at: Option<Instant> = None;
+        // When the reading the watcher itself asked for started.
+        let mut own_at: Option<Instant> = None;
         // The last read a notice caused while idle: more notices within a
         // TTL of it wait for the TTL.
         let mut last_noticed: Option<Instant> = None;
@@ -269,7 +271,9 @@ impl Watchers {
             let reading = if use_fresh {
                 self.cache.peek(&key).filter(|r| last_at.is_none_or(|at| r.at > at))
             } else {
-                Some(self.cache.get_newer_than(&key, since).await)
+                let reading = self.cache.get_newer_than(&key, since).await;
+                own_at = Some(reading.at);
+                Some(reading)
             };
             if let Some(reading) = reading {
                 last_at = Some(reading.at);
@@ -313,13 +317,22 @@ impl Watchers {
             };
             // Never more often than the TTL: NATS sees at most one read per
             // consumer per TTL from the watcher.
-            let due = schedule.next(period.max(self.cache.ttl()));
+            let period = period.max(self.cache.ttl());
+            let due = schedule.next(period);
             if tokio::time::timeout_at(due.into(), watch.poke.notified())
                 .await
                 .is_err()
             {
+                // A re-check: a reading anyone made within the last period
+                // (KEDA's calls, through the cache) will do, and is used if
+                // the watcher has not seen it yet; only a consumer nobody
+                // read for a whole period costs a read.
+                let recent = self
+                    .cache
+                    .peek(&key)
+                    .is_some_and(|r| r.at + period >= due && Some(r.at) != own_at);
+                use_fresh = recent;
                 since = due;
-                use_fresh = false;
                 continue;
             }
             if watch.subscribers.load(Ordering::Acquire) == 0 && self.retire_if_unused(&key, &watch) {

@@ -18,4 +18,12 @@ pub const PUSH_ACTIVATIONS: Metric = Metric::counter(
     "Wake-ups pushed: a push stream that had told KEDA its consumer was idle told it the consumer became active. A stream opened on a consumer already active does not count.",
 );
 
-pub const ALL: &[Metric] = &[RPCS, RPC_DURATION, PUSH_STREAMS, PUSH_ACTIVATIONS];
+/// Labelled by connection (a configured name), not by namespace: anyone who
+/// reaches the port can make up namespaces, and series must stay bounded.
+pub const DENIED: Metric = Metric::counter(
+    "eds_scaler_denied_total",
+    &["method", "connection"],
+    "Scaler RPCs refused by the connection's tenancy rules (PERMISSION_DENIED), before any NATS read.",
+);
+
+pub const ALL: &[Metric] = &[RPCS, RPC_DURATION, PUSH_STREAMS, PUSH_ACTIVATIONS, DENIED];

@@ -7,7 +7,7 @@ use std::time::Instant;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::metrics::{PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
+use super::metrics::{DENIED, PUSH_ACTIVATIONS, PUSH_STREAMS, RPC_DURATION, RPCS};
 use crate::lag::{ConsumerKey, ConsumerState, LagCache, LagError, Watchers, watch::Subscription};
 use crate::nats::Connections;
 use crate::proto::{
@@ -86,6 +86,27 @@ impl<L: LagProvider> LagScaler<L> {
         Trigger::parse(&so.scaler_metadata, &self.connections).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
+    /// The trigger of `scaled_object`, if its namespace may read it under
+    /// the connection's rules: every RPC starts here, before any NATS read.
+    fn allowed_trigger(
+        &self,
+        method: &'static str,
+        scaled_object: Option<&ScaledObjectRef>,
+    ) -> Result<Trigger, Status> {
+        let trigger = self.trigger(scaled_object)?;
+        let namespace = scaled_object.map_or("", |so| so.namespace.as_str());
+        let key = &trigger.key;
+        if let Err(denied) =
+            self.connections
+                .access()
+                .authorize(namespace, &key.connection, key.domain.as_deref(), &key.stream)
+        {
+            metrics::counter!(DENIED.name, "method" => method, "connection" => key.connection.to_string()).increment(1);
+            return Err(Status::permission_denied(denied.to_string()));
+        }
+        Ok(trigger)
+    }
+
     async fn consumer_state(&self, namespace: &str, trigger: &Trigger) -> Result<ConsumerState, Status> {
         self.source
             .consumer_state(namespace, &trigger.key)
@@ -137,7 +158,7 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let started = Instant::now();
         let result = async {
             let so = request.get_ref();
-            let trigger = self.trigger(Some(so))?;
+            let trigger = self.allowed_trigger("IsActive", Some(so))?;
             // Activity follows the true lag, never the capped metric.
             let state = self.consumer_state(&so.namespace, &trigger).await?;
             Ok(Response::new(IsActiveResponse {
@@ -167,15 +188,17 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let started = Instant::now();
         // The spec needs no NATS round trip: it is fixed by the metadata.
-        let result = self.trigger(Some(request.get_ref())).map(|trigger| {
-            Response::new(GetMetricSpecResponse {
-                metric_specs: vec![MetricSpec {
-                    metric_name: trigger.metric_name(),
-                    target_size: trigger.lag_threshold.get().ceil() as i64,
-                    target_size_float: trigger.lag_threshold.get(),
-                }],
-            })
-        });
+        let result = self
+            .allowed_trigger("GetMetricSpec", Some(request.get_ref()))
+            .map(|trigger| {
+                Response::new(GetMetricSpecResponse {
+                    metric_specs: vec![MetricSpec {
+                        metric_name: trigger.metric_name(),
+                        target_size: trigger.lag_threshold.get().ceil() as i64,
+                        target_size_float: trigger.lag_threshold.get(),
+                    }],
+                })
+            });
         observe("GetMetricSpec", started, &result);
         result
     }
@@ -184,7 +207,7 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let started = Instant::now();
         let result = async {
             let request = request.get_ref();
-            let trigger = self.trigger(request.scaled_object_ref.as_ref())?;
+            let trigger = self.allowed_trigger("GetMetrics", request.scaled_object_ref.as_ref())?;
             let namespace = request
                 .scaled_object_ref
                 .as_ref()
@@ -226,7 +249,7 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
 impl<L: LagProvider> LagScaler<L> {
     /// Opens a push stream: the current activity at once, then every change.
     async fn open_activity_stream(&self, so: &ScaledObjectRef) -> Result<ActiveStream, Status> {
-        let trigger = self.trigger(Some(so))?;
+        let trigger = self.allowed_trigger("StreamIsActive", Some(so))?;
         // A consumer that does not exist is an error now, not a silent stream.
         if let Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) =
             self.source.consumer_state(&so.namespace, &trigger.key).await
@@ -312,6 +335,7 @@ mod tests {
 
     use super::*;
     use crate::proto::GetMetricsRequest;
+    use crate::tenancy::{Access, ConnectionRules, Patterns, ReadRule};
 
     /// Lag from a table, and push readings from a channel the test feeds.
     #[derive(Default)]
@@ -371,7 +395,11 @@ mod tests {
 
     fn scaler(fake: FakeLag) -> (LagScaler<Arc<FakeLag>>, Arc<FakeLag>) {
         let fake = Arc::new(fake);
-        (LagScaler::new(Connections::default(), fake.clone()), fake)
+        let open = Access::new([("default".to_string(), ConnectionRules::every_namespace())].into());
+        (
+            LagScaler::new(Connections::default().with_access(open), fake.clone()),
+            fake,
+        )
     }
 
     fn so(pairs: &[(&str, &str)]) -> ScaledObjectRef {
@@ -587,5 +615,75 @@ mod tests {
         push.send(Some(0)).unwrap();
         let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), stream.next()).await;
         assert!(quiet.is_err(), "no repeat of an unchanged state");
+    }
+
+    #[tokio::test]
+    async fn every_rpc_refuses_a_namespace_the_rules_do_not_allow_before_reading_lag() {
+        let fake = Arc::new(FakeLag::with("c", Ok(5)));
+        let rules = ConnectionRules {
+            namespaces: Some(Patterns::new(&["team-*"]).unwrap()),
+            reads: vec![ReadRule {
+                namespaces: Patterns::new(&["team-a"]).unwrap(),
+                domains: None,
+                streams: Some(Patterns::new(&["A-*"]).unwrap()),
+            }],
+        };
+        let access = Access::new([("default".to_string(), rules)].into());
+        let scaler = LagScaler::new(Connections::default().with_access(access), fake.clone());
+        let at = |namespace: &str, stream: &str| ScaledObjectRef {
+            namespace: namespace.into(),
+            ..so(&[("stream", stream), ("consumer", "c")])
+        };
+        for (refused, rule) in [
+            (at("ops", "A-1"), "connections.default.namespaces is [team-*]"),
+            (at("team-a", "B"), "connections.default.reads[0]"),
+        ] {
+            let statuses = [
+                scaler.is_active(Request::new(refused.clone())).await.unwrap_err(),
+                scaler.get_metric_spec(Request::new(refused.clone())).await.unwrap_err(),
+                scaler.get_metrics(metrics(refused.clone(), "m")).await.unwrap_err(),
+                scaler
+                    .stream_is_active(Request::new(refused.clone()))
+                    .await
+                    .err()
+                    .unwrap(),
+            ];
+            for status in statuses {
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{}", status.message());
+                let message = status.message();
+                assert!(
+                    message.contains(&format!("namespace {:?}", refused.namespace)),
+                    "{message}"
+                );
+                assert!(message.contains("connection \"default\""), "{message}");
+                assert!(message.contains(rule), "{message}");
+            }
+        }
+        // (A refused push stream never subscribed: this fake has no readings
+        // to give and would have panicked.) The rules let these through:
+        for allowed in [at("team-a", "A-1"), at("team-b", "B")] {
+            assert!(
+                scaler
+                    .is_active(Request::new(allowed.clone()))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .result
+            );
+            let reply = scaler.get_metrics(metrics(allowed, "m")).await.unwrap().into_inner();
+            assert_eq!(reply.metric_values[0].metric_value, 5);
+        }
+    }
+
+    #[tokio::test]
+    async fn no_rule_written_refuses_every_namespace() {
+        let (_, fake) = scaler(FakeLag::with("c", Ok(5)));
+        let scaler = LagScaler::new(Connections::default(), fake);
+        let status = scaler
+            .is_active(Request::new(so(&[("stream", "S"), ("consumer", "c")])))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("namespace \"n\""), "{}", status.message());
     }
 }

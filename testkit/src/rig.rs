@@ -310,6 +310,8 @@ fn start_scaler<S: AsRef<OsStr>>(eds: &Path, nats_url: &str, dir: &Path, name: &
     command
         .arg("scaler")
         .args(["--nats-url", nats_url])
+        // One team's test cluster: every namespace, written down.
+        .args(["--nats-namespaces", "*"])
         .args(["--grpc-addr", &address])
         .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
         .args(args);
@@ -330,6 +332,7 @@ fn controller_command(eds: &Path, kubeconfig: &Path, scaler_address: &str, nats_
         .env("KUBECONFIG", kubeconfig)
         .args(["--scaler-address", scaler_address])
         .args(["--nats-url", nats_url])
+        .args(["--nats-namespaces", "*"])
         .args(["--lease-namespace", SYSTEM_NAMESPACE])
         // Claims show their lag soon after it changes.
         .args(["--lag-interval", "2s"]);
