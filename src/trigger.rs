@@ -32,6 +32,9 @@ pub const CONCURRENCY: &str = "concurrency";
 /// The most un-acknowledged messages one replica may hold, when a trigger
 /// does not say.
 pub const DEFAULT_CONCURRENCY: NonZeroU32 = NonZeroU32::MIN;
+/// A claim's `activationLagThreshold` is an int64; a lag (a u64 count)
+/// above 2^63 does not happen.
+pub const MAX_ACTIVATION_LAG_THRESHOLD: f64 = 9_223_372_036_854_775_808.0;
 /// Above this a "concurrency" is a mistake, not a worker.
 pub const MAX_CONCURRENCY: u32 = 1_000_000;
 
@@ -44,12 +47,22 @@ pub struct LagThreshold(f64);
 impl LagThreshold {
     pub const DEFAULT: LagThreshold = LagThreshold(5.0);
 
+    /// The smallest threshold: a claim writes at most six decimals.
+    pub const MIN: f64 = 0.000_001;
+    /// Thresholds are below one billion, as a claim's rule says: a larger
+    /// one makes every lag round to zero replicas.
+    pub const MAX: f64 = 1e9;
+
     pub fn new(value: f64) -> Result<Self, String> {
         if !value.is_finite() {
             return Err(format!("{value} is not a number"));
         }
-        if value <= 0.0 {
-            return Err(format!("must be greater than 0, got {value}"));
+        if !(Self::MIN..Self::MAX).contains(&value) {
+            return Err(format!(
+                "must be at least {} and below {} (1e9), got {value:e}",
+                Self::MIN,
+                Self::MAX
+            ));
         }
         Ok(LagThreshold(value))
     }
@@ -181,10 +194,12 @@ impl Trigger {
             Some(text) => LagThreshold::parse(text).map_err(|message| bad(LAG_THRESHOLD, message))?,
         };
         let activation_lag_threshold = number(metadata, ACTIVATION_LAG_THRESHOLD, 0.0)?;
-        if activation_lag_threshold < 0.0 {
+        if !(0.0..=MAX_ACTIVATION_LAG_THRESHOLD).contains(&activation_lag_threshold) {
             return Err(bad(
                 ACTIVATION_LAG_THRESHOLD,
-                format!("must be 0 or more, got {activation_lag_threshold}"),
+                format!(
+                    "must be between 0 and {MAX_ACTIVATION_LAG_THRESHOLD:e} (2^63), got {activation_lag_threshold:e}"
+                ),
             ));
         }
         let concurrency = match metadata.get(CONCURRENCY).map(|s| s.trim()) {
@@ -446,6 +461,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
+        let wide = "é".repeat(128);
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("consumer", "C")], "stream"),
             (&[("stream", "S")], "consumer"),
@@ -468,6 +484,23 @@ mod tests {
                 &[("stream", "S"), ("consumer", "C"), ("activationLagThreshold", "-1")],
                 "activationLagThreshold",
             ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "1e308")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "1e-320")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "1000000000")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("activationLagThreshold", "1e308")],
+                "activationLagThreshold",
+            ),
+            (&[("stream", "S"), ("consumer", &wide)], "consumer"),
             (&[("stream", "S"), ("consumer", "C"), ("jsDomain", "a.b")], "jsDomain"),
             (
                 &[("stream", "S"), ("consumer", "C"), ("concurrency", "0")],

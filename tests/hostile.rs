@@ -173,3 +173,17 @@ fn a_long_bad_value_is_quoted_by_a_prefix() {
     assert!(stderr.len() < 4096, "{} bytes of error", stderr.len());
     assert!(stderr.contains("spec.nats.stream"), "{stderr}");
 }
+
+#[test]
+fn names_are_limited_in_bytes_as_nats_counts_them() {
+    // 200 characters, 400 bytes: within maxLength, over NATS's 255 bytes.
+    let wide = CLAIM.replace("stream: A", &format!("stream: {}", "é".repeat(200)));
+    let stderr = refused(wide.as_bytes());
+    assert!(
+        stderr.contains("spec.nats.stream") && stderr.contains("255 bytes"),
+        "{stderr}"
+    );
+    let fits = CLAIM.replace("consumer: a", &format!("consumer: {}", "é".repeat(127)));
+    let output = render(fits.as_bytes());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
