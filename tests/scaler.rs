@@ -901,6 +901,7 @@ async fn the_recheck_reads_only_what_nobody_else_read() {
         cache_ttl: Duration::from_millis(100),
         push_active_poll: Duration::from_millis(100),
         push_idle_recheck: Duration::from_millis(500),
+        ..Tuning::default()
     };
     let scaler = RunningScaler::start_with(NatsConfig::for_url(nats.url()), tuning, None).await;
     let mut client = scaler.client().await;
