@@ -304,7 +304,9 @@ impl Watchers {
                     // Just gone idle: the first new message is read at once.
                     last_noticed = None;
                 }
-                watch.wants_readings.store(state != Seen::Idle, Ordering::Release);
+                watch
+                    .wants_readings
+                    .store(learns_from_others(state, &registration), Ordering::Release);
                 watch.publish(reading.result.as_ref().ok().map(|s| s.lag()));
             }
             // Idle with a live notifier, active, or failing: the slow
@@ -338,16 +340,17 @@ impl Watchers {
             if watch.subscribers.load(Ordering::Acquire) == 0 && self.retire_if_unused(&key, &watch) {
                 return;
             }
-            // Active or failing: a reading someone else made says whether
-            // that changed, and nothing else is worth a read. (No notice is
-            // lost to this: no notifier is registered while active, and a
-            // failing read registers none.)
-            if state != Seen::Idle {
+            // Active, or failing with no notifier: a reading someone else
+            // made says whether that changed, and nothing else is worth a
+            // read. (No notice is lost to this: no notifier is registered.)
+            if learns_from_others(state, &registration) {
                 use_fresh = true;
                 continue;
             }
-            // Idle: a notice of a new message (or a subscriber came or went)
-            // is worth a read; the first at once, then at most one per TTL.
+            // Idle, or failing with a notifier (NATS went away and the
+            // notifier is back): a notice of a new message, a re-armed
+            // notifier, or a subscriber coming or going is worth a read; the
+            // first at once, then at most one per TTL.
             use_fresh = false;
             if let Some(last) = last_noticed {
                 let next = last + self.cache.ttl();
@@ -358,6 +361,17 @@ impl Watchers {
             last_noticed = Some(Instant::now());
             since = Instant::now();
         }
+    }
+}
+
+/// Whether the watcher waits for other callers' readings (KEDA's, through
+/// the cache) instead of reading on a wake-up: while active, and while
+/// failing with no notifier to tell it anything.
+fn learns_from_others(state: Seen, registration: &Option<Registration>) -> bool {
+    match state {
+        Seen::Active => true,
+        Seen::Failing => registration.is_none(),
+        Seen::Idle => false,
     }
 }
 
