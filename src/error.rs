@@ -62,6 +62,10 @@ pub enum Error {
     #[error(transparent)]
     Lag(#[from] LagError),
 
+    /// The claim's own consumer could not be read, created, updated or deleted.
+    #[error(transparent)]
+    Consumer(#[from] crate::consumer::ConsumerError),
+
     /// A claim the CRD's schema or rules refuse, with every field named.
     #[error("invalid claim: {0}")]
     InvalidClaim(#[from] InvalidClaim),
@@ -69,6 +73,11 @@ pub enum Error {
     /// Every claim of an input that the CRD refuses (`eds render`).
     #[error("invalid claim: {}", lines(.0))]
     InvalidClaims(Vec<InvalidClaim>),
+
+    /// The claim's namespace may not use the NATS connection (or read the
+    /// stream) it names, under the connection's tenancy rules.
+    #[error(transparent)]
+    NotAllowed(#[from] crate::tenancy::Denied),
 
     /// A claim the schema accepts but that cannot be rendered.
     #[error("invalid claim: {claim}: {source}")]
@@ -159,6 +168,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Nats { .. } => "nats",
             Error::Lag(_) => "lag",
+            Error::Consumer(_) => "consumer",
             Error::InvalidClaim(_)
             | Error::InvalidClaims(_)
             | Error::Unrenderable { .. }
@@ -167,6 +177,7 @@ impl Error {
             | Error::OverLimit { .. }
             | Error::DuplicateClaim { .. }
             | Error::Several(_) => "invalid_claim",
+            Error::NotAllowed(_) => "not_allowed",
             Error::Kube(_) | Error::KubeCall { .. } => "kube",
             Error::Timeout { .. } => "timeout",
             Error::WatchStopped { .. } => "watch",

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod consumer;
 pub mod controller;
 pub mod error;
 pub mod function;

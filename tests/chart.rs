@@ -246,6 +246,56 @@ fn chart_renders_with_default_values() {
     assert_eq!(connections["default"].url, "nats://nats.nats.svc.cluster.local:4222");
 }
 
+/// The tenancy rules `deployment` reads from its connections file.
+fn access_of(docs: &[Value], deployment: &str) -> eds::tenancy::Access {
+    let deployment = chart::find(docs, "Deployment", deployment);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let config = resolve_file(docs, pod, container, &env_of(container)["EDS_NATS_CONFIG"])
+        .unwrap()
+        .expect("the connections file comes from a ConfigMap");
+    let connections = eds::nats::parse_config(&config).unwrap();
+    eds::tenancy::Access::new(connections.iter().map(|(n, s)| (n.clone(), s.rules())).collect())
+}
+
+#[test]
+fn chart_tenancy_rules_reach_the_scaler_and_the_controller() {
+    // The default: no namespace may use the default connection until the
+    // values say which.
+    let docs = chart::render("eds-system", &[]);
+    for component in ["eds-scaler", "eds-controller"] {
+        let access = access_of(&docs, component);
+        let denied = access.authorize("team-a", "default", None, "ORDERS").unwrap_err();
+        assert!(
+            denied.rule.contains("connections.default.namespaces is []"),
+            "{component}: {denied}"
+        );
+    }
+    // A user's choice, the same for both.
+    let docs = chart::render("eds-system", &[full_values()]);
+    for component in ["eds-scaler", "eds-controller"] {
+        let access = access_of(&docs, component);
+        assert!(access.authorize("anyone", "default", None, "S").is_ok(), "{component}");
+        assert!(access.authorize("billing", "orders", None, "S").is_ok(), "{component}");
+        assert!(
+            access.authorize("team-a", "orders", Some("hub"), "ORDERS-eu").is_ok(),
+            "{component}"
+        );
+        let denied = access.authorize("team-a", "orders", None, "PAYMENTS").unwrap_err();
+        assert!(
+            denied.rule.contains("connections.orders.reads[0]"),
+            "{component}: {denied}"
+        );
+        let denied = access.authorize("ops", "orders", None, "S").unwrap_err();
+        assert!(denied.rule.contains("[team-*, billing]"), "{component}: {denied}");
+        let denied = access.authorize("team-a", "billing", None, "S").unwrap_err();
+        assert!(
+            denied.rule.contains("connections.billing.namespaces is []"),
+            "{component}: {denied}"
+        );
+    }
+}
+
 #[test]
 fn chart_renders_with_every_option_on() {
     let docs = chart::render("eds-system", &[chart::full_values()]);
@@ -342,6 +392,14 @@ fn values_schema_refuses_bad_values() {
         ("image:\n  digest: latest\n", "/image/digest"),
         ("nats:\n  default:\n    url: http://nats:4222\n", "/nats/default/url"),
         ("nats:\n  requestTimeout: 2h\n", "/nats/requestTimeout"),
+        (
+            "nats:\n  default:\n    namespaces: [team a]\n",
+            "/nats/default/namespaces/0",
+        ),
+        (
+            "nats:\n  default:\n    reads: [{streams: [S]}]\n",
+            "/nats/default/reads/0",
+        ),
         (
             "nats:\n  default:\n    url: nats://n:4222\n    credsSecret: {name: eds}\n",
             "/nats/default/credsSecret",
@@ -464,6 +522,25 @@ fn chart_controller_roles_are_the_tested_ones() {
             "the chart's {kind} must grant exactly what the controller's RBAC test proves enough (deploy/rbac/{file})"
         );
     }
+}
+
+/// The controller's finalizer (issue 12: `deletionPolicy: Delete`) needs
+/// `patch` on claims; nothing else about claims grows: no update, no delete,
+/// no create.
+#[test]
+fn chart_controller_patches_claims_for_its_finalizer_and_nothing_more() {
+    let docs = chart::render("eds-system", &[]);
+    let granted = permissions(&chart::find(&docs, "ClusterRole", "eds-controller")["rules"]);
+    let on_claims: BTreeSet<String> = granted
+        .iter()
+        .filter(|(group, resource, _, _)| group == "platform.bizmatters.io" && resource == "eventdrivenservices")
+        .map(|(_, _, _, verb)| verb.clone())
+        .collect();
+    assert_eq!(
+        on_claims,
+        ["list", "patch", "watch"].map(String::from).into(),
+        "verbs on claims"
+    );
 }
 
 /// Where Crossplane serves the API (`eds function`), the chart installs the

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use eds::api::{EventDrivenService, fixtures};
+use eds::api::{ConsumerConfig, DeletionPolicy, EventDrivenService, fixtures};
+use eds::controller::FINALIZER;
 use eds::controller::drift::holds;
 use eds::render::{Platform, ScaledObject, desired_children};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -64,6 +65,9 @@ impl Controller {
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--lag-interval", "1s", "--lease-duration", "3s"])
             .args(["--nats-url", nats_url])
+            // One test, one namespace: every namespace may use NATS, written
+            // down (a --nats-config default connection replaces this).
+            .args(["--nats-namespaces", "*"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info");
@@ -789,6 +793,27 @@ async fn the_controller_works_with_only_the_shipped_role_and_uses_all_of_it() {
         (n >= 2.0).then_some(()).ok_or(n)
     })
     .await;
+    // A claim whose deletion would delete its consumer gets the finalizer,
+    // and loses it when its policy goes back to Retain (NATS is not needed
+    // for either: the consumer itself cannot be made here).
+    let owning = claim(&ns, "owning").with_spec(|s| {
+        s.nats.consumer_config = Some(ConsumerConfig::default());
+        s.nats.deletion_policy = DeletionPolicy::Delete;
+    });
+    create(&admin, &owning).await;
+    claim_where(&admin, &ns, "owning", "the finalizer", |c| {
+        c.finalizers().iter().any(|f| f == FINALIZER)
+    })
+    .await;
+    api::<EventDrivenService>(&admin, &ns)
+        .patch(
+            "owning",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nats": {"deletionPolicy": "Retain"}}})),
+        )
+        .await
+        .unwrap();
+    claim_where(&admin, &ns, "owning", "no finalizer", |c| c.finalizers().is_empty()).await;
     let lease = api::<Lease>(&admin, "eds-system").get("eds-controller").await.unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("rbac"));
     // Renewals (lease duration 3 s: every 0.5 s) and watches are in the log.
@@ -819,16 +844,14 @@ async fn the_controller_works_with_only_the_shipped_role_and_uses_all_of_it() {
             .map(drop),
         "deleting a Deployment",
     );
+    // `patch` on claims is granted for the consumer finalizer (RBAC cannot
+    // narrow it to metadata.finalizers); deleting a claim is not.
     forbidden(
         api::<EventDrivenService>(&sa, &ns)
-            .patch(
-                "worker",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"image": "x:1"}})),
-            )
+            .delete("worker", &DeleteParams::default())
             .await
             .map(drop),
-        "changing a claim's spec",
+        "deleting a claim",
     );
     let binding: ClusterRoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "escalate"},
@@ -1040,4 +1063,324 @@ async fn with_two_controllers_only_the_leader_writes() {
     );
     patch_image("img:3").await;
     assert!(writes(&third) >= 1.0);
+}
+
+// Issue 12: consumer ownership
+
+/// The condition of that type on the claim, if any.
+fn consumer_condition<'a>(
+    claim: &'a EventDrivenService,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    claim.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// A scenario whose controller lets every namespace use its NATS
+/// connection (without `--nats-namespaces` none may, and the controller then
+/// writes no consumer).
+async fn owning_scenario(name: &str, nats_url: &str) -> Scenario {
+    let cp = cluster::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace(&client, name).await;
+    let controller = Controller::start_with(
+        &cp.kubeconfig(),
+        &ns,
+        name,
+        nats_url,
+        &["--lease-namespace", &ns, "--nats-namespaces", "*"],
+    );
+    Scenario {
+        client,
+        ns,
+        controller,
+        _cluster: cp,
+    }
+}
+
+/// A claim that owns consumer `orders-workers` on stream ORDERS.
+fn owning_claim(name: &str, policy: DeletionPolicy) -> EventDrivenService {
+    claim("", name).with_spec(|s| {
+        s.nats.consumer_config = Some(ConsumerConfig {
+            filter_subjects: vec!["orders.>".into()],
+            ..ConsumerConfig::default()
+        });
+        s.nats.deletion_policy = policy;
+    })
+}
+
+async fn consumer_exists(stream: &async_nats::jetstream::stream::Stream, name: &str) -> bool {
+    match stream.consumer_info(name).await {
+        Ok(_) => true,
+        Err(e) if e.to_string().contains("not found") => false,
+        Err(e) => panic!("reading consumer {name}: {e}"),
+    }
+}
+
+async fn deleted(client: &Client, namespace: &str, name: &str) {
+    api::<EventDrivenService>(client, namespace)
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the claim is gone", WAIT, async || {
+        match api::<EventDrivenService>(client, namespace)
+            .get_opt(name)
+            .await
+            .unwrap()
+        {
+            None => Ok(()),
+            Some(c) => Err(c.finalizers().to_vec()),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_claim_with_consumer_config_creates_its_consumer_and_deletes_it_under_delete() {
+    let nats = NatsServer::start();
+    let js = js::js(&nats.url()).await;
+    let stream = js::stream_with(&js, "ORDERS", &["orders.>"]).await;
+    let scenario = owning_scenario("owndelete", &nats.url()).await;
+
+    let children = scenario.run(owning_claim("worker", DeletionPolicy::Delete)).await;
+    assert!(children.scaled_object.metadata.name.is_some());
+    let info = stream
+        .consumer_info("orders-workers")
+        .await
+        .expect("the consumer was created");
+    assert_eq!(
+        info.config.ack_policy,
+        async_nats::jetstream::consumer::AckPolicy::Explicit
+    );
+    assert_eq!(info.config.max_ack_pending, 10, "maxReplicas 10 × concurrency 1");
+    assert_eq!(
+        info.config.metadata.get("eds.bizmatters.io/claim-namespace"),
+        Some(&scenario.ns)
+    );
+    let claim = scenario
+        .claim_where("the finalizer and a healthy consumer", |c| {
+            c.finalizers().iter().any(|f| f == FINALIZER)
+                && consumer_condition(c, "ConsumerHealthy").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    assert_eq!(
+        info.config.metadata.get("eds.bizmatters.io/claim-uid"),
+        claim.metadata.uid.as_ref()
+    );
+
+    deleted(&scenario.client, &scenario.ns, "worker").await;
+    assert!(
+        !consumer_exists(&stream, "orders-workers").await,
+        "deletionPolicy Delete deletes the consumer before the claim goes"
+    );
+}
+
+#[tokio::test]
+async fn retain_keeps_the_consumer_and_sets_no_finalizer() {
+    let nats = NatsServer::start();
+    let js = js::js(&nats.url()).await;
+    let stream = js::stream_with(&js, "ORDERS", &["orders.>"]).await;
+    let scenario = owning_scenario("ownretain", &nats.url()).await;
+
+    scenario.run(owning_claim("worker", DeletionPolicy::Retain)).await;
+    let claim = scenario
+        .claim_where("a healthy consumer", |c| {
+            consumer_condition(c, "ConsumerHealthy").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    assert!(claim.finalizers().is_empty(), "{:?}", claim.finalizers());
+    assert!(consumer_exists(&stream, "orders-workers").await);
+
+    deleted(&scenario.client, &scenario.ns, "worker").await;
+    assert!(
+        consumer_exists(&stream, "orders-workers").await,
+        "Retain keeps the consumer"
+    );
+}
+
+#[tokio::test]
+async fn an_immutable_change_is_misconfigured_and_a_foreign_consumer_not_owned() {
+    let nats = NatsServer::start();
+    let js = js::js(&nats.url()).await;
+    let stream = js::stream_with(&js, "ORDERS", &["orders.>"]).await;
+    // Made by hand, under another name: no stamp.
+    js::pull_consumer(&stream, "by-hand", "", Duration::from_secs(30)).await;
+    let scenario = owning_scenario("ownmisc", &nats.url()).await;
+
+    scenario.run(owning_claim("worker", DeletionPolicy::Retain)).await;
+    scenario
+        .claim_where("a healthy consumer", |c| {
+            consumer_condition(c, "ConsumerHealthy").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    let before = stream.consumer_info("orders-workers").await.unwrap().config;
+
+    scenario
+        .api::<EventDrivenService>()
+        .patch(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nats": {"consumerConfig": {"deliverPolicy": "New", "ackWait": "1m"}}}})),
+        )
+        .await
+        .unwrap();
+    let claim = scenario
+        .claim_where("Misconfigured", |c| {
+            consumer_condition(c, "ConsumerHealthy").is_some_and(|c| c.reason == "Misconfigured")
+        })
+        .await;
+    let message = &consumer_condition(&claim, "ConsumerHealthy").unwrap().message;
+    assert!(message.contains("spec.nats.consumerConfig.deliverPolicy"), "{message}");
+    assert_eq!(
+        stream.consumer_info("orders-workers").await.unwrap().config,
+        before,
+        "nothing changed on NATS"
+    );
+
+    // Pointed at a consumer it did not create.
+    scenario
+        .api::<EventDrivenService>()
+        .patch(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"nats": {"consumer": "by-hand", "consumerConfig": {"deliverPolicy": "All"}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let claim = scenario
+        .claim_where("ConsumerNotOwned", |c| {
+            consumer_condition(c, "ConsumerHealthy").is_some_and(|c| c.reason == "ConsumerNotOwned")
+        })
+        .await;
+    let message = &consumer_condition(&claim, "ConsumerHealthy").unwrap().message;
+    assert!(message.contains("\"by-hand\""), "{message}");
+    let by_hand = stream.consumer_info("by-hand").await.unwrap().config;
+    assert!(
+        by_hand.metadata.get("eds.bizmatters.io/claim-uid").is_none(),
+        "not adopted"
+    );
+}
+
+// Issue 18: tenancy
+
+/// Counts the JetStream API requests on `subject` (wildcards allowed), as
+/// any subscriber sees them; a task reads each so none is dropped.
+async fn count_requests(url: &str, subject: &str) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use futures::StreamExt;
+    let watcher = async_nats::connect(url).await.unwrap();
+    let mut sub = watcher.subscribe(subject.to_string()).await.unwrap();
+    watcher.flush().await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while sub.next().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    seen
+}
+
+/// The connection rules the scaler applies are the controller's too: a claim
+/// its namespace may not back gets no children (no ScaledObject), its NATS is
+/// never read, and `Ready` and `Reconciled` say why, naming the namespace,
+/// the connection and the rule; a claim the rules allow is rendered.
+#[tokio::test]
+async fn a_claim_the_connection_rules_refuse_gets_no_scaled_object_and_a_condition_naming_the_rule() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let nats = NatsServer::start();
+    let cp = cluster::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace(&client, "tenancy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("connections.yaml");
+    // `default` here replaces the flags' connection: no test namespace may
+    // use it. `orders` lets this one read only ORDERS.
+    let url = nats.url();
+    std::fs::write(
+        &config,
+        format!(
+            "connections:\n  default:\n    url: {url}\n    namespaces: [team-*]\n  orders:\n    url: {url}\n    namespaces: ['*']\n    reads:\n      - namespaces: [{ns}]\n        streams: [ORDERS]\n"
+        ),
+    )
+    .unwrap();
+    let refused_reads = count_requests(&url, "$JS.API.CONSUMER.INFO.ORDERS.refused-workers").await;
+    let other_stream_reads = count_requests(&url, "$JS.API.CONSUMER.INFO.PAYMENTS.>").await;
+    let allowed_reads = count_requests(&url, "$JS.API.CONSUMER.INFO.ORDERS.orders-workers").await;
+    let controller = Controller::start_with(
+        &cp.kubeconfig(),
+        &ns,
+        "tenancy",
+        &url,
+        &["--lease-namespace", &ns, "--nats-config", config.to_str().unwrap()],
+    );
+
+    // The allowed claim first: its children show the controller is
+    // reconciling before the refused ones arrive.
+    create(&client, &claim(&ns, "allowed").with_connection("orders")).await;
+    children(&client, &ns, "allowed").await;
+    create(
+        &client,
+        &claim(&ns, "refused").with_spec(|s| s.nats.consumer = "refused-workers".into()),
+    )
+    .await;
+    create(
+        &client,
+        &claim(&ns, "other-stream")
+            .with_connection("orders")
+            .with_spec(|s| s.nats.stream = "PAYMENTS".into()),
+    )
+    .await;
+
+    for (name, connection, rule) in [
+        ("refused", "default", "connections.default.namespaces is [team-*]"),
+        ("other-stream", "orders", "connections.orders.reads[0] allows"),
+    ] {
+        let refused = claim_where(&client, &ns, name, "refused by the rules", |c| {
+            is(c, "Ready", "False") && is(c, "Reconciled", "False")
+        })
+        .await;
+        let conditions = &refused.status.as_ref().unwrap().conditions;
+        for type_ in ["Ready", "Reconciled"] {
+            let c = conditions.iter().find(|c| c.type_ == type_).unwrap();
+            assert_eq!(c.reason, "NamespaceNotAllowed", "{name} {type_}: {c:?}");
+            for needle in [
+                format!("namespace {ns:?}"),
+                format!("connection {connection:?}"),
+                rule.to_string(),
+            ] {
+                assert!(
+                    c.message.contains(&needle),
+                    "{name} {type_}: {needle:?} not in {:?}",
+                    c.message
+                );
+            }
+        }
+        assert!(
+            api::<ScaledObject>(&client, &ns).get_opt(name).await.unwrap().is_none(),
+            "{name}: a refused claim gets no ScaledObject"
+        );
+        assert!(
+            api::<Deployment>(&client, &ns).get_opt(name).await.unwrap().is_none(),
+            "{name}: nor any other child"
+        );
+    }
+    eventually("refusals counted", WAIT, async || {
+        let n = controller.metric("eds_reconcile_errors_total", &[("error", "not_allowed")]);
+        n.filter(|n| *n >= 2.0).ok_or(n)
+    })
+    .await;
+    claim_where(&client, &ns, "allowed", "the allowed claim reconciled", |c| {
+        is(c, "Reconciled", "True")
+    })
+    .await;
+    // The allowed claim's lag is read (so the counters do see reads); the
+    // refused ones' never are.
+    eventually("the allowed claim's lag read", WAIT, async || {
+        (allowed_reads.load(SeqCst) > 0).then_some(())
+    })
+    .await;
+    assert_eq!(refused_reads.load(SeqCst), 0, "NATS read for a refused claim");
+    assert_eq!(other_stream_reads.load(SeqCst), 0, "NATS read for a refused stream");
 }

@@ -591,3 +591,43 @@ fn replicas_for(lag: u64, max: u32) -> i32 {
     let replicas = desired_replicas(lag, LAG_THRESHOLD as f64, 1, max);
     i32::try_from(replicas).expect("a replica count")
 }
+
+/// Issue 12: a claim with `spec.nats.consumerConfig` gets its consumer from
+/// the controller, stamped as its own, and scales from zero on it; nobody
+/// made that consumer by hand.
+#[tokio::test]
+async fn a_claim_with_consumer_config_scales_from_zero_with_no_consumer_made_by_hand() {
+    let _peers = PEERS.read().await;
+    let s = Scenario::new(rig(), "ownconsumer").await;
+    // The scenario's own consumer is made by hand; the claim names another.
+    let claim = s.claim("minReplicas: 0\n    pollingInterval: 5").replace(
+        &format!("    consumer: {WORKER}\n"),
+        "    consumer: owned\n    consumerConfig:\n      maxDeliver: 3\n",
+    );
+    assert!(claim.contains("consumerConfig"), "{claim}");
+    let stream = s.js.get_stream(s.stream.as_str()).await.unwrap();
+    assert!(
+        stream.consumer_info("owned").await.is_err(),
+        "no consumer before the claim"
+    );
+    apply_yaml(&s.client, &claim, Some(&s.ns)).await;
+
+    let info = eventually(
+        "the controller creates the consumer",
+        Duration::from_secs(30),
+        async || stream.consumer_info("owned").await.ok(),
+    )
+    .await;
+    assert_eq!(info.config.max_deliver, 3);
+    assert_eq!(
+        info.config.metadata.get("eds.bizmatters.io/claim-namespace"),
+        Some(&s.ns)
+    );
+    s.wait_scaled_object_ready().await;
+    s.wait_replicas(0, Duration::from_secs(30)).await;
+
+    let published = Instant::now();
+    s.publish(2).await;
+    let took = s.time_to_replicas(1, published, Duration::from_secs(60)).await;
+    println!("a claim's own consumer: publish -> replicas 1 in {took:?}");
+}

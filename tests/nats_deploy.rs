@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
-use eds::nats::NatsConfig;
+use eds::api::check_claim;
+use eds::consumer::{self as owned, Deletion, Outcome};
+use eds::nats::{Connections, NatsConfig};
 use eds::scaler::Tuning;
 use serde_json::{Value, json};
 use testkit::nats::{NatsCluster, NatsServer};
@@ -153,4 +155,68 @@ async fn scaler_needs_only_the_documented_nats_permissions() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// The controller's consumer writes (issue 12) under the same permissions:
+/// create, repair and delete a claim's consumer as user `eds`, and nothing
+/// the server refuses on the way. A stream change is refused: the
+/// permissions grant no more than consumers.
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_consumer_writes_need_only_the_documented_nats_permissions() {
+    let permissions = read(&repo::path("deploy/nats/eds-permissions.conf"));
+    let nats = NatsServer::start_with(&format!(
+        "{permissions}\nauthorization {{\n  users: [\n    {{user: eds, password: eds-pass, permissions: $EDS_PERMISSIONS}}\n    {{user: admin, password: admin-pass}}\n  ]\n}}\n"
+    ));
+    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pass".into())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(admin);
+    let work = js
+        .create_stream(stream::Config {
+            name: "WORK".into(),
+            subjects: vec!["work.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut args = NatsConfig::for_url(nats.url());
+    args.default.user = Some("eds".into());
+    args.default.password = Some("eds-pass".into());
+    let connections = Connections::connect(&args, "eds-controller").await.unwrap();
+    let conn = connections.get(None).unwrap();
+    let mut claim = check_claim(&json!({
+        "apiVersion": "platform.bizmatters.io/v1alpha1",
+        "kind": "EventDrivenService",
+        "metadata": {"name": "worker", "namespace": "team-a", "uid": "1d2c3b4a"},
+        "spec": {"image": "busybox", "nats": {
+            "stream": "WORK", "consumer": "workers", "deletionPolicy": "Delete",
+            "consumerConfig": {"filterSubjects": ["work.a", "work.b"]},
+        }},
+    }))
+    .unwrap();
+
+    assert_eq!(owned::reconcile(conn, &claim).await.unwrap(), Some(Outcome::Created));
+    claim.spec.nats.consumer_config.as_mut().unwrap().max_deliver = 9;
+    assert!(matches!(
+        owned::reconcile(conn, &claim).await.unwrap(),
+        Some(Outcome::Updated(_))
+    ));
+    assert_eq!(work.consumer_info("workers").await.unwrap().config.max_deliver, 9);
+    assert_eq!(owned::release(conn, &claim).await.unwrap(), Some(Deletion::Deleted));
+
+    // What the permissions keep out: the stream itself.
+    let refused = conn.client.request("$JS.API.STREAM.DELETE.WORK", Bytes::new()).await;
+    assert!(refused.is_err(), "deleting a stream must be refused: {refused:?}");
+    assert!(js.get_stream("WORK").await.is_ok());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = nats.peer.log();
+    let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(
+        violations.len() == 1 && violations[0].contains("STREAM.DELETE"),
+        "only the stream deletion may be refused; eds needed more than deploy/nats/eds-permissions.conf grants:\n{}",
+        violations.join("\n")
+    );
+    connections.close().await;
 }

@@ -366,6 +366,8 @@ impl ScalerProcess {
         };
         command
             .args(["scaler", "--nats-url", &nats.url()])
+            // One bench, one team: every namespace, written down.
+            .args(["--nats-namespaces", "*"])
             .args(["--grpc-addr", &grpc.to_string()])
             .args(["--http-addr", &format!("127.0.0.1:{http}")]);
         let mut peer = Peer::spawn("eds scaler", command, &nats.path(&format!("scaler-{label}.log")));

@@ -20,6 +20,8 @@ impl EventDrivenService {
                 stream: "ORDERS".into(),
                 consumer: "orders-workers".into(),
                 connection: None,
+                consumer_config: None,
+                deletion_policy: DeletionPolicy::Retain,
             },
             scaling: Scaling::default(),
             secret_name: None,
@@ -76,6 +78,15 @@ impl EventDrivenService {
 
     pub fn with_connection(self, connection: &str) -> Self {
         self.with_spec(|s| s.nats.connection = Some(connection.into()))
+    }
+
+    /// The controller creates and keeps the consumer, with these settings.
+    pub fn with_consumer_config(self, config: ConsumerConfig) -> Self {
+        self.with_spec(|s| s.nats.consumer_config = Some(config))
+    }
+
+    pub fn with_deletion_policy(self, policy: DeletionPolicy) -> Self {
+        self.with_spec(|s| s.nats.deletion_policy = policy)
     }
 
     pub fn with_replicas(self, min: i32, max: i32) -> Self {

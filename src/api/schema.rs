@@ -13,6 +13,16 @@ pub const NATS_NAME_BYTES_RULE: &str = "size(bytes(self)) <= 255";
 pub const DNS_LABEL_RULE: &str = r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
 pub const DNS_SUBDOMAIN_RULE: &str =
     r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+/// NATS subjects: dot-separated tokens, none empty, no whitespace; `>` only
+/// as the last token, `*` only as a whole token.
+pub const NATS_SUBJECTS_RULE: &str =
+    r"self.all(s, s.matches('^([^.*>\\p{Z}\\p{Cc}]+|\\*)(\\.([^.*>\\p{Z}\\p{Cc}]+|\\*))*(\\.>)?$') || s == '>')";
+/// A consumer duration: digits and one unit, from 1s to 1h. `duration()` is
+/// Kubernetes CEL's (and the offline evaluator's) Go duration parser.
+pub const CONSUMER_DURATION_RULE: &str =
+    r"self.matches('^[0-9]{1,7}(ms|s|m|h)$') && duration(self) >= duration('1s') && duration(self) <= duration('1h')";
+/// Every `backoff` step is a [`CONSUMER_DURATION_RULE`] duration.
+pub const CONSUMER_BACKOFF_RULE: &str = r"self.all(d, d.matches('^[0-9]{1,7}(ms|s|m|h)$') && duration(d) >= duration('1s') && duration(d) <= duration('1h'))";
 pub const HTTP_PATH_RULE: &str = r"self.matches('^/[^\\p{Z}\\p{Cc}]*$')";
 /// Quantities may be written as YAML integers or strings; `string(self)`
 /// reads both the same way (and is understood by the offline evaluator too).

@@ -4,6 +4,8 @@
 //! `eds render` refuse the same claims with the same messages (see
 //! [`super::validate`]). Messages name the field they are about because the
 //! API server reports a rule at the object that carries it.
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
@@ -193,6 +195,133 @@ pub struct Nats {
     #[schemars(length(max = 63))]
     #[x_kube(validation = Rule::new(schema::DNS_LABEL_RULE).message("nats.connection must be a DNS label (lowercase letters, digits and '-')"))]
     pub connection: Option<String>,
+
+    /// The durable consumer's settings. With it, the controller creates the
+    /// consumer (stamped as this claim's), keeps it in shape and reports what
+    /// it cannot change; without it, the consumer is made elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_config: Option<ConsumerConfig>,
+
+    /// What happens to a consumer this claim created when the claim is
+    /// deleted: `Retain` (the default) keeps it, `Delete` deletes it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The settings of a durable pull consumer for a scaled worker pool. Acks are
+/// always explicit: each replica acknowledges each message it finished.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.backoff) || self.maxDeliver > size(self.backoff)").message("nats.consumerConfig.maxDeliver must be greater than the number of nats.consumerConfig.backoff steps"))]
+pub struct ConsumerConfig {
+    /// Subjects of the stream the consumer delivers (every subject when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 255)))]
+    #[x_kube(validation = Rule::new(schema::NATS_SUBJECTS_RULE).message("nats.consumerConfig.filterSubjects must be NATS subjects: dot-separated tokens, no empty token, no whitespace, '>' only last"))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t == s))").message("nats.consumerConfig.filterSubjects must be unique"))]
+    pub filter_subjects: Vec<String>,
+
+    /// How long a delivered message may stay unacknowledged before it is
+    /// redelivered: a number and a unit (ms, s, m, h), from 1s to 1h.
+    #[serde(default = "default_ack_wait")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new(schema::CONSUMER_DURATION_RULE).message("nats.consumerConfig.ackWait must be a duration such as 30s, 500ms or 2m, from 1s to 1h"))]
+    pub ack_wait: String,
+
+    /// Deliveries of one message before JetStream gives up on it.
+    #[serde(default = "default_max_deliver")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10000").message("nats.consumerConfig.maxDeliver must be between 1 and 10000"))]
+    pub max_deliver: i64,
+
+    /// Waits before each redelivery, in place of `ackWait` (JetStream takes
+    /// the first step as the ack wait; the last one repeats): durations such
+    /// as 10s or 1m, from 1s to 1h.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 16)))]
+    #[x_kube(validation = Rule::new(schema::CONSUMER_BACKOFF_RULE).message("nats.consumerConfig.backoff steps must be durations such as 10s or 1m, from 1s to 1h"))]
+    pub backoff: Vec<String>,
+
+    /// Most messages delivered and not yet acknowledged, over all replicas
+    /// (default: `scaling.maxReplicas` × `scaling.concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000000").message("nats.consumerConfig.maxAckPending must be between 1 and 1000000"))]
+    pub max_ack_pending: Option<i64>,
+
+    /// Where a new consumer starts in the stream. JetStream cannot change it
+    /// on an existing consumer.
+    #[serde(default)]
+    pub deliver_policy: DeliverPolicy,
+}
+
+/// Where a new consumer starts.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DeliverPolicy {
+    /// The oldest message still in the stream.
+    #[default]
+    All,
+    /// Only messages stored after the consumer was created.
+    New,
+    /// The last message in the stream.
+    Last,
+    /// The last message of each subject.
+    LastPerSubject,
+}
+
+/// What happens to the claim's consumer when the claim is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DeletionPolicy {
+    /// The consumer (and its position in the stream) stays.
+    #[default]
+    Retain,
+    /// The controller deletes the consumer it created, then lets the claim go.
+    Delete,
+}
+
+/// The ack wait a consumer gets when the claim states none: NATS's own
+/// default, so a consumer made by eds behaves as one made by hand.
+pub const DEFAULT_ACK_WAIT: &str = "30s";
+/// Deliveries of one message: finite, so one poisonous message cannot occupy
+/// the pool for ever.
+pub const DEFAULT_MAX_DELIVER: i64 = 5;
+
+impl ConsumerConfig {
+    /// The longest a replica may hold one message before JetStream hands it
+    /// to another: the longest `backoff` step, or `ackWait` without one.
+    pub fn longest_ack_wait(&self) -> Option<Duration> {
+        if self.backoff.is_empty() {
+            return parse_duration(&self.ack_wait);
+        }
+        self.backoff.iter().map(|step| parse_duration(step)).max().flatten()
+    }
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            filter_subjects: vec![],
+            ack_wait: default_ack_wait(),
+            max_deliver: DEFAULT_MAX_DELIVER,
+            backoff: vec![],
+            max_ack_pending: None,
+            deliver_policy: DeliverPolicy::default(),
+        }
+    }
+}
+
+/// A duration as the claim writes it: digits and one unit (`ms`, `s`, `m`,
+/// `h`), the form [`schema::CONSUMER_DURATION_RULE`] admits.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(number.checked_mul(millis)?))
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -367,6 +496,12 @@ impl Default for Probes {
 
 fn default_nats_url() -> String {
     DEFAULT_NATS_URL.to_string()
+}
+fn default_ack_wait() -> String {
+    DEFAULT_ACK_WAIT.to_string()
+}
+fn default_max_deliver() -> i64 {
+    DEFAULT_MAX_DELIVER
 }
 fn default_port() -> i32 {
     DEFAULT_PORT

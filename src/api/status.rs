@@ -18,6 +18,11 @@ pub const CONDITION_DEPLOYMENT_AVAILABLE: &str = "DeploymentAvailable";
 /// `Stalled`, `Misconfigured`...) when it cannot. Only the controller, which
 /// reads NATS, sets it; it does not feed `Ready`.
 pub const CONDITION_CONSUMER_HEALTHY: &str = "ConsumerHealthy";
+/// The reason `Reconciled` and `Ready` are False when the claim's namespace
+/// may not use the NATS connection (or read the stream) it names: nothing
+/// is applied and NATS is not read for it. The message names the namespace,
+/// the connection and the rule.
+pub const REASON_NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -361,6 +361,7 @@ mod tests {
 
     use super::*;
     use crate::api::fixtures::{invalid_cases, valid_claim};
+    use crate::api::{DeletionPolicy, DeliverPolicy};
 
     fn errors(claim: &Value) -> Vec<FieldError> {
         check_claim(claim).expect_err("the claim must be refused").errors
@@ -421,6 +422,26 @@ mod tests {
     fn the_valid_claim_passes_and_keeps_its_values() {
         let claim = check_claim(&valid_claim()).unwrap();
         assert_eq!(claim, EventDrivenService::test().without_uid());
+    }
+
+    #[test]
+    fn a_consumer_config_passes_with_its_defaults_filled_in() {
+        let mut claim = valid_claim();
+        claim["spec"]["nats"]["consumerConfig"] = json!({
+            "filterSubjects": ["orders.new", "orders.*.paid", "audit.>", ">"],
+            "backoff": ["1s", "500s", "1h"],
+        });
+        let checked = check_claim(&claim).unwrap_or_else(|e| panic!("{e}"));
+        let config = checked.spec.nats.consumer_config.expect("kept");
+        assert_eq!(config.ack_wait, "30s");
+        assert_eq!(config.max_deliver, 5);
+        assert_eq!(config.max_ack_pending, None);
+        assert_eq!(config.deliver_policy, DeliverPolicy::All);
+        assert_eq!(checked.spec.nats.deletion_policy, DeletionPolicy::Retain);
+        for ack_wait in ["1s", "1000ms", "59m", "1h", "3600s"] {
+            claim["spec"]["nats"]["consumerConfig"]["ackWait"] = json!(ack_wait);
+            check_claim(&claim).unwrap_or_else(|e| panic!("{ack_wait}: {e}"));
+        }
     }
 
     #[test]

@@ -1,14 +1,14 @@
-//! Writing to the API server: server-side apply of a child, and the claim's
-//! status. Every call has its own deadline, so a hung API server fails one
+//! Writing to the API server: server-side apply of a child, the claim's
+//! status, and the claim's finalizer. Every call has its own deadline, so a hung API server fails one
 //! reconcile (and is retried) instead of holding it, and shutdown, for ever.
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ValidationDirective};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::FIELD_MANAGER;
 use super::metrics::CHILD_APPLIES;
+use super::{FIELD_MANAGER, FINALIZER};
 use crate::api::{EventDrivenService, EventDrivenServiceStatus};
 use crate::{Error, Result};
 
@@ -58,6 +58,52 @@ pub async fn patch_status(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let what = || format!("writing the status of EventDrivenService {namespace}/{name}");
     within_deadline(what, api.patch_status(&name, &params, &Patch::Apply(body))).await?;
+    Ok(())
+}
+
+/// Adds our finalizer to the claim. The JSON patch tests the list it
+/// appends to, so a finalizer someone else added meanwhile is never lost:
+/// the patch fails instead, and the reconcile is retried.
+pub async fn add_finalizer(client: &Client, claim: &EventDrivenService) -> Result<()> {
+    let ops = match claim.meta().finalizers.as_deref() {
+        None | Some([]) => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ]),
+        Some(current) => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ]),
+    };
+    patch_metadata(client, claim, ops, "adding the finalizer to").await
+}
+
+/// Removes our finalizer from the claim, by index, testing that the index
+/// still holds it.
+pub async fn remove_finalizer(client: &Client, claim: &EventDrivenService) -> Result<()> {
+    let Some(index) = claim.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let ops = json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]);
+    patch_metadata(client, claim, ops, "removing the finalizer from").await
+}
+
+async fn patch_metadata(client: &Client, claim: &EventDrivenService, ops: Value, doing: &str) -> Result<()> {
+    let namespace = claim.namespace().unwrap_or_default();
+    let name = claim.name_any();
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::serialize("a JSON patch", e))?;
+    let api = Api::<EventDrivenService>::namespaced(client.clone(), &namespace);
+    let what = || format!("{doing} EventDrivenService {namespace}/{name}");
+    within_deadline(
+        what,
+        api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)),
+    )
+    .await?;
+    tracing::info!(%namespace, %name, finalizer = FINALIZER, "{doing} the claim");
     Ok(())
 }
 

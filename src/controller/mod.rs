@@ -13,6 +13,10 @@
 //!   would apply, and the status only when it changed: a quiet cluster sees
 //!   no writes from us at all.
 //! - The Deployment's `spec.replicas` is never applied: KEDA owns it.
+//! - A claim with `spec.nats.consumerConfig` owns its JetStream consumer:
+//!   created (stamped as the claim's) before the ScaledObject, kept in shape,
+//!   and deleted with the claim under `deletionPolicy: Delete`, which is the
+//!   one thing the controller ever deletes, behind [`FINALIZER`].
 pub mod apply;
 pub mod children;
 pub mod drift;
@@ -39,6 +43,11 @@ use crate::api::EventDrivenService;
 use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
+use crate::tenancy::Access;
+
+/// On a claim whose deletion deletes its consumer: the claim stays until the
+/// consumer is gone.
+pub const FINALIZER: &str = "eds.bizmatters.io/consumer";
 
 /// The one field manager every write of ours goes under.
 pub const FIELD_MANAGER: &str = "eds-controller";
@@ -79,6 +88,10 @@ pub struct ClaimController {
     client: Client,
     config: ControllerConfig,
     lag: Arc<LagCache>,
+    /// The same connections, for the consumers claims own.
+    connections: Connections,
+    /// The connections' tenancy rules, read with them.
+    access: Arc<Access>,
     /// Whether the last Lease request reached the API server.
     reachable: Arc<AtomicBool>,
 }
@@ -88,11 +101,14 @@ impl ClaimController {
     pub async fn connect(config: ControllerConfig) -> Result<Self> {
         let client = Client::try_default().await?;
         let connections = Connections::connect(&config.nats, "eds-controller").await?;
-        let lag = LagCache::new(Arc::new(JetStreamLag::new(connections)), config.lag_interval);
+        let access = Arc::new(connections.access().clone());
+        let lag = LagCache::new(Arc::new(JetStreamLag::new(connections.clone())), config.lag_interval);
         Ok(ClaimController {
             client,
             config,
             lag,
+            connections,
+            access,
             reachable: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -124,6 +140,8 @@ impl ClaimController {
             client,
             config,
             lag,
+            connections,
+            access,
             reachable,
         } = self;
         let leader_config = &config.leader;
@@ -147,7 +165,7 @@ impl ClaimController {
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, identity, shutdown) => Ok(()),
+            () = reconcile_claims(client, &config, lag, connections, access, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -169,6 +187,8 @@ async fn reconcile_claims(
     client: Client,
     config: &ControllerConfig,
     lag: Arc<LagCache>,
+    connections: Connections,
+    access: Arc<Access>,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -197,7 +217,7 @@ async fn reconcile_claims(
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
-    let context = Context::new(client, config, lag, identity, stores);
+    let context = Context::new(client, config, lag, connections, access, identity, stores);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))

@@ -15,21 +15,25 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::apply::{apply_child, patch_status};
+use super::apply::{add_finalizer, apply_child, patch_status, remove_finalizer};
 use super::children::{ByKind, ChildKind};
 use super::drift::{live_holds, stamp};
 use super::metrics::{
     RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_DESIRED_REPLICAS, SERVICE_LAG, SERVICE_MAX_REPLICAS,
     SERVICE_REPLICAS,
 };
-use super::{ControllerConfig, FIELD_MANAGER};
-use crate::api::{CONDITION_CONSUMER_HEALTHY, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim};
+use super::{ControllerConfig, FIELD_MANAGER, FINALIZER};
+use crate::api::{
+    CONDITION_CONSUMER_HEALTHY, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim, Nats,
+};
+use crate::consumer::{self, ConsumerError, Deletion, Outcome, deletes_consumer};
 use crate::lag::{ConsumerKey, LagCache, LagError, desired_replicas};
-use crate::nats::DEFAULT_CONNECTION;
+use crate::nats::{Connection, Connections, DEFAULT_CONNECTION};
 use crate::render::status::{
     ConsumerHealth, HealthReason, Observed, changed_condition, desired_status, keda_conditions,
 };
 use crate::render::{Children, Platform, desired_children};
+use crate::tenancy::Access;
 use crate::trigger::LagThreshold;
 use crate::{Error, Result};
 
@@ -44,6 +48,9 @@ pub struct Context {
     client: Client,
     platform: Platform,
     lag: Arc<LagCache>,
+    connections: Connections,
+    /// Which namespaces may use which NATS connection: the scaler's rules.
+    access: Arc<Access>,
     lag_interval: Duration,
     recorder: Recorder,
     stores: Stores,
@@ -52,7 +59,15 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: &ControllerConfig, lag: Arc<LagCache>, identity: &str, stores: Stores) -> Self {
+    pub fn new(
+        client: Client,
+        config: &ControllerConfig,
+        lag: Arc<LagCache>,
+        connections: Connections,
+        access: Arc<Access>,
+        identity: &str,
+        stores: Stores,
+    ) -> Self {
         Context {
             recorder: Recorder::new(
                 client.clone(),
@@ -64,6 +79,8 @@ impl Context {
             client,
             platform: config.platform.clone(),
             lag,
+            connections,
+            access,
             lag_interval: config.lag_interval,
             stores,
             failures: Mutex::default(),
@@ -135,9 +152,21 @@ pub fn backoff() -> ExponentialBackoff {
 
 async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Action> {
     // Owner references hand a deleted claim's children to the garbage
-    // collector; applying now would only race it.
+    // collector; applying now would only race it. Only the consumer, which
+    // no owner reference reaches, is ours to delete.
     if claim.metadata.deletion_timestamp.is_some() {
+        if has_finalizer(claim) {
+            release_consumer(ctx, claim).await?;
+            remove_finalizer(&ctx.client, claim).await?;
+        }
         return Ok(Action::await_change());
+    }
+    // The finalizer is on the claim exactly while deleting the claim would
+    // delete its consumer.
+    match (deletes_consumer(claim), has_finalizer(claim)) {
+        (true, false) => add_finalizer(&ctx.client, claim).await?,
+        (false, true) => remove_finalizer(&ctx.client, claim).await?,
+        _ => {}
     }
     let namespace = claim.namespace().ok_or_else(|| {
         Error::InvalidClaim(InvalidClaim {
@@ -160,15 +189,46 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             })?;
     }
 
-    let (live, failure) = match desired_children(claim, &ctx.platform).and_then(|c| desired_objects(&c)) {
+    // The scaler would refuse this claim's ScaledObject: render nothing, and
+    // read nothing from NATS for it (and write no consumer).
+    let allowed = authorize(&ctx.access, claim, &namespace);
+    let refused = allowed.is_err();
+    // The consumer comes before the ScaledObject, so KEDA's first question
+    // about it finds it. A failure here is reported, and the children are
+    // applied all the same: they do not depend on it.
+    let owned = if refused {
+        Ok(None)
+    } else {
+        ensure_consumer(ctx, claim).await
+    };
+    let desired = allowed
+        .and_then(|()| desired_children(claim, &ctx.platform))
+        .and_then(|c| desired_objects(&c));
+    let (live, mut failure) = match desired {
         Ok(desired) => apply_changed(ctx, &namespace, &name, desired).await,
         Err(e) => (
             ByKind::from_fn(|kind| cached_child(ctx, kind, &namespace, &name)),
             Some(e),
         ),
     };
+    let owned = match owned {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            failure.get_or_insert(e);
+            None
+        }
+    };
 
-    let (lag, consumer) = read_consumer(ctx, claim).await;
+    let (lag, consumer) = if refused {
+        (None, None)
+    } else {
+        let (lag, mut consumer) = read_consumer(ctx, claim).await;
+        // What the controller refused to change outranks what the reading says.
+        if let Some(health) = owned.as_ref().and_then(|o| owned_consumer_health(o, &claim.spec.nats)) {
+            consumer = health;
+        }
+        (lag, Some(consumer))
+    };
     let observed = Observed {
         applied: failure.as_ref().map_or(Ok(()), Err),
         deployment: live
@@ -182,7 +242,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
             .map(|so| keda_conditions(&so.data))
             .unwrap_or_default(),
         lag,
-        consumer: Some(consumer),
+        consumer,
     };
     let status = desired_status(claim, &observed, Timestamp::now());
     record_gauges(claim, &namespace, &status);
@@ -209,6 +269,131 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         Some(e) => Err(e),
         None => Ok(Action::requeue(ctx.lag_interval)),
     }
+}
+
+/// Creates or repairs the consumer the claim owns; `None` when the claim
+/// leaves its consumer to someone else.
+async fn ensure_consumer(ctx: &Context, claim: &EventDrivenService) -> Result<Option<Outcome>> {
+    if claim.spec.nats.consumer_config.is_none() {
+        return Ok(None);
+    }
+    let conn = claim_connection(ctx, claim)?;
+    let outcome = consumer::reconcile(conn, claim).await?;
+    match &outcome {
+        Some(Outcome::Created) | Some(Outcome::Updated(_)) => {
+            let message = outcome
+                .as_ref()
+                .map(|o| o.message(&claim.spec.nats.stream, &claim.spec.nats.consumer))
+                .unwrap_or_default();
+            tracing::info!(%message, "consumer");
+            let reason = if matches!(outcome, Some(Outcome::Created)) {
+                "ConsumerCreated"
+            } else {
+                "ConsumerUpdated"
+            };
+            publish(
+                &ctx.recorder,
+                claim,
+                EventType::Normal,
+                reason,
+                "ReconcileConsumer",
+                &message,
+            )
+            .await;
+        }
+        _ => {}
+    }
+    Ok(outcome)
+}
+
+/// Deletes the claim's consumer if the claim's deletion should (and the
+/// consumer is the claim's own); a consumer that is not is kept, and said so.
+async fn release_consumer(ctx: &Context, claim: &EventDrivenService) -> Result<()> {
+    if !deletes_consumer(claim) {
+        return Ok(());
+    }
+    let nats = &claim.spec.nats;
+    let conn = match claim_connection(ctx, claim) {
+        Ok(conn) => conn,
+        // The namespace may not touch that stream (any more): nothing there
+        // is this claim's to delete, and waiting would keep the claim for ever.
+        Err(Error::Consumer(refused)) if refused.action == "authorizing" => {
+            let note = format!("kept consumer {:?}: {refused}", nats.consumer);
+            publish(
+                &ctx.recorder,
+                claim,
+                EventType::Warning,
+                "ConsumerKept",
+                "DeleteConsumer",
+                &note,
+            )
+            .await;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let note = match consumer::release(conn, claim).await? {
+        Some(Deletion::Deleted) => format!("deleted consumer {:?} on stream {:?}", nats.consumer, nats.stream),
+        Some(Deletion::NotOwned(owner)) => Outcome::NotOwned(owner).message(&nats.stream, &nats.consumer),
+        Some(Deletion::Absent) | None => return Ok(()),
+    };
+    tracing::info!(%note, "claim deleted");
+    publish(
+        &ctx.recorder,
+        claim,
+        EventType::Normal,
+        "ConsumerReleased",
+        "DeleteConsumer",
+        &note,
+    )
+    .await;
+    Ok(())
+}
+
+/// The claim's NATS connection, if the connection's namespace rules (the
+/// tenancy rules the scaler applies) let the claim's namespace reach its
+/// stream there: the controller writes a consumer only where the claim could
+/// read its lag.
+fn claim_connection<'a>(ctx: &'a Context, claim: &EventDrivenService) -> Result<&'a Connection> {
+    let nats = &claim.spec.nats;
+    let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
+    let refused = |action, message: String| {
+        Error::Consumer(ConsumerError {
+            action,
+            connection: connection.to_string(),
+            stream: nats.stream.clone(),
+            consumer: nats.consumer.clone(),
+            message,
+        })
+    };
+    let namespace = claim.namespace().unwrap_or_default();
+    ctx.connections
+        .access()
+        .authorize(&namespace, connection, None, &nats.stream)
+        .map_err(|denied| refused("authorizing", denied.to_string()))?;
+    ctx.connections.get(Some(connection)).ok_or_else(|| {
+        refused(
+            "reaching",
+            "no NATS connection of that name is configured (--nats-config)".into(),
+        )
+    })
+}
+
+/// The `ConsumerHealthy` verdict of what the controller would not change.
+fn owned_consumer_health(outcome: &Outcome, nats: &Nats) -> Option<ConsumerHealth> {
+    let reason = match outcome {
+        Outcome::Misconfigured(_) => HealthReason::Misconfigured,
+        Outcome::NotOwned(_) => HealthReason::ConsumerNotOwned,
+        Outcome::Created | Outcome::Updated(_) | Outcome::InShape => return None,
+    };
+    Some(ConsumerHealth::unhealthy(
+        reason,
+        outcome.message(&nats.stream, &nats.consumer),
+    ))
+}
+
+fn has_finalizer(claim: &EventDrivenService) -> bool {
+    claim.finalizers().iter().any(|f| f == FINALIZER)
 }
 
 /// Applies, in [`ChildKind::APPLY_ORDER`], each child whose live object no
@@ -254,6 +439,14 @@ fn desired_objects(children: &Children) -> Result<ByKind<Value>> {
         service: json(serde_json::to_value(&children.service))?,
         scaled_object: json(serde_json::to_value(&children.scaled_object))?,
     })
+}
+
+/// Whether the claim's namespace may read its stream on the connection it
+/// names, by the same rules the scaler applies to its ScaledObject.
+fn authorize(access: &Access, claim: &EventDrivenService, namespace: &str) -> Result<()> {
+    let nats = &claim.spec.nats;
+    let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
+    Ok(access.authorize(namespace, connection, None, &nats.stream)?)
 }
 
 fn cached_child(ctx: &Context, kind: ChildKind, namespace: &str, name: &str) -> Live {
@@ -344,7 +537,6 @@ mod tests {
     use super::*;
     use crate::controller::LeaderConfig;
     use crate::lag::JetStreamLag;
-    use crate::nats::Connections;
     use crate::nats::NatsConfig;
     use kube::runtime::reflector::store::Writer;
 
@@ -366,7 +558,43 @@ mod tests {
         };
         let lag = LagCache::new(Arc::new(JetStreamLag::new(Connections::default())), config.lag_interval);
         let stores = ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader());
-        Arc::new(Context::new(client, &config, lag, "test", stores))
+        Arc::new(Context::new(
+            client,
+            &config,
+            lag,
+            Connections::default(),
+            Arc::default(),
+            "test",
+            stores,
+        ))
+    }
+
+    #[test]
+    fn what_the_controller_refused_to_change_is_a_consumer_health_naming_it() {
+        let nats = &EventDrivenService::test().spec.nats;
+        let field = "spec.nats.consumerConfig.deliverPolicy";
+        let Some(ConsumerHealth::Unhealthy { reason, message }) =
+            owned_consumer_health(&Outcome::Misconfigured(vec![field]), nats)
+        else {
+            panic!("Misconfigured is unhealthy")
+        };
+        assert_eq!(reason, HealthReason::Misconfigured);
+        assert!(message.contains(field), "{message}");
+        let not_owned = owned_consumer_health(&Outcome::NotOwned(consumer::Ownership::Unstamped), nats);
+        assert!(matches!(
+            not_owned,
+            Some(ConsumerHealth::Unhealthy {
+                reason: HealthReason::ConsumerNotOwned,
+                ..
+            })
+        ));
+        for fine in [Outcome::Created, Outcome::InShape, Outcome::Updated(vec![])] {
+            assert_eq!(
+                owned_consumer_health(&fine, nats),
+                None,
+                "{fine:?}: the reading decides"
+            );
+        }
     }
 
     #[test]

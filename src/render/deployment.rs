@@ -13,7 +13,7 @@ use kube::ResourceExt;
 
 use super::resources::{ResourceError, size_resources};
 use super::{child_metadata, labels, selector_labels};
-use crate::api::EventDrivenService;
+use crate::api::{ConsumerConfig, EventDrivenService};
 
 /// The NATS server URL(s) from `spec.nats.url`.
 pub const ENV_NATS_URL: &str = "NATS_URL";
@@ -87,12 +87,14 @@ pub fn desired_deployment(eds: &EventDrivenService) -> Result<Deployment, Resour
         ),
         init_containers: init.map(|c| vec![c]),
         containers: vec![worker],
-        // The claim cannot state its consumer's ack_wait yet; when it can,
-        // that is the second argument. Never read from NATS: rendering stays
-        // offline, and a change on the NATS side never rolls the pods.
+        // The ack wait the claim states, never one read from NATS: rendering
+        // stays offline, and a change on the NATS side never rolls the pods.
         termination_grace_period_seconds: Some(termination_grace_period_seconds(
             spec.termination_grace_period_seconds,
-            None,
+            spec.nats
+                .consumer_config
+                .as_ref()
+                .and_then(ConsumerConfig::longest_ack_wait),
         )),
         ..PodSpec::default()
     };
@@ -434,5 +436,24 @@ mod tests {
         assert_eq!(grace(None, Some(Duration::from_millis(2_500))), 13);
         assert_eq!(grace(Some(5), Some(Duration::from_secs(60))), 5);
         assert_eq!(grace(None, Some(Duration::MAX)), i64::MAX);
+    }
+
+    #[test]
+    fn the_grace_period_follows_the_claims_consumer_config() {
+        let config = |ack_wait: &str, backoff: &[&str]| ConsumerConfig {
+            ack_wait: ack_wait.into(),
+            backoff: backoff.iter().map(|s| s.to_string()).collect(),
+            ..ConsumerConfig::default()
+        };
+        let grace =
+            |config| pod(&EventDrivenService::test().with_consumer_config(config)).termination_grace_period_seconds;
+        assert_eq!(grace(config("2m", &[])), Some(130));
+        assert_eq!(grace(config("1500ms", &[])), Some(12));
+        // A backoff step longer than ackWait is the longest a message is held.
+        assert_eq!(grace(config("30s", &["10s", "5m"])), Some(310));
+        let stated = EventDrivenService::test()
+            .with_consumer_config(config("2m", &[]))
+            .with_spec(|s| s.termination_grace_period_seconds = Some(20));
+        assert_eq!(pod(&stated).termination_grace_period_seconds, Some(20));
     }
 }

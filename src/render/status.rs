@@ -9,7 +9,7 @@ use super::{ScaledObjectCondition, ScaledObjectStatus};
 use crate::Error;
 use crate::api::{
     CONDITION_CONSUMER_HEALTHY, CONDITION_DEPLOYMENT_AVAILABLE, CONDITION_READY, CONDITION_RECONCILED,
-    CONDITION_SCALER_READY, EventDrivenService, EventDrivenServiceStatus,
+    CONDITION_SCALER_READY, EventDrivenService, EventDrivenServiceStatus, REASON_NAMESPACE_NOT_ALLOWED,
 };
 
 /// What one reconcile saw.
@@ -68,17 +68,22 @@ pub enum HealthReason {
     PoisonMessages,
     /// A backlog, ready replicas, and no acknowledgement for `stallAfter`.
     Stalled,
-    /// A consumer setting that breaks a scaled pool.
+    /// A consumer setting that breaks a scaled pool, or one the claim asks
+    /// for that JetStream cannot change on the existing consumer.
     Misconfigured,
+    /// The claim's `consumerConfig` names a consumer it did not create (no
+    /// stamp, or another claim's): the controller leaves it alone.
+    ConsumerNotOwned,
 }
 
 impl HealthReason {
-    pub const ALL: [HealthReason; 5] = [
+    pub const ALL: [HealthReason; 6] = [
         HealthReason::ConsumerMissing,
         HealthReason::Saturated,
         HealthReason::PoisonMessages,
         HealthReason::Stalled,
         HealthReason::Misconfigured,
+        HealthReason::ConsumerNotOwned,
     ];
 
     /// The condition's `reason`, also the metric and alert label.
@@ -89,6 +94,7 @@ impl HealthReason {
             HealthReason::PoisonMessages => "PoisonMessages",
             HealthReason::Stalled => "Stalled",
             HealthReason::Misconfigured => "Misconfigured",
+            HealthReason::ConsumerNotOwned => "ConsumerNotOwned",
         }
     }
 }
@@ -146,6 +152,7 @@ pub fn desired_status(claim: &EventDrivenService, observed: &Observed<'_>, now: 
 
     let reconciled = match observed.applied {
         Ok(()) => State::new(True, "Applied", "Every child is applied."),
+        Err(e @ Error::NotAllowed(_)) => State::new(False, REASON_NAMESPACE_NOT_ALLOWED, e.to_string()),
         Err(e) => State::new(False, "ApplyFailed", e.to_string()),
     };
     let available = deployment_available(observed.deployment.as_ref());
@@ -159,7 +166,15 @@ pub fn desired_status(claim: &EventDrivenService, observed: &Observed<'_>, now: 
     .find(|(state, _)| state.status != True)
     .map_or_else(
         || State::new(True, "Ready", "The worker is deployed and autoscaled."),
-        |(state, reason)| State::new(False, reason, state.message.clone()),
+        |(state, reason)| {
+            // A refusal by the tenancy rules is the answer a team needs, not
+            // a generic "not reconciled".
+            let reason = match state.reason {
+                REASON_NAMESPACE_NOT_ALLOWED => REASON_NAMESPACE_NOT_ALLOWED,
+                _ => reason,
+            };
+            State::new(False, reason, state.message.clone())
+        },
     );
 
     let mut conditions = vec![
@@ -415,6 +430,33 @@ mod tests {
         };
         let status = desired_status(&claim(None), &observed, Timestamp::UNIX_EPOCH);
         assert_eq!(get(&status, CONDITION_READY).reason, "ScalerNotReady");
+    }
+
+    #[test]
+    fn a_namespace_the_rules_refuse_is_named_on_reconciled_and_ready() {
+        let refused = Error::NotAllowed(crate::tenancy::Denied {
+            namespace: "ops".into(),
+            connection: "orders".into(),
+            what: "use it".into(),
+            rule: "connections.orders.namespaces is [team-*]".into(),
+        });
+        let observed = Observed {
+            applied: Err(&refused),
+            ..Default::default()
+        };
+        let status = desired_status(&claim(None), &observed, Timestamp::UNIX_EPOCH);
+        for type_ in [CONDITION_READY, CONDITION_RECONCILED] {
+            let condition = get(&status, type_);
+            assert_eq!(
+                (condition.status.as_str(), condition.reason.as_str()),
+                ("False", REASON_NAMESPACE_NOT_ALLOWED),
+                "{type_}"
+            );
+            assert_eq!(
+                condition.message,
+                "namespace \"ops\" may not use it on NATS connection \"orders\": connections.orders.namespaces is [team-*]"
+            );
+        }
     }
 
     #[test]

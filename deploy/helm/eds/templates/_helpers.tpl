@@ -137,6 +137,9 @@ config file; the secrets it names are projected into one read-only volume as
 {{- $_ := set $tls "keyFile" (printf "%s/%s/tls.key" $dir $name) -}}
 {{- end -}}
 {{- if $tls }}{{ $_ := set $c "tls" $tls }}{{ end -}}
+{{- /* Always written: a connection with no rule allows no namespace. */ -}}
+{{- $_ := set $c "namespaces" ($conn.namespaces | default list) -}}
+{{- with $conn.reads }}{{ $_ := set $c "reads" . }}{{ end -}}
 {{- $_ := set $out $name $c -}}
 {{- end -}}
 {{- dict "connections" $out | toYaml -}}
