@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::controller::{ControllerConfig, LeaderConfig};
 use crate::function::FunctionConfig;
+use crate::lag::cache::{CacheLimits, DEFAULT_MAX_ENTRIES};
+use crate::lag::limit::MissLimit;
 use crate::lag::{ConsumerKey, JetStreamLag};
 use crate::nats::{ConnectionSettings, Connections, DEFAULT_CONNECTION, NatsConfig, TlsSettings};
 use crate::render::{DEFAULT_SCALER_ADDRESS, Platform};
@@ -194,6 +196,13 @@ impl From<ScalerArgs> for ScalerConfig {
                 push_idle_recheck: args.tuning.push_idle_recheck,
                 drain_sample_every: args.tuning.drain_sample_every,
                 drain_min_interval: args.tuning.drain_min_interval,
+                cache_limits: CacheLimits {
+                    max_entries: args.tuning.lag_cache_entries as usize,
+                    misses: MissLimit {
+                        per_second: args.tuning.namespace_reads_per_second,
+                        burst: args.tuning.namespace_read_burst,
+                    },
+                },
             },
             tls: GrpcTls {
                 cert: args.tls.grpc_tls_cert,
@@ -227,6 +236,22 @@ pub struct TuningArgs {
     /// rebuilds the HPA on each).
     #[arg(long, env = "EDS_DRAIN_MIN_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub drain_min_interval: Duration,
+    /// Consumers the lag cache holds at most (about 1.5 KiB each). When
+    /// full, the namespace holding the most entries loses its least
+    /// recently used one, so each namespace keeps a fair share.
+    #[arg(long, env = "EDS_LAG_CACHE_ENTRIES", default_value_t = DEFAULT_MAX_ENTRIES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub lag_cache_entries: u32,
+    /// NATS reads (cache misses) each namespace may cause a second; beyond
+    /// it a request gets RESOURCE_EXHAUSTED naming the namespace.
+    #[arg(long, env = "EDS_NAMESPACE_READS_PER_SECOND", default_value_t = MissLimit::default().per_second,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub namespace_reads_per_second: u32,
+    /// NATS reads a namespace may cause at once (KEDA reads every consumer
+    /// at once when the scaler restarts).
+    #[arg(long, env = "EDS_NAMESPACE_READ_BURST", default_value_t = MissLimit::default().burst,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub namespace_read_burst: u32,
 }
 
 /// TLS for the gRPC server. With a client CA, clients must present a
@@ -367,16 +392,27 @@ fn render(args: RenderArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads at most one byte over the limit, so `/dev/zero` or a huge file
+/// is refused at once instead of filling memory.
 fn read_input(file: &str) -> Result<String> {
-    if file == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| Error::io("stdin", e))?;
-        Ok(text)
+    let limit = crate::render::MAX_INPUT_BYTES;
+    let (name, reader): (&str, Box<dyn Read>) = if file == "-" {
+        ("stdin", Box::new(std::io::stdin()))
     } else {
-        std::fs::read_to_string(file).map_err(|e| Error::io(file, e))
+        (
+            file,
+            Box::new(std::fs::File::open(file).map_err(|e| Error::io(file, e))?),
+        )
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(name, e))?;
+    if bytes.len() > limit {
+        return Err(crate::render::over_size(bytes.len()));
     }
+    String::from_utf8(bytes).map_err(|e| Error::io(name, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// `eds lag` flags.

@@ -12,6 +12,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::error::quote;
 use crate::telemetry::Metric;
 use crate::tenancy::{Access, ConnectionRules, Patterns, ReadRule};
 use crate::{Error, Result};
@@ -131,7 +132,8 @@ pub fn parse_config(text: &str) -> std::result::Result<BTreeMap<String, Connecti
     for (name, settings) in &file.connections {
         if !is_connection_name(name) {
             return Err(format!(
-                "connection name {name:?}: use lowercase letters, digits and '-' (at most 63)"
+                "connection name {}: use lowercase letters, digits and '-' (at most 63)",
+                quote(name)
             ));
         }
         if settings.url.trim().is_empty() {
@@ -217,7 +219,7 @@ impl Connections {
         let settings = config
             .connection_settings()?
             .remove(name)
-            .ok_or_else(|| Error::Config(format!("no NATS connection named {name:?} is configured")))?;
+            .ok_or_else(|| Error::Config(format!("no NATS connection named {} is configured", quote(name))))?;
         let conn = connect_one(name, &settings, client_name, config.request_timeout).await?;
         Ok(Connections {
             by_name: Arc::new(BTreeMap::from([(name.to_string(), conn)])),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::EventDrivenService;
+use crate::error::quote;
 use crate::lag::{ConsumerKey, ConsumerState};
 use crate::nats::{Connections, DEFAULT_CONNECTION};
 
@@ -39,6 +40,9 @@ pub const MAX_DRAIN_WITHIN: Duration = Duration::from_secs(24 * 3600);
 /// The most un-acknowledged messages one replica may hold, when a trigger
 /// does not say.
 pub const DEFAULT_CONCURRENCY: NonZeroU32 = NonZeroU32::MIN;
+/// A claim's `activationLagThreshold` is an int64; a lag (a u64 count)
+/// above 2^63 does not happen.
+pub const MAX_ACTIVATION_LAG_THRESHOLD: f64 = 9_223_372_036_854_775_808.0;
 /// Above this a "concurrency" is a mistake, not a worker.
 pub const MAX_CONCURRENCY: u32 = 1_000_000;
 
@@ -51,12 +55,22 @@ pub struct LagThreshold(f64);
 impl LagThreshold {
     pub const DEFAULT: LagThreshold = LagThreshold(5.0);
 
+    /// The smallest threshold: a claim writes at most six decimals.
+    pub const MIN: f64 = 0.000_001;
+    /// Thresholds are below one billion, as a claim's rule says: a larger
+    /// one makes every lag round to zero replicas.
+    pub const MAX: f64 = 1e9;
+
     pub fn new(value: f64) -> Result<Self, String> {
         if !value.is_finite() {
             return Err(format!("{value} is not a number"));
         }
-        if value <= 0.0 {
-            return Err(format!("must be greater than 0, got {value}"));
+        if !(Self::MIN..Self::MAX).contains(&value) {
+            return Err(format!(
+                "must be at least {} and below {} (1e9), got {value:e}",
+                Self::MIN,
+                Self::MAX
+            ));
         }
         Ok(LagThreshold(value))
     }
@@ -64,9 +78,9 @@ impl LagThreshold {
     /// Reads `"5"`, `"2.5"` (surrounding blanks ignored).
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let value: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+        let value: f64 = text.parse().map_err(|_| format!("{} is not a number", quote(text)))?;
         if !value.is_finite() {
-            return Err(format!("{text:?} is not a number"));
+            return Err(format!("{} is not a number", quote(text)));
         }
         Self::new(value)
     }
@@ -212,7 +226,8 @@ impl Trigger {
                     return Err(bad(
                         NATS_CONNECTION,
                         format!(
-                            "no connection named {name:?} is configured (known: {})",
+                            "no connection named {} is configured (known: {})",
+                            quote(name),
                             known.join(", ")
                         ),
                     ));
@@ -231,17 +246,19 @@ impl Trigger {
         let domain = match metadata.get(JS_DOMAIN).map(|s| s.trim()) {
             None | Some("") => None,
             Some(d) if is_nats_name(d) => Some(d),
-            Some(d) => return Err(bad(JS_DOMAIN, format!("{d:?} is not a valid JetStream domain"))),
+            Some(d) => return Err(bad(JS_DOMAIN, format!("{} is not a valid JetStream domain", quote(d)))),
         };
         let lag_threshold = match metadata.get(LAG_THRESHOLD).map(|s| s.trim()) {
             None | Some("") => LagThreshold::DEFAULT,
             Some(text) => LagThreshold::parse(text).map_err(|message| bad(LAG_THRESHOLD, message))?,
         };
         let activation_lag_threshold = number(metadata, ACTIVATION_LAG_THRESHOLD, 0.0)?;
-        if activation_lag_threshold < 0.0 {
+        if !(0.0..=MAX_ACTIVATION_LAG_THRESHOLD).contains(&activation_lag_threshold) {
             return Err(bad(
                 ACTIVATION_LAG_THRESHOLD,
-                format!("must be 0 or more, got {activation_lag_threshold}"),
+                format!(
+                    "must be between 0 and {MAX_ACTIVATION_LAG_THRESHOLD:e} (2^63), got {activation_lag_threshold:e}"
+                ),
             ));
         }
         let concurrency = match metadata.get(CONCURRENCY).map(|s| s.trim()) {
@@ -349,7 +366,7 @@ pub fn scale_metric_of(state: &ConsumerState, wanted: f64, target: f64, concurre
 pub fn parse_concurrency(text: &str) -> Result<NonZeroU32, String> {
     let value: u32 = text
         .parse()
-        .map_err(|_| format!("{text:?} is not a positive whole number"))?;
+        .map_err(|_| format!("{} is not a positive whole number", quote(text)))?;
     match NonZeroU32::new(value) {
         Some(n) if value <= MAX_CONCURRENCY => Ok(n),
         Some(_) => Err(format!("must be at most {MAX_CONCURRENCY}, got {value}")),
@@ -433,7 +450,10 @@ fn required_name<'a>(metadata: &'a HashMap<String, String>, key: &'static str) -
         Some(name) if is_nats_name(name) => Ok(name),
         Some(name) => Err(bad(
             key,
-            format!("{name:?} is not a valid NATS name (no '.', '*', '>', '/', '\\' or whitespace)"),
+            format!(
+                "{} is not a valid NATS name (1 to 255 bytes; no '.', '*', '>', '/', '\\' or whitespace)",
+                quote(name)
+            ),
         )),
     }
 }
@@ -443,7 +463,7 @@ fn number(metadata: &HashMap<String, String>, key: &'static str, default: f64) -
         None | Some("") => Ok(default),
         Some(text) => match text.parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(v),
-            _ => Err(bad(key, format!("{text:?} is not a number"))),
+            _ => Err(bad(key, format!("{} is not a number", quote(text)))),
         },
     }
 }
@@ -529,6 +549,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
+        let wide = "é".repeat(128);
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("consumer", "C")], "stream"),
             (&[("stream", "S")], "consumer"),
@@ -551,6 +572,23 @@ mod tests {
                 &[("stream", "S"), ("consumer", "C"), ("activationLagThreshold", "-1")],
                 "activationLagThreshold",
             ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "1e308")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "1e-320")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("lagThreshold", "1000000000")],
+                "lagThreshold",
+            ),
+            (
+                &[("stream", "S"), ("consumer", "C"), ("activationLagThreshold", "1e308")],
+                "activationLagThreshold",
+            ),
+            (&[("stream", "S"), ("consumer", &wide)], "consumer"),
             (&[("stream", "S"), ("consumer", "C"), ("jsDomain", "a.b")], "jsDomain"),
             (
                 &[("stream", "S"), ("consumer", "C"), ("concurrency", "0")],

@@ -70,7 +70,10 @@ async fn a_pool_that_acknowledges_nothing_is_stalled() {
     let key = ConsumerKey::new("default", None, "WORK", "workers");
     let mut history = History::default();
     let state = watch(&lag, &key, &mut history, Duration::from_millis(1500), async || {}).await;
-    assert_eq!((state.pending, state.ack_pending, state.delivered_consumer_seq), (17, 3, 3));
+    assert_eq!(
+        (state.pending, state.ack_pending, state.delivered_consumer_seq),
+        (17, 3, 3)
+    );
     let assessment = history.assess(&SETTINGS, Instant::now());
     assert!(assessment.has(HealthReason::Stalled), "{assessment:?}");
 

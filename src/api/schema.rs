@@ -7,6 +7,9 @@ use schemars::{Schema, SchemaGenerator, json_schema};
 /// forbids `.`, `*`, `>` and whitespace; `/` and `\` break file-backed
 /// storage. Same rule as the scaler's `is_nats_name`.
 pub const NATS_NAME_RULE: &str = r"self.matches('^[^.*>/\\\\\\p{Z}\\p{Cc}]+$')";
+/// NATS counts a name's length in bytes, OpenAPI's `maxLength` in
+/// characters: 200 `é` are 200 characters and 400 bytes.
+pub const NATS_NAME_BYTES_RULE: &str = "size(bytes(self)) <= 255";
 pub const DNS_LABEL_RULE: &str = r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
 pub const DNS_SUBDOMAIN_RULE: &str =
     r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";

@@ -180,11 +180,13 @@ pub struct Nats {
     /// JetStream stream name.
     #[schemars(length(max = 255))]
     #[x_kube(validation = Rule::new(schema::NATS_NAME_RULE).message("nats.stream must be a NATS name: not empty, no '.', '*', '>', '/', '\\' or whitespace"))]
+    #[x_kube(validation = Rule::new(schema::NATS_NAME_BYTES_RULE).message("nats.stream must be at most 255 bytes (UTF-8), as NATS counts"))]
     pub stream: String,
 
     /// Durable consumer name on that stream.
     #[schemars(length(max = 255))]
     #[x_kube(validation = Rule::new(schema::NATS_NAME_RULE).message("nats.consumer must be a NATS name: not empty, no '.', '*', '>', '/', '\\' or whitespace"))]
+    #[x_kube(validation = Rule::new(schema::NATS_NAME_BYTES_RULE).message("nats.consumer must be at most 255 bytes (UTF-8), as NATS counts"))]
     pub consumer: String,
 
     /// The scaler's named NATS connection that reaches this stream

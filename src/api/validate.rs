@@ -14,6 +14,7 @@ use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
 use serde_json::{Map, Value};
 
 use super::EventDrivenService;
+use crate::error::{quote, shorten};
 
 /// One thing wrong with a claim: the field and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,8 +117,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 fn claim_name(value: &Value) -> String {
     let meta = |key: &str| value.pointer(&format!("/metadata/{key}")).and_then(Value::as_str);
     match (meta("namespace"), meta("name")) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        (None, Some(name)) => name.to_string(),
+        (Some(ns), Some(name)) => format!("{}/{}", shorten(ns), shorten(name)),
+        (None, Some(name)) => shorten(name).into_owned(),
         _ => "<unnamed>".to_string(),
     }
 }
@@ -130,15 +131,60 @@ fn check_type_meta(value: &Value, errors: &mut Vec<FieldError>) {
             Some(got) if got == want => {}
             Some(got) => errors.push(FieldError {
                 field: field.to_string(),
-                detail: format!("Unsupported value: {got:?}: supported values: {want:?}"),
+                detail: format!("Unsupported value: {}: supported values: {want:?}", quote(got)),
             }),
             None => errors.push(required(field)),
         }
     }
-    match value.pointer("/metadata/name") {
+    let Some(metadata) = value.get("metadata") else {
+        return errors.push(required("metadata.name"));
+    };
+    let Some(metadata) = metadata.as_object() else {
+        return errors.push(wrong_type("metadata", "object", metadata));
+    };
+    match metadata.get("name") {
         Some(Value::String(_)) => {}
-        _ => errors.push(required("metadata.name")),
+        Some(other) => errors.push(wrong_type("metadata.name", "string", other)),
+        None => errors.push(required("metadata.name")),
     }
+    match metadata.get("namespace") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(ns)) if is_dns_label(ns) => {}
+        Some(Value::String(ns)) => errors.push(FieldError {
+            field: "metadata.namespace".into(),
+            detail: format!(
+                "Invalid value: {}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', start and end with one, and be at most 63 bytes",
+                quote(ns)
+            ),
+        }),
+        Some(other) => errors.push(wrong_type("metadata.namespace", "string", other)),
+    }
+    for map in ["labels", "annotations"] {
+        let field = format!("metadata.{map}");
+        match metadata.get(map) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(entries)) => {
+                for (key, entry) in entries {
+                    if !entry.is_string() {
+                        errors.push(wrong_type(&format!("{field}.{}", shorten(key)), "string", entry));
+                    }
+                }
+            }
+            Some(other) => errors.push(wrong_type(&field, "object", other)),
+        }
+    }
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
 }
 
 /// The structural part of OpenAPI validation, for the keywords our schema
@@ -189,11 +235,21 @@ fn check_structure(schema: &Value, value: &mut Value, path: &str, errors: &mut V
                 let supported: Vec<String> = allowed.iter().map(Value::to_string).collect();
                 errors.push(FieldError {
                     field: path.to_string(),
-                    detail: format!("Unsupported value: {value}: supported values: {}", supported.join(", ")),
+                    detail: format!(
+                        "Unsupported value: {}: supported values: {}",
+                        quote(text),
+                        supported.join(", ")
+                    ),
                 });
             }
         }
         Some("integer") if !(value.is_i64() || value.is_u64()) => errors.push(wrong_type(path, "integer", value)),
+        // The API server reads integers as int64 (the CEL rules bound
+        // narrower fields); a larger one cannot be decoded.
+        Some("integer") if !value.is_i64() => errors.push(FieldError {
+            field: path.to_string(),
+            detail: format!("Invalid value: {value}: {path} in body must be of type integer (int64): out of range"),
+        }),
         Some("boolean") if !value.is_boolean() => errors.push(wrong_type(path, "boolean", value)),
         _ => {}
     }
@@ -227,8 +283,8 @@ fn check_object(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<
             // The root's type and object meta are the API server's, not in our schema.
             None if path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") => {}
             None => errors.push(FieldError {
-                field: join(path, key),
-                detail: format!("unknown field {:?}", join(path, key)),
+                field: join(path, &shorten(key)),
+                detail: format!("unknown field {}", quote(&join(path, key))),
             }),
         }
     }
@@ -272,7 +328,8 @@ fn json_type(value: &Value) -> &'static str {
 /// The API server shows scalar values and leaves objects and lists out.
 fn invalid_value(value: Option<&Value>, message: &str) -> String {
     match value {
-        Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => format!("Invalid value: {v}: {message}"),
+        Some(Value::String(text)) => format!("Invalid value: {}: {message}", quote(text)),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => format!("Invalid value: {v}: {message}"),
         _ => format!("Invalid value: {message}"),
     }
 }

@@ -5,7 +5,7 @@
 //! not see any of that: each consumer is read at most once per TTL, and
 //! concurrent callers share the one request in flight. A value older than the
 //! TTL is never served; the caller waits for a fresh read instead.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use metrics::Counter;
 
+use super::limit::{MissLimit, MissLimiter};
 use super::{ConsumerKey, ConsumerState, LagError};
 
 /// Where lag comes from. The NATS implementation is [`super::JetStreamLag`].
@@ -34,11 +35,14 @@ type InFlight = Shared<BoxFuture<'static, Reading>>;
 /// from KEDA's own reads instead of reading again.
 pub type ReadingListener = Box<dyn Fn(&ConsumerKey) + Send + Sync>;
 
-#[derive(Default)]
 struct Slot {
     last: Option<Reading>,
     inflight: Option<Pending>,
-    used: Option<Instant>,
+    used: Instant,
+    /// The namespace that brought the entry in, whose share it counts in.
+    owner: Arc<str>,
+    /// Its place in the owner's least-recently-used order.
+    tick: u64,
 }
 
 /// A read under way: its id (so only it clears itself), start and result.
@@ -48,11 +52,143 @@ struct Pending {
     read: InFlight,
 }
 
-/// Lag by consumer, at most `ttl` old.
+/// The owner of entries brought in by the scaler itself (push watchers),
+/// not by a request: no Kubernetes namespace is empty.
+const INTERNAL: &str = "";
+
+/// How many entries the cache holds, and how fast a namespace may miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Entries at most; the least recently used of the namespace holding
+    /// the most entries is evicted to make room.
+    pub max_entries: usize,
+    /// Cache misses (NATS reads) each namespace may cause.
+    pub misses: MissLimit,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_entries: DEFAULT_MAX_ENTRIES,
+            misses: MissLimit::default(),
+        }
+    }
+}
+
+/// About 1.1 to 1.45 KiB an entry were measured: 20,000 entries hold at
+/// most about 30 MiB, and cover 20,000 ScaledObjects.
+pub const DEFAULT_MAX_ENTRIES: usize = 20_000;
+
+/// The entries and their order. Eviction is max-min fair: a namespace adding
+/// an entry to a full cache evicts its own least recently used entry unless
+/// another namespace holds more entries than it does, and then that one's.
+/// So with `n` namespaces in the cache each keeps at least `max_entries / n`
+/// entries however many names the others send. A plain LRU crate has one
+/// order for all; the share needs one order per namespace, which is a
+/// `BTreeMap` by use tick here.
+#[derive(Default)]
+struct Store {
+    slots: HashMap<ConsumerKey, Slot>,
+    /// Per namespace: its entries by last use, oldest first.
+    order: HashMap<Arc<str>, BTreeMap<u64, ConsumerKey>>,
+    /// Namespaces by how many entries they hold.
+    sizes: BTreeSet<(usize, Arc<str>)>,
+    tick: u64,
+}
+
+impl Store {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// Marks the entry used now; false if there is none.
+    fn touch(&mut self, key: &ConsumerKey, now: Instant) -> bool {
+        let tick = self.next_tick();
+        let Some(slot) = self.slots.get_mut(key) else {
+            return false;
+        };
+        let order = self.order.get_mut(&slot.owner).expect("every owner has an order");
+        order.remove(&slot.tick);
+        order.insert(tick, key.clone());
+        slot.tick = tick;
+        slot.used = now;
+        true
+    }
+
+    /// Adds an empty entry owned by `owner`, evicting one first when full.
+    fn insert(&mut self, owner: &str, key: &ConsumerKey, now: Instant, max_entries: usize) -> &mut Slot {
+        while self.slots.len() >= max_entries.max(1) {
+            if !self.evict_for(owner) {
+                break;
+            }
+        }
+        let owner: Arc<str> = self
+            .order
+            .get_key_value(owner)
+            .map(|(name, _)| name.clone())
+            .unwrap_or_else(|| owner.into());
+        let tick = self.next_tick();
+        let order = self.order.entry(owner.clone()).or_default();
+        let size = order.len();
+        order.insert(tick, key.clone());
+        self.resize(&owner, size, size + 1);
+        self.slots.entry(key.clone()).or_insert(Slot {
+            last: None,
+            inflight: None,
+            used: now,
+            owner,
+            tick,
+        })
+    }
+
+    /// Evicts one entry to make room for `owner`: its own oldest, unless
+    /// another namespace holds more.
+    fn evict_for(&mut self, owner: &str) -> bool {
+        let own = self.order.get(owner).map_or(0, BTreeMap::len);
+        let victim = match self.sizes.last() {
+            Some((most, name)) if *most > own => name.clone(),
+            _ if own > 0 => owner.into(),
+            _ => return false,
+        };
+        let key = self.order[&victim]
+            .values()
+            .next()
+            .expect("a listed namespace has entries")
+            .clone();
+        self.remove(&key);
+        true
+    }
+
+    fn remove(&mut self, key: &ConsumerKey) -> Option<Slot> {
+        let slot = self.slots.remove(key)?;
+        let order = self.order.get_mut(&slot.owner).expect("every owner has an order");
+        let size = order.len();
+        order.remove(&slot.tick);
+        if order.is_empty() {
+            self.order.remove(&slot.owner);
+        }
+        self.resize(&slot.owner, size, size - 1);
+        Some(slot)
+    }
+
+    fn resize(&mut self, owner: &Arc<str>, from: usize, to: usize) {
+        if from > 0 {
+            self.sizes.remove(&(from, owner.clone()));
+        }
+        if to > 0 {
+            self.sizes.insert((to, owner.clone()));
+        }
+    }
+}
+
+/// Lag by consumer, at most `ttl` old, at most `max_entries` consumers.
 pub struct LagCache {
     source: Arc<dyn LagSource>,
     ttl: Duration,
-    slots: Mutex<HashMap<ConsumerKey, Slot>>,
+    limits: CacheLimits,
+    store: Mutex<Store>,
+    limiter: Mutex<MissLimiter>,
     next_id: std::sync::atomic::AtomicU64,
     last_sweep: Mutex<Instant>,
     /// Bounds the reads in flight at once; see [`MAX_IN_FLIGHT`].
@@ -60,6 +196,8 @@ pub struct LagCache {
     hits: Counter,
     misses: Counter,
     coalesced: Counter,
+    refused: Counter,
+    evicted: Counter,
     listener: std::sync::OnceLock<ReadingListener>,
 }
 
@@ -75,18 +213,27 @@ const IDLE_EVICTION: Duration = Duration::from_secs(600);
 pub const MAX_IN_FLIGHT: usize = 256;
 
 impl LagCache {
+    /// A cache with the default limits.
     pub fn new(source: Arc<dyn LagSource>, ttl: Duration) -> Arc<Self> {
+        Self::with_limits(source, ttl, CacheLimits::default())
+    }
+
+    pub fn with_limits(source: Arc<dyn LagSource>, ttl: Duration, limits: CacheLimits) -> Arc<Self> {
         let lookups = |result: &'static str| metrics::counter!(super::metrics::CACHE_REQUESTS.name, "result" => result);
         Arc::new(LagCache {
             source,
             ttl,
-            slots: Mutex::default(),
+            limits,
+            store: Mutex::default(),
+            limiter: Mutex::new(MissLimiter::new(limits.misses)),
             next_id: Default::default(),
             last_sweep: Mutex::new(Instant::now()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             hits: lookups("hit"),
             misses: lookups("miss"),
             coalesced: lookups("coalesced"),
+            refused: lookups("refused"),
+            evicted: metrics::counter!(super::metrics::CACHE_EVICTIONS.name),
             listener: std::sync::OnceLock::new(),
         })
     }
@@ -101,35 +248,67 @@ impl LagCache {
         let _ = self.listener.set(listener);
     }
 
-    /// The consumer's state, read within the last TTL.
+    pub fn limits(&self) -> CacheLimits {
+        self.limits
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.store.lock().expect("lag cache lock").slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The consumer's state, read within the last TTL, for the scaler
+    /// itself (push watchers): not counted against any namespace.
     pub async fn get(self: &Arc<Self>, key: &ConsumerKey) -> Reading {
         let now = Instant::now();
-        self.get_newer_than(key, now.checked_sub(self.ttl).unwrap_or(now)).await
+        self.lookup(None, key, now.checked_sub(self.ttl).unwrap_or(now)).await
+    }
+
+    /// The consumer's state, read within the last TTL, for a request from
+    /// `namespace`: a miss takes one of the namespace's reads, and when it
+    /// has none left the reading is [`LagError::MissLimited`] (nothing is
+    /// read or stored).
+    pub async fn get_for(self: &Arc<Self>, namespace: &str, key: &ConsumerKey) -> Reading {
+        let now = Instant::now();
+        self.lookup(Some(namespace), key, now.checked_sub(self.ttl).unwrap_or(now))
+            .await
     }
 
     /// The consumer's state from a read that started at or after `since`.
     /// Push activation uses this to see a message it was just told about.
     pub async fn get_newer_than(self: &Arc<Self>, key: &ConsumerKey, since: Instant) -> Reading {
+        self.lookup(None, key, since).await
+    }
+
+    async fn lookup(self: &Arc<Self>, namespace: Option<&str>, key: &ConsumerKey, since: Instant) -> Reading {
+        let now = Instant::now();
         let pending = {
-            let mut slots = self.slots.lock().expect("lag cache lock");
-            let slot = slots.entry(key.clone()).or_default();
-            slot.used = Some(Instant::now());
-            match (&slot.last, &slot.inflight) {
-                (Some(last), _) if last.at >= since => {
-                    self.hits.increment(1);
-                    return last.clone();
+            let mut store = self.store.lock().expect("lag cache lock");
+            if store.touch(key, now) {
+                let slot = store.slots.get(key).expect("touched");
+                match (&slot.last, &slot.inflight) {
+                    (Some(last), _) if last.at >= since => {
+                        self.hits.increment(1);
+                        return last.clone();
+                    }
+                    // A read that started after `since` is as good as a new one.
+                    (_, Some(pending)) if pending.at >= since => {
+                        self.coalesced.increment(1);
+                        pending.read.clone()
+                    }
+                    _ => match self.miss(&mut store, namespace, key, now) {
+                        Ok(read) => read,
+                        Err(refused) => return refused,
+                    },
                 }
-                // A read that started after `since` is as good as a new one.
-                (_, Some(pending)) if pending.at >= since => {
-                    self.coalesced.increment(1);
-                    pending.read.clone()
-                }
-                _ => {
-                    self.misses.increment(1);
-                    let pending = self.start_fetch(key.clone());
-                    let read = pending.read.clone();
-                    slot.inflight = Some(pending);
-                    read
+            } else {
+                match self.miss(&mut store, namespace, key, now) {
+                    Ok(read) => read,
+                    Err(refused) => return refused,
                 }
             }
         };
@@ -137,11 +316,50 @@ impl LagCache {
         pending.await
     }
 
+    /// A read is needed: takes one from the namespace's share and starts
+    /// it, or says why not. Called with the store lock held.
+    fn miss(
+        self: &Arc<Self>,
+        store: &mut Store,
+        namespace: Option<&str>,
+        key: &ConsumerKey,
+        now: Instant,
+    ) -> Result<InFlight, Reading> {
+        if let Some(namespace) = namespace {
+            let mut limiter = self.limiter.lock().expect("miss limiter lock");
+            if !limiter.allow(namespace, now) {
+                self.refused.increment(1);
+                let limit = limiter.limit();
+                return Err(Reading {
+                    at: now,
+                    result: Err(LagError::MissLimited {
+                        namespace: crate::error::quote(namespace),
+                        per_second: limit.per_second,
+                        burst: limit.burst,
+                    }),
+                });
+            }
+        }
+        self.misses.increment(1);
+        let before = store.slots.len();
+        if !store.slots.contains_key(key) {
+            store.insert(namespace.unwrap_or(INTERNAL), key, now, self.limits.max_entries);
+            let evicted = (before + 1).saturating_sub(store.slots.len());
+            self.evicted.increment(evicted as u64);
+        }
+        let pending = self.start_fetch(key.clone());
+        let read = pending.read.clone();
+        store.slots.get_mut(key).expect("inserted").inflight = Some(pending);
+        Ok(read)
+    }
+
     /// The last successful reading of every consumer in the cache, for the
-    /// per-consumer gauges. Copies numbers only, under the lock.
+    /// per-consumer gauges. Copies numbers only, under the lock, so an
+    /// evicted consumer leaves `/metrics` with its entry.
     pub fn samples(&self) -> Vec<super::exposition::Sample> {
-        let slots = self.slots.lock().expect("lag cache lock");
-        slots
+        let store = self.store.lock().expect("lag cache lock");
+        store
+            .slots
             .iter()
             .filter_map(|(key, slot)| {
                 let state = slot.last.as_ref()?.result.as_ref().ok()?;
@@ -152,11 +370,11 @@ impl LagCache {
 
     /// The last reading, however old, without touching NATS (for status).
     pub fn peek(&self, key: &ConsumerKey) -> Option<Reading> {
-        self.slots.lock().expect("lag cache lock").get(key)?.last.clone()
+        self.store.lock().expect("lag cache lock").slots.get(key)?.last.clone()
     }
 
     /// Spawns the read so that it completes (and fills the cache) even if
-    /// every caller gives up. Called with the slots lock held, so the task
+    /// every caller gives up. Called with the store lock held, so the task
     /// cannot store its result before the caller has registered it.
     fn start_fetch(self: &Arc<Self>, key: ConsumerKey) -> Pending {
         let this = Arc::clone(self);
@@ -169,14 +387,17 @@ impl LagCache {
             };
             let reading = Reading { at, result };
             {
-                let mut slots = this.slots.lock().expect("lag cache lock");
-                let slot = slots.entry(key.clone()).or_default();
-                // An older read finishing late must not replace a newer one.
-                if slot.last.as_ref().is_none_or(|last| last.at <= at) {
-                    slot.last = Some(reading.clone());
-                }
-                if slot.inflight.as_ref().is_some_and(|p| p.id == id) {
-                    slot.inflight = None;
+                let mut store = this.store.lock().expect("lag cache lock");
+                // An entry evicted while its read was under way stays out:
+                // its callers get the reading, the cache does not grow back.
+                if let Some(slot) = store.slots.get_mut(&key) {
+                    // An older read finishing late must not replace a newer one.
+                    if slot.last.as_ref().is_none_or(|last| last.at <= at) {
+                        slot.last = Some(reading.clone());
+                    }
+                    if slot.inflight.as_ref().is_some_and(|p| p.id == id) {
+                        slot.inflight = None;
+                    }
                 }
             }
             if let Some(listener) = this.listener.get() {
@@ -204,9 +425,16 @@ impl LagCache {
             }
             *last = now;
         }
-        self.slots.lock().expect("lag cache lock").retain(|_, slot| {
-            slot.inflight.is_some() || slot.used.is_some_and(|u| now.duration_since(u) < IDLE_EVICTION)
-        });
+        let mut store = self.store.lock().expect("lag cache lock");
+        let idle: Vec<ConsumerKey> = store
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.inflight.is_none() && now.duration_since(slot.used) >= IDLE_EVICTION)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            store.remove(&key);
+        }
     }
 }
 
@@ -328,6 +556,117 @@ mod tests {
         assert_eq!(cache.peek(&key).unwrap().result.unwrap().pending, 1);
         assert_eq!(cache.get(&key).await.result.unwrap().pending, 1);
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+    }
+    fn key(consumer: &str) -> ConsumerKey {
+        ConsumerKey::new("default", None, "S", consumer)
+    }
+
+    fn bounded(max_entries: usize, misses: MissLimit) -> Arc<LagCache> {
+        let source = Arc::new(Counting {
+            reads: AtomicU64::new(0),
+            delay: Duration::ZERO,
+        });
+        LagCache::with_limits(source, Duration::from_secs(60), CacheLimits { max_entries, misses })
+    }
+
+    const GENEROUS: MissLimit = MissLimit {
+        per_second: 1_000_000,
+        burst: 1_000_000,
+    };
+
+    #[tokio::test]
+    async fn the_cache_holds_at_most_its_bound_and_evicts_the_least_recently_used() {
+        let cache = bounded(3, GENEROUS);
+        for c in ["a", "b", "c"] {
+            cache.get_for("team", &key(c)).await.result.unwrap();
+        }
+        // "a" is used again, so "b" is now the least recently used.
+        cache.get_for("team", &key("a")).await.result.unwrap();
+        cache.get_for("team", &key("d")).await.result.unwrap();
+        assert_eq!(cache.len(), 3);
+        assert!(cache.peek(&key("b")).is_none(), "the least recently used went");
+        for c in ["a", "c", "d"] {
+            assert!(cache.peek(&key(c)).is_some(), "{c} stays");
+        }
+        for i in 0..1000 {
+            cache.get_for("team", &key(&format!("x{i}"))).await.result.unwrap();
+        }
+        assert_eq!(cache.len(), 3, "however many names arrive");
+    }
+
+    #[tokio::test]
+    async fn the_exposition_follows_eviction() {
+        let cache = bounded(2, GENEROUS);
+        for c in ["a", "b", "c"] {
+            cache.get_for("team", &key(c)).await.result.unwrap();
+        }
+        let mut consumers: Vec<String> = cache.samples().iter().map(|s| s.key.consumer.to_string()).collect();
+        consumers.sort();
+        assert_eq!(consumers, ["b", "c"], "an evicted consumer leaves /metrics");
+    }
+
+    #[tokio::test]
+    async fn one_namespace_cannot_evict_another_s_fair_share() {
+        let cache = bounded(10, GENEROUS);
+        for i in 0..4 {
+            cache.get_for("quiet", &key(&format!("q{i}"))).await.result.unwrap();
+        }
+        for i in 0..500 {
+            cache.get_for("noisy", &key(&format!("n{i}"))).await.result.unwrap();
+        }
+        assert_eq!(cache.len(), 10);
+        for i in 0..4 {
+            assert!(
+                cache.peek(&key(&format!("q{i}"))).is_some(),
+                "q{i} is within quiet's share"
+            );
+        }
+        // A third namespace takes its share from the one holding the most.
+        for i in 0..5 {
+            cache.get_for("third", &key(&format!("t{i}"))).await.result.unwrap();
+        }
+        let held = |prefix: &str| {
+            cache
+                .samples()
+                .iter()
+                .filter(|s| s.key.consumer.starts_with(prefix))
+                .count()
+        };
+        let held = [held("q"), held("n"), held("t")];
+        assert_eq!(held.iter().sum::<usize>(), 10);
+        assert!(
+            held.iter().all(|&n| n >= 10 / 3),
+            "each keeps at least its share of 10 over 3: {held:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_namespace_over_its_reads_is_refused_by_name_and_others_are_not() {
+        let cache = bounded(
+            100,
+            MissLimit {
+                per_second: 1,
+                burst: 2,
+            },
+        );
+        assert!(cache.get_for("greedy", &key("a")).await.result.is_ok());
+        assert!(cache.get_for("greedy", &key("b")).await.result.is_ok());
+        let refused = cache.get_for("greedy", &key("c")).await.result.unwrap_err();
+        assert_eq!(
+            refused,
+            LagError::MissLimited {
+                namespace: "\"greedy\"".into(),
+                per_second: 1,
+                burst: 2
+            }
+        );
+        assert!(refused.to_string().contains("namespace \"greedy\""), "{refused}");
+        assert!(cache.peek(&key("c")).is_none(), "a refused miss stores nothing");
+        // Hits cost no reads.
+        assert!(cache.get_for("greedy", &key("a")).await.result.is_ok());
+        assert!(cache.get_for("modest", &key("c")).await.result.is_ok());
+        // The scaler's own reads (push watchers) are not any namespace's.
+        assert!(cache.get(&key("d")).await.result.is_ok());
     }
 
     #[tokio::test]

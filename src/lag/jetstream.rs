@@ -65,6 +65,17 @@ pub fn api_prefix(domain: Option<&str>) -> String {
     }
 }
 
+/// The `CONSUMER.INFO` subject of a consumer. Its names were checked by
+/// [`crate::trigger::is_nats_name`], so each is exactly one subject token.
+pub fn info_subject(key: &ConsumerKey) -> String {
+    format!(
+        "{}.CONSUMER.INFO.{}.{}",
+        api_prefix(key.domain.as_deref()),
+        key.stream,
+        key.consumer
+    )
+}
+
 async fn request_info(conn: &Connection, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
     let deadline = tokio::time::Instant::now() + conn.request_timeout;
     if !first_connected(conn, deadline).await {
@@ -73,12 +84,7 @@ async fn request_info(conn: &Connection, key: &ConsumerKey) -> Result<ConsumerSt
             servers: conn.servers.to_string(),
         });
     }
-    let subject = format!(
-        "{}.CONSUMER.INFO.{}.{}",
-        api_prefix(key.domain.as_deref()),
-        key.stream,
-        key.consumer
-    );
+    let subject = info_subject(key);
     let request = conn.client.request(subject, Bytes::new());
     let reply = match tokio::time::timeout_at(deadline, request).await {
         Err(_) => return Err(timeout(conn)),

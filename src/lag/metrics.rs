@@ -16,7 +16,12 @@ pub const NATS_REQUEST_DURATION: Metric = Metric::histogram(
 pub const CACHE_REQUESTS: Metric = Metric::counter(
     "eds_lag_cache_requests_total",
     &["result"],
-    "Lag lookups by result: hit, miss or coalesced.",
+    "Lag lookups by result: hit, miss, coalesced, or refused (the namespace's share of NATS reads was used up).",
+);
+pub const CACHE_EVICTIONS: Metric = Metric::counter(
+    "eds_lag_cache_evictions_total",
+    &[],
+    "Lag cache entries evicted to stay within --lag-cache-entries.",
 );
 pub const PUSH_WATCHERS: Metric = Metric::gauge("eds_push_watchers", &[], "Consumers watched for push activation.");
 pub const PUSH_NOTIFIERS: Metric = Metric::gauge(
@@ -75,6 +80,7 @@ pub const ALL: &[Metric] = &[
     NATS_REQUESTS,
     NATS_REQUEST_DURATION,
     CACHE_REQUESTS,
+    CACHE_EVICTIONS,
     PUSH_WATCHERS,
     PUSH_NOTIFIERS,
     CONSUMER_ADVISORIES,

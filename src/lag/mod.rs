@@ -18,6 +18,7 @@ pub mod advisory;
 pub mod cache;
 pub mod exposition;
 pub mod jetstream;
+pub mod limit;
 pub mod metrics;
 pub mod notify;
 pub mod subject;
@@ -104,7 +105,7 @@ impl ConsumerState {
 /// Why a lag could not be read. Never a number in disguise.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LagError {
-    #[error("no NATS connection named {0:?} is configured")]
+    #[error("no NATS connection named {} is configured", crate::error::quote(.0))]
     UnknownConnection(String),
     #[error("stream {stream:?} not found on connection {connection}")]
     StreamNotFound { connection: String, stream: String },
@@ -129,6 +130,15 @@ pub enum LagError {
     },
     #[error("reading the consumer info: {0}")]
     Internal(String),
+    /// The namespace has used up its share of NATS reads; nothing was read.
+    #[error(
+        "namespace {namespace} is over its limit of {per_second} lag reads a second from NATS (burst {burst}); cached lag is still served, new reads resume as its share refills"
+    )]
+    MissLimited {
+        namespace: String,
+        per_second: u32,
+        burst: u32,
+    },
 }
 
 impl LagError {
@@ -142,6 +152,7 @@ impl LagError {
             LagError::Unavailable { .. } => "unavailable",
             LagError::Api { .. } => "api_error",
             LagError::Internal(_) => "internal",
+            LagError::MissLimited { .. } => "miss_limited",
         }
     }
 }

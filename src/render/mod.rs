@@ -152,20 +152,46 @@ fn claim_ref(eds: &EventDrivenService) -> String {
     }
 }
 
-/// The children of every claim in `text` as multi-document YAML.
+/// The children of every claim in `text` as multi-document YAML; if any
+/// claim cannot be rendered, every such claim's error.
 pub fn render_text(text: &str, platform: &Platform) -> Result<String> {
     let claims = parse_claims(text)?;
     let mut out = String::new();
+    let mut failures = Vec::new();
     for claim in &claims {
-        out.push_str(&desired_children(claim, platform)?.to_yaml()?);
+        match desired_children(claim, platform).and_then(|children| children.to_yaml()) {
+            Ok(yaml) => out.push_str(&yaml),
+            Err(e) => failures.push(e),
+        }
     }
-    Ok(out)
+    match failures.len() {
+        0 => Ok(out),
+        1 => Err(failures.remove(0)),
+        _ => Err(Error::Several(failures)),
+    }
 }
 
+/// The largest input `eds render` reads: the API server's limit on a
+/// request body (3 MiB). A file that size holds many claims.
+pub const MAX_INPUT_BYTES: usize = 3 * 1024 * 1024;
+
+/// The largest claim, as JSON: etcd's default request limit (1.5 MiB),
+/// which the API server cannot store an object above.
+pub const MAX_CLAIM_BYTES: usize = 1536 * 1024;
+
+/// Brackets (`[`, `{`) open at once, at most. A claim needs fewer than 10;
+/// the YAML parser takes time quadratic in the depth (100,000 levels: 40 s).
+/// Brackets inside quoted strings count too: a string of more than 64
+/// unclosed `[` is refused, a price for a scan that cannot be fooled.
+pub const MAX_NESTING: usize = 64;
+
 /// Every YAML document in `text`, checked. Empty documents are skipped.
+/// Every claim's problems are reported, and a claim given twice is refused.
 pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
+    check_input(text)?;
     let mut claims = Vec::new();
     let mut problems = Vec::new();
+    let mut seen = std::collections::HashMap::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = document_value(document).map_err(|e| Error::NotYaml {
             document: index + 1,
@@ -174,8 +200,25 @@ pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
         if value.is_null() {
             continue;
         }
+        let size = serde_json::to_vec(&value).map_or(usize::MAX, |json| json.len());
+        if size > MAX_CLAIM_BYTES {
+            return Err(Error::OverLimit {
+                what: format!("document {} ({size} bytes as JSON)", index + 1),
+                limit: format!("{MAX_CLAIM_BYTES} bytes an object, etcd's default request limit"),
+            });
+        }
         match check_claim(&value) {
-            Ok(claim) => claims.push(claim),
+            Ok(claim) => {
+                let id = claim_ref(&claim);
+                if let Some(first) = seen.insert(id.clone(), index + 1) {
+                    return Err(Error::DuplicateClaim {
+                        claim: id.trim_start_matches("EventDrivenService ").to_string(),
+                        first,
+                        second: index + 1,
+                    });
+                }
+                claims.push(claim)
+            }
             Err(invalid) => problems.push(invalid),
         }
     }
@@ -186,6 +229,39 @@ pub fn parse_claims(text: &str) -> Result<Vec<EventDrivenService>> {
         return Err(Error::NoClaim);
     }
     Ok(claims)
+}
+
+/// Refuses an input over [`MAX_INPUT_BYTES`] or nested deeper than
+/// [`MAX_NESTING`] before the YAML parser sees it.
+pub fn check_input(text: &str) -> Result<()> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(over_size(text.len()));
+    }
+    let mut depth = 0usize;
+    for (line, row) in text.lines().enumerate() {
+        for byte in row.bytes() {
+            match byte {
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => continue,
+            }
+            if depth > MAX_NESTING {
+                return Err(Error::OverLimit {
+                    what: format!("the input, line {},", line + 1),
+                    limit: format!("brackets nested at most {MAX_NESTING} deep"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The error for an input of `bytes` (or more) bytes.
+pub fn over_size(bytes: usize) -> Error {
+    Error::OverLimit {
+        what: format!("the input ({bytes} bytes or more)"),
+        limit: format!("{MAX_INPUT_BYTES} bytes, the API server's request limit"),
+    }
 }
 
 /// One YAML document as JSON. Through `serde_yaml::Value` rather than
@@ -202,7 +278,34 @@ fn document_value(document: serde_yaml::Deserializer<'_>) -> std::result::Result
             message
         }
     })?;
+    if let Some(field) = non_finite(&yaml, String::new()) {
+        // JSON has no NaN or infinity: converted, they would become null,
+        // and a null field takes its default.
+        return Err(format!("{field}: Invalid value: not a finite number (.nan or .inf)"));
+    }
     serde_json::to_value(yaml).map_err(|e| format!("not a Kubernetes manifest: {e}"))
+}
+
+/// The path of the first `.nan` or `.inf` in a document.
+fn non_finite(value: &serde_yaml::Value, path: String) -> Option<String> {
+    use serde_yaml::Value;
+    match value {
+        Value::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Some(path),
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| non_finite(item, format!("{path}[{i}]"))),
+        Value::Mapping(map) => map.iter().find_map(|(key, item)| {
+            let key = match key {
+                Value::String(s) => crate::error::shorten(s).into_owned(),
+                other => format!("{other:?}"),
+            };
+            let path = if path.is_empty() { key } else { format!("{path}.{key}") };
+            non_finite(item, path)
+        }),
+        Value::Tagged(tagged) => non_finite(&tagged.value, path),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

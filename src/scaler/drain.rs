@@ -81,8 +81,9 @@ impl Drains {
     }
 
     /// The drain of `trigger`, started (with its sampler) if none runs.
-    /// `None` for a trigger without `drainWithin`.
-    pub fn open<L: LagProvider>(&self, trigger: &Trigger, source: &L) -> Option<Arc<Drain>> {
+    /// `None` for a trigger without `drainWithin`. The sampler's reads count
+    /// against `namespace`'s share (the namespace of the first stream).
+    pub fn open<L: LagProvider>(&self, trigger: &Trigger, source: &L, namespace: &str) -> Option<Arc<Drain>> {
         let key = DrainKey::of(trigger)?;
         let mut registry = self.registry.lock().expect("drain registry");
         if let Some(drain) = registry.get(&key).and_then(Weak::upgrade) {
@@ -107,7 +108,12 @@ impl Drains {
             _stop: stop,
         });
         registry.insert(key, Arc::downgrade(&drain));
-        tokio::spawn(sample(Arc::downgrade(&drain), source.clone(), stopped));
+        tokio::spawn(sample(
+            Arc::downgrade(&drain),
+            source.clone(),
+            namespace.to_owned(),
+            stopped,
+        ));
         Some(drain)
     }
 
@@ -219,7 +225,7 @@ impl Drop for Drain {
 
 /// Reads the consumer every `sample_every` until the drain goes. A failed
 /// read sends nothing and breaks the window: never a target from a guess.
-async fn sample<L: LagProvider>(drain: Weak<Drain>, source: L, mut stopped: oneshot::Receiver<()>) {
+async fn sample<L: LagProvider>(drain: Weak<Drain>, source: L, namespace: String, mut stopped: oneshot::Receiver<()>) {
     let (every, consumer) = match drain.upgrade() {
         Some(d) => (d.config.sample_every, d.key.consumer.clone()),
         None => return,
@@ -233,7 +239,7 @@ async fn sample<L: LagProvider>(drain: Weak<Drain>, source: L, mut stopped: ones
         }
         let reading = tokio::select! {
             _ = &mut stopped => return,
-            reading = source.consumer_state(&consumer) => reading,
+            reading = source.consumer_state(&namespace, &consumer) => reading,
         };
         let Some(drain) = drain.upgrade() else { return };
         match reading {

@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 pub use drain::DrainConfig;
 pub use service::{LagProvider, LagScaler, NatsLag, Readings};
 
+use crate::lag::cache::CacheLimits;
 use crate::lag::{JetStreamLag, LagCache, Watchers, watch::WatchConfig};
 use crate::nats::{Connections, NatsConfig};
 use crate::proto::external_scaler_server::ExternalScalerServer;
@@ -51,6 +52,8 @@ pub struct Tuning {
     pub drain_sample_every: Duration,
     /// The least time between two streamed targets.
     pub drain_min_interval: Duration,
+    /// Entries the lag cache holds, and NATS reads each namespace may cause.
+    pub cache_limits: CacheLimits,
 }
 
 impl Default for Tuning {
@@ -63,6 +66,7 @@ impl Default for Tuning {
             push_idle_recheck: watch.idle_recheck,
             drain_sample_every: drain.sample_every,
             drain_min_interval: drain.hysteresis.min_interval,
+            cache_limits: CacheLimits::default(),
         }
     }
 }
@@ -103,7 +107,11 @@ impl Scaler {
     /// Connects to every configured NATS connection and wires the service.
     pub async fn connect(nats: &NatsConfig, tuning: Tuning) -> Result<Self> {
         let connections = Connections::connect(nats, "eds-scaler").await?;
-        let cache = LagCache::new(Arc::new(JetStreamLag::new(connections.clone())), tuning.cache_ttl);
+        let cache = LagCache::with_limits(
+            Arc::new(JetStreamLag::new(connections.clone())),
+            tuning.cache_ttl,
+            tuning.cache_limits,
+        );
         let watchers = Watchers::new(
             cache.clone(),
             connections.clone(),

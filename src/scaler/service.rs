@@ -22,8 +22,13 @@ use crate::trigger::{ScaleMetric, Trigger, is_active};
 pub trait LagProvider: Clone + Send + Sync + 'static {
     type Readings: Readings;
 
-    /// The consumer's counts and limits, or why they could not be read.
-    fn consumer_state(&self, key: &ConsumerKey) -> impl Future<Output = Result<ConsumerState, LagError>> + Send;
+    /// The consumer's counts and limits, or why they could not be read,
+    /// for a request from `namespace` (whose share of reads it may use).
+    fn consumer_state(
+        &self,
+        namespace: &str,
+        key: &ConsumerKey,
+    ) -> impl Future<Output = Result<ConsumerState, LagError>> + Send;
 
     /// Readings of the consumer from now on; `activation_threshold` tells
     /// the source which changes matter.
@@ -46,8 +51,8 @@ pub struct NatsLag {
 impl LagProvider for NatsLag {
     type Readings = Subscription;
 
-    async fn consumer_state(&self, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
-        self.cache.get(key).await.result
+    async fn consumer_state(&self, namespace: &str, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
+        self.cache.get_for(namespace, key).await.result
     }
 
     fn subscribe(&self, key: &ConsumerKey, activation_threshold: f64) -> Subscription {
@@ -120,9 +125,9 @@ impl<L: LagProvider> LagScaler<L> {
         Ok(trigger)
     }
 
-    async fn consumer_state(&self, trigger: &Trigger) -> Result<ConsumerState, Status> {
+    async fn consumer_state(&self, namespace: &str, trigger: &Trigger) -> Result<ConsumerState, Status> {
         self.source
-            .consumer_state(&trigger.key)
+            .consumer_state(namespace, &trigger.key)
             .await
             .map_err(|e| lag_status(&e))
     }
@@ -138,6 +143,7 @@ pub fn lag_status(error: &LagError) -> Status {
         LagError::Timeout { .. } => Status::deadline_exceeded(message),
         LagError::Disconnected { .. } | LagError::Unavailable { .. } => Status::unavailable(message),
         LagError::Api { .. } | LagError::Internal(_) => Status::internal(message),
+        LagError::MissLimited { .. } => Status::resource_exhausted(message),
     }
 }
 
@@ -169,9 +175,10 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
     async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let trigger = self.allowed_trigger("IsActive", Some(request.get_ref()))?;
+            let so = request.get_ref();
+            let trigger = self.allowed_trigger("IsActive", Some(so))?;
             // Activity follows the true lag, never the capped metric.
-            let state = self.consumer_state(&trigger).await?;
+            let state = self.consumer_state(&so.namespace, &trigger).await?;
             Ok(Response::new(IsActiveResponse {
                 result: trigger.is_active(state.lag()),
             }))
@@ -218,7 +225,11 @@ impl<L: LagProvider> ExternalScaler for LagScaler<L> {
         let result = async {
             let request = request.get_ref();
             let trigger = self.allowed_trigger("GetMetrics", request.scaled_object_ref.as_ref())?;
-            let state = self.consumer_state(&trigger).await?;
+            let namespace = request
+                .scaled_object_ref
+                .as_ref()
+                .map_or("", |so| so.namespace.as_str());
+            let state = self.consumer_state(namespace, &trigger).await?;
             // The metric goes with the target KEDA was sent.
             let metric = match self.drains.get(&trigger) {
                 Some(drain) => drain.scale_metric(&trigger, &state),
@@ -262,7 +273,7 @@ impl<L: LagProvider> LagScaler<L> {
         let trigger = self.allowed_trigger("StreamIsActive", Some(so))?;
         // A consumer that does not exist is an error now, not a silent stream.
         if let Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) =
-            self.source.consumer_state(&trigger.key).await
+            self.source.consumer_state(&so.namespace, &trigger.key).await
         {
             return Err(lag_status(&e));
         }
@@ -296,13 +307,13 @@ impl<L: LagProvider> LagScaler<L> {
             ));
         }
         if let Err(e @ (LagError::StreamNotFound { .. } | LagError::ConsumerNotFound { .. })) =
-            self.source.consumer_state(&trigger.key).await
+            self.source.consumer_state(&so.namespace, &trigger.key).await
         {
             return Err(lag_status(&e));
         }
         let drain = self
             .drains
-            .open(&trigger, &self.source)
+            .open(&trigger, &self.source, &so.namespace)
             .expect("a drainWithin trigger has a drain");
         let sent = drain.subscribe();
         let state = SpecState {
@@ -448,7 +459,7 @@ mod tests {
     impl LagProvider for Arc<FakeLag> {
         type Readings = FakeReadings;
 
-        async fn consumer_state(&self, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
+        async fn consumer_state(&self, _namespace: &str, key: &ConsumerKey) -> Result<ConsumerState, LagError> {
             let table = self.lag.lock().unwrap();
             table.get(&*key.consumer).cloned().unwrap_or_else(|| {
                 Err(LagError::ConsumerNotFound {
@@ -574,6 +585,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_huge_bad_value_is_quoted_by_a_short_prefix() {
+        let (scaler, _) = scaler(FakeLag::with("c", Ok(1)));
+        let huge = "é.".repeat(350_000);
+        for key in [
+            "stream",
+            "consumer",
+            "jsDomain",
+            "lagThreshold",
+            "concurrency",
+            "natsConnection",
+        ] {
+            let mut pairs = vec![("stream", "S"), ("consumer", "c")];
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, &huge));
+            let status = scaler.get_metrics(metrics(so(&pairs), "m")).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{key}");
+            assert!(status.message().len() < 512, "{key}: {} bytes", status.message().len());
+            assert!(status.message().contains(key), "{key}: {}", status.message());
+            assert!(
+                status.message().contains("(1050000 bytes)"),
+                "{key}: {}",
+                status.message()
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_missing_consumer_is_not_found_for_every_rpc() {
         let (scaler, _) = scaler(FakeLag::default());
         let trigger = so(&[("stream", "S"), ("consumer", "gone")]);
@@ -604,6 +642,14 @@ mod tests {
                 tonic::Code::Unavailable,
             ),
             (LagError::Internal("bad reply".into()), tonic::Code::Internal),
+            (
+                LagError::MissLimited {
+                    namespace: "\"n\"".into(),
+                    per_second: 100,
+                    burst: 1000,
+                },
+                tonic::Code::ResourceExhausted,
+            ),
         ];
         for (error, code) in failures {
             let (scaler, _) = scaler(FakeLag::with("c", Err(error.clone())));
