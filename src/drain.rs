@@ -52,6 +52,18 @@ pub struct Sample {
     pub ack_pending: u64,
 }
 
+impl Sample {
+    /// A consumer reading as the estimator takes it, at `at` seconds.
+    pub fn of(state: &crate::lag::ConsumerState, at: f64) -> Sample {
+        Sample {
+            at,
+            delivered: state.delivered_consumer_seq,
+            pending: state.pending,
+            ack_pending: state.ack_pending,
+        }
+    }
+}
+
 /// How fast the estimates follow the measurements.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EstimatorConfig {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer};
+use eds::controller::advisory::{self, AdvisoryCounts};
 use eds::health::{Advisories, History, Sample, Settings};
-use eds::lag::advisory::{self, AdvisoryCounts};
 use eds::lag::{ConsumerKey, ConsumerState, JetStreamLag};
 use eds::nats::{Connections, NatsConfig};
 use eds::render::status::HealthReason;

@@ -17,6 +17,7 @@
 //!   created (stamped as the claim's) before the ScaledObject, kept in shape,
 //!   and deleted with the claim under `deletionPolicy: Delete`, which is the
 //!   one thing the controller ever deletes, behind [`FINALIZER`].
+pub mod advisory;
 pub mod apply;
 pub mod children;
 pub mod drift;
@@ -40,11 +41,11 @@ pub use reconcile::{Context, Stores, backoff, error_policy, reconcile};
 
 use crate::Result;
 use crate::api::EventDrivenService;
-use crate::lag::advisory::{self, AdvisoryCounts};
 use crate::lag::{JetStreamLag, LagCache};
 use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
 use crate::tenancy::Access;
+use advisory::AdvisoryCounts;
 
 /// On a claim whose deletion deletes its consumer: the claim stays until the
 /// consumer is gone.

@@ -17,6 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::advisory::AdvisoryCounts;
 use super::apply::{add_finalizer, apply_child, patch_status, remove_finalizer};
 use super::children::{ByKind, ChildKind};
 use super::drift::{live_holds, stamp};
@@ -31,7 +32,6 @@ use crate::api::{
 };
 use crate::consumer::{self, ConsumerError, Deletion, Outcome, deletes_consumer};
 use crate::health::{History, Sample, Settings};
-use crate::lag::advisory::AdvisoryCounts;
 use crate::lag::{ConsumerKey, LagCache, LagError, desired_replicas};
 use crate::nats::{Connection, Connections, DEFAULT_CONNECTION};
 use crate::render::status::{
@@ -653,9 +653,10 @@ async fn observe_drain(ctx: &Context, claim: &EventDrivenService) -> Option<Drai
     });
     entry.seen = now;
     match state {
-        Some(state) => entry
-            .estimator
-            .observe(state.sample(now.duration_since(ctx.epoch).as_secs_f64())),
+        Some(state) => entry.estimator.observe(crate::drain::Sample::of(
+            &state,
+            now.duration_since(ctx.epoch).as_secs_f64(),
+        )),
         None => entry.estimator.interrupt(),
     }
     Some(drain_status(

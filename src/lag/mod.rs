@@ -14,7 +14,6 @@
 //!
 //! `CONSUMER.INFO` is answered by the consumer's leader only, so on a cluster
 //! the request reaches the one server that knows the numbers: no leader hunt.
-pub mod advisory;
 pub mod cache;
 pub mod exposition;
 pub mod jetstream;
@@ -89,16 +88,6 @@ impl ConsumerState {
     /// The backlog KEDA scales on. See the module docs for why.
     pub fn lag(&self) -> u64 {
         self.pending.saturating_add(self.ack_pending)
-    }
-
-    /// This reading as the `drainWithin` estimator takes it, at `at` seconds.
-    pub fn sample(&self, at: f64) -> crate::drain::Sample {
-        crate::drain::Sample {
-            at,
-            delivered: self.delivered_consumer_seq,
-            pending: self.pending,
-            ack_pending: self.ack_pending,
-        }
     }
 }
 

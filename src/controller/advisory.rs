@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
-use super::ConsumerKey;
 use crate::health::Advisories;
+use crate::lag::ConsumerKey;
 use crate::nats::Connections;
 
 /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`.
@@ -39,7 +39,15 @@ impl AdvisoryCounts {
             consumer.stream.clone(),
             consumer.consumer.clone(),
         );
-        *self.counts.lock().expect("advisory counts").entry(key).or_default()
+        let mut counts = self.counts.lock().expect("advisory counts");
+        if !counts.contains_key(&key) {
+            // Both series exist from the start at 0, so an alert's rate()
+            // sees the first advisory as an increase, not a new series.
+            for kind in ["max_deliveries", "terminated"] {
+                advisory_counter(&key, kind).increment(0);
+            }
+        }
+        *counts.entry(key).or_default()
     }
 
     /// Stops counting for `consumer` (its claim is gone).
@@ -79,16 +87,20 @@ impl AdvisoryCounts {
             } else {
                 "terminated"
             };
-            metrics::counter!(
-                super::metrics::CONSUMER_ADVISORIES.name,
-                "connection" => connection.to_string(),
-                "stream" => stream.to_string(),
-                "consumer" => consumer.to_string(),
-                "kind" => kind,
-            )
-            .increment(1);
+            advisory_counter(&key, kind).increment(1);
         }
     }
+}
+
+/// The `eds_consumer_advisories_total` series of one consumer and kind.
+fn advisory_counter((connection, stream, consumer): &Key, kind: &'static str) -> metrics::Counter {
+    metrics::counter!(
+        crate::lag::metrics::CONSUMER_ADVISORIES.name,
+        "connection" => connection.to_string(),
+        "stream" => stream.to_string(),
+        "consumer" => consumer.to_string(),
+        "kind" => kind,
+    )
 }
 
 /// Subscribes to both advisories on every connection and counts them until
