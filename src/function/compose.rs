@@ -140,6 +140,16 @@ fn compose(request: &RunFunctionRequest, now: Timestamp) -> Result<Composed, Str
         .map(to_json)
         .ok_or("the request has no observed composite resource")?;
     let claim = check_claim(&claim_from_composite(&composite)).map_err(|invalid| invalid.to_string())?;
+    // The controller creates and owns a claim's consumer; this step reads
+    // and writes no NATS. Half-applying such a claim would leave a worker
+    // waiting on a consumer nobody makes.
+    if claim.spec.nats.consumer_config.is_some() {
+        return Err(
+            "spec.nats.consumerConfig: Forbidden: the Crossplane path does not create consumers; \
+                    create the durable consumer elsewhere and remove consumerConfig, or use the eds controller"
+                .into(),
+        );
+    }
     let children = desired_children(&claim, &platform).map_err(|e| e.to_string())?;
 
     let observed_child = |name: &str| {
@@ -350,6 +360,16 @@ mod tests {
             let message = fatal(&response).unwrap_or_else(|| panic!("{input} was accepted"));
             assert!(message.starts_with(field), "{input}: {message}");
         }
+    }
+
+    #[test]
+    fn a_claim_owned_consumer_is_fatal_on_this_path() {
+        let mut claim = valid_claim();
+        claim["spec"]["nats"]["consumerConfig"] = json!({"maxDeliver": 5});
+        let response = run(&request(observed_composite(claim)));
+        let message = fatal(&response).expect("refused");
+        assert!(message.starts_with("spec.nats.consumerConfig: "), "{message}");
+        assert!(response.desired.as_ref().unwrap().resources.is_empty());
     }
 
     #[test]
