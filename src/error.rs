@@ -11,36 +11,6 @@ use crate::render::ResourceError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Bytes of a bad value an error message quotes at most.
-pub const QUOTE_BYTES: usize = 64;
-
-/// A value for an error message: quoted whole when short, else its first
-/// [`QUOTE_BYTES`] bytes (cut at a character boundary) and its length. A
-/// 1 MB name echoed whole would not fit a gRPC client's 16 KiB metadata
-/// limit, and the client would see RESOURCE_EXHAUSTED instead of the error.
-pub fn quote(value: &str) -> String {
-    match value.len() {
-        len if len <= QUOTE_BYTES => format!("{value:?}"),
-        len => format!("{:?}... ({len} bytes)", prefix(value)),
-    }
-}
-
-/// As [`quote`], unquoted: for names shown as they are.
-pub fn shorten(value: &str) -> std::borrow::Cow<'_, str> {
-    match value.len() {
-        len if len <= QUOTE_BYTES => value.into(),
-        len => format!("{}... ({len} bytes)", prefix(value)).into(),
-    }
-}
-
-fn prefix(value: &str) -> &str {
-    let mut end = QUOTE_BYTES.min(value.len());
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    &value[..end]
-}
-
 /// Any error, kept as the source of ours (serializers, YAML parsers).
 pub type Source = Box<dyn std::error::Error + Send + Sync>;
 
@@ -206,28 +176,4 @@ impl Error {
 
 fn lines(claims: &[InvalidClaim]) -> String {
     claims.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
-}
-
-#[cfg(test)]
-mod quote_tests {
-    use super::*;
-
-    #[test]
-    fn a_long_value_is_quoted_by_a_short_prefix_and_its_length() {
-        assert_eq!(quote("ORDERS"), "\"ORDERS\"");
-        let long = "é".repeat(500_000);
-        let quoted = quote(&long);
-        assert!(quoted.len() < 200, "{quoted}");
-        assert!(quoted.ends_with("... (1000000 bytes)"), "{quoted}");
-        assert!(quoted.starts_with(&format!("\"{}", "é".repeat(32))), "{quoted}");
-        // A cut inside a character moves back to its start.
-        let odd = format!("a{}", "é".repeat(100));
-        assert!(
-            quote(&odd).starts_with(&format!("\"a{}\"...", "é".repeat(31))),
-            "{}",
-            quote(&odd)
-        );
-        assert_eq!(shorten("team-a"), "team-a");
-        assert_eq!(shorten(&"x".repeat(65)), format!("{}... (65 bytes)", "x".repeat(64)));
-    }
 }

@@ -23,9 +23,7 @@ use crate::lag::ConsumerState;
 use crate::render::status::{ConsumerHealth, HealthReason};
 use crate::trigger::replica_cap;
 
-/// How long a pool with a backlog and ready replicas may go without an
-/// acknowledgement before it is `Stalled` (the claim's `scaling.stallAfter`).
-pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(5 * 60);
+pub use crate::api::DEFAULT_STALL_AFTER;
 /// How long redeliveries must last, or how recent an advisory must be, for
 /// `PoisonMessages`.
 pub const DEFAULT_POISON_WINDOW: Duration = Duration::from_secs(10 * 60);

@@ -27,6 +27,7 @@ pub mod function;
 pub mod health;
 pub mod lag;
 pub mod nats;
+pub mod quote;
 pub mod render;
 pub mod runtime;
 pub mod scaler;

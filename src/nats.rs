@@ -12,7 +12,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::error::quote;
+use crate::quote::quote;
 use crate::telemetry::Metric;
 use crate::tenancy::{Access, ConnectionRules, Patterns, ReadRule};
 use crate::{Error, Result};

@@ -1,6 +1,6 @@
 //! Which namespaces may use which NATS connection, and what they may read on
-//! it. Pure: the rules come from the connection configuration (see
-//! [`crate::nats`]); the scaler and the controller both ask [`Access`].
+//! it. Pure: the rules come from the connection configuration (the
+//! NATS connection settings); the scaler and the controller both ask [`Access`].
 //!
 //! One scaler serves every team's ScaledObjects, and KEDA hands it the
 //! trigger metadata of hand-written ones too: without these rules any

@@ -12,9 +12,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::EventDrivenService;
-use crate::error::quote;
 use crate::lag::{ConsumerKey, ConsumerState};
 use crate::nats::{Connections, DEFAULT_CONNECTION};
+use crate::quote::quote;
 
 /// KEDA's trigger type for an external scaler that pushes activity changes.
 pub const TRIGGER_TYPE: &str = "external-push";
@@ -120,7 +120,7 @@ pub struct Trigger {
     /// client's prefetch included.
     pub concurrency: NonZeroU32,
     /// The time the backlog should drain in: the scaler streams a measured
-    /// target (see `crate::drain`). `lagThreshold` is the target until the
+    /// target (see the drainWithin estimator). `lagThreshold` is the target until the
     /// capacity of a replica is known.
     pub drain_within: Option<Duration>,
 }

@@ -495,6 +495,10 @@ impl Default for Scaling {
     }
 }
 
+/// How long a pool with a backlog and ready replicas may go without an
+/// acknowledgement before it is `Stalled` (`scaling.stallAfter` unset).
+pub const DEFAULT_STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 impl Scaling {
     /// `stallAfter` as a duration; the default where it is unset (or, in a
     /// claim that skipped validation, unreadable).
@@ -504,7 +508,7 @@ impl Scaling {
             .and_then(|text| text.parse::<jiff::SignedDuration>().ok())
             .and_then(|d| std::time::Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
-            .unwrap_or(crate::health::DEFAULT_STALL_AFTER)
+            .unwrap_or(DEFAULT_STALL_AFTER)
     }
 }
 

@@ -14,7 +14,7 @@ use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
 use serde_json::{Map, Value};
 
 use super::EventDrivenService;
-use crate::error::{quote, shorten};
+use crate::quote::{quote, shorten};
 
 /// One thing wrong with a claim: the field and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -480,7 +480,7 @@ mod tests {
             assert_eq!(checked.spec.scaling.stall_after().as_secs(), secs, "{text}");
         }
         let unset = check_claim(&valid_claim()).unwrap();
-        assert_eq!(unset.spec.scaling.stall_after(), crate::health::DEFAULT_STALL_AFTER);
+        assert_eq!(unset.spec.scaling.stall_after(), crate::api::DEFAULT_STALL_AFTER);
     }
 
     #[test]

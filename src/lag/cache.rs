@@ -333,7 +333,7 @@ impl LagCache {
                 return Err(Reading {
                     at: now,
                     result: Err(LagError::MissLimited {
-                        namespace: crate::error::quote(namespace),
+                        namespace: crate::quote::quote(namespace),
                         per_second: limit.per_second,
                         burst: limit.burst,
                     }),

@@ -66,7 +66,7 @@ pub fn api_prefix(domain: Option<&str>) -> String {
 }
 
 /// The `CONSUMER.INFO` subject of a consumer. Its names were checked by
-/// [`crate::trigger::is_nats_name`], so each is exactly one subject token.
+/// the trigger's name check, so each is exactly one subject token.
 pub fn info_subject(key: &ConsumerKey) -> String {
     format!(
         "{}.CONSUMER.INFO.{}.{}",

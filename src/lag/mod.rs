@@ -69,7 +69,8 @@ pub struct ConsumerState {
     /// The consumer sequence of the last delivery (`delivered.consumer_seq`):
     /// it counts this consumer's deliveries, redeliveries included, and
     /// nothing else on the stream. With `ack_pending`, its change over time
-    /// gives the acknowledgements (see `crate::drain` and `crate::health`).
+    /// gives the acknowledgements (the drainWithin estimator and the health
+    /// assessment use it).
     pub delivered_consumer_seq: u64,
     /// The consumer's `max_ack_pending`, when it sets a limit (the server
     /// hands out no more messages once this many are un-acknowledged).
@@ -94,7 +95,7 @@ impl ConsumerState {
 /// Why a lag could not be read. Never a number in disguise.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LagError {
-    #[error("no NATS connection named {} is configured", crate::error::quote(.0))]
+    #[error("no NATS connection named {} is configured", crate::quote::quote(.0))]
     UnknownConnection(String),
     #[error("stream {stream:?} not found on connection {connection}")]
     StreamNotFound { connection: String, stream: String },

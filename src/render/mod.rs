@@ -297,7 +297,7 @@ fn non_finite(value: &serde_yaml::Value, path: String) -> Option<String> {
             .find_map(|(i, item)| non_finite(item, format!("{path}[{i}]"))),
         Value::Mapping(map) => map.iter().find_map(|(key, item)| {
             let key = match key {
-                Value::String(s) => crate::error::shorten(s).into_owned(),
+                Value::String(s) => crate::quote::shorten(s).into_owned(),
                 other => format!("{other:?}"),
             };
             let path = if path.is_empty() { key } else { format!("{path}.{key}") };
