@@ -466,10 +466,10 @@ async fn lag(args: LagArgs) -> Result<()> {
     let mut drain = None;
     if let Some(within) = args.drain_within {
         let mut estimator = crate::drain::Estimator::new(Default::default(), args.concurrency);
-        estimator.observe(crate::drain::Sample::of(&state, 0.0));
+        estimator.observe(state.sample(0.0));
         tokio::time::sleep(args.window).await;
         state = reader.consumer_state(&key).await?;
-        estimator.observe(crate::drain::Sample::of(&state, args.window.as_secs_f64()));
+        estimator.observe(state.sample(args.window.as_secs_f64()));
         let rates = estimator.rates();
         let target = crate::drain::drain_target(rates, within).map(crate::drain::quantize);
         metric = match target {

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! which is the same quotient, with the replica cap of
-//! [`crate::trigger::scale_metric`] kept. Until μ is known the target is the
+//! the trigger's `scale_metric` kept. Until μ is known the target is the
 //! trigger's `lagThreshold` and the metric the plain lag, as without
 //! `drainWithin`.
 //!
@@ -20,7 +20,7 @@
 //! Every count comes from `CONSUMER.INFO`, in consumer terms: the delivered
 //! consumer sequence (stream sequences count other subjects' messages too),
 //! `num_pending` and `num_ack_pending`. Over a window between two readings:
-//! - acknowledgements = Δdelivered − Δack_pending (what left the in-flight set);
+//! - acknowledgements = Δdelivered − Δack_pending − Δredelivered⁺ ([`acknowledged`], shared with the health assessment);
 //! - arrivals = Δ(delivered + pending) (what entered the consumer's view).
 //!
 //! μ is sampled only in windows where work was waiting at both ends
@@ -50,18 +50,42 @@ pub struct Sample {
     pub delivered: u64,
     pub pending: u64,
     pub ack_pending: u64,
+    /// Messages redelivered at least once (`num_redelivered`).
+    pub redelivered: u64,
 }
 
 impl Sample {
-    /// A consumer reading as the estimator takes it, at `at` seconds.
-    pub fn of(state: &crate::lag::ConsumerState, at: f64) -> Sample {
-        Sample {
-            at,
-            delivered: state.delivered_consumer_seq,
-            pending: state.pending,
-            ack_pending: state.ack_pending,
+    fn progress(&self) -> Progress {
+        Progress {
+            delivered: self.delivered,
+            ack_pending: self.ack_pending,
+            redelivered: self.redelivered,
         }
     }
+}
+
+/// A consumer's own counters, for the acknowledgements between two readings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// `delivered.consumer_seq`: deliveries so far, redeliveries included.
+    pub delivered: u64,
+    pub ack_pending: u64,
+    pub redelivered: u64,
+}
+
+/// Acknowledgements between two readings, from the consumer's own
+/// sequences, never from the ack floor (one slow message holds the floor
+/// while the rest flow): `Δdelivered − Δack_pending − Δredelivered⁺`. Each
+/// delivery raises `delivered`; a first delivery also raises `ack_pending`,
+/// and an acknowledgement lowers it; a message redelivered for the first
+/// time raises `redelivered` instead, so it is not taken for progress. The
+/// estimator here and the health assessment both count with this.
+pub fn acknowledged(before: Progress, after: Progress) -> u64 {
+    let delta = |a: u64, b: u64| i128::from(b) - i128::from(a);
+    let acks = delta(before.delivered, after.delivered)
+        - delta(before.ack_pending, after.ack_pending)
+        - delta(before.redelivered, after.redelivered).max(0);
+    u64::try_from(acks.max(0)).unwrap_or(u64::MAX)
 }
 
 /// How fast the estimates follow the measurements.
@@ -147,8 +171,7 @@ impl Estimator {
         if window <= 0.0 || window > self.config.max_window.as_secs_f64() || sample.delivered < last.delivered {
             return;
         }
-        let delivered = (sample.delivered - last.delivered) as f64;
-        let acks = (delivered - (sample.ack_pending as f64 - last.ack_pending as f64)).max(0.0);
+        let acks = acknowledged(last.progress(), sample.progress()) as f64;
         // Messages removed by the stream's limits lower `pending` without an
         // arrival or a delivery: never a negative inflow.
         let arrivals = ((sample.delivered + sample.pending) as f64 - (last.delivered + last.pending) as f64).max(0.0);
@@ -258,6 +281,7 @@ mod tests {
             delivered,
             pending,
             ack_pending,
+            redelivered: 0,
         }
     }
 

@@ -237,11 +237,7 @@ impl History {
 
 /// Acknowledgements between two readings (see the module docs).
 pub fn acknowledged(before: &ConsumerState, after: &ConsumerState) -> u64 {
-    let delta = |a: u64, b: u64| i128::from(b) - i128::from(a);
-    let acks = delta(before.delivered_consumer_seq, after.delivered_consumer_seq)
-        - delta(before.ack_pending, after.ack_pending)
-        - delta(before.redelivered, after.redelivered).max(0);
-    u64::try_from(acks.max(0)).unwrap_or(u64::MAX)
+    crate::drain::acknowledged(before.progress(), after.progress())
 }
 
 /// The problems found, most pressing first.

@@ -62,14 +62,14 @@ async fn the_counts_read_are_the_ones_the_estimator_expects() {
     // The estimator over these readings, ten seconds apart: 3 acks with
     // work waiting throughout and one replica at work, then 5 arrivals.
     let mut estimator = Estimator::new(EstimatorConfig::default(), NonZeroU32::MIN);
-    estimator.observe(eds::drain::Sample::of(&s0, 0.0));
-    estimator.observe(eds::drain::Sample::of(&s1, 10.0));
+    estimator.observe(s0.sample(0.0));
+    estimator.observe(s1.sample(10.0));
     let rates = estimator.rates();
     assert_eq!(rates.capacity, Some(0.3), "3 acks in 10 s: {rates:?}");
     assert_eq!(rates.arrivals, Some(0.0), "nothing new arrived: {rates:?}");
     let mut arrivals = Estimator::new(EstimatorConfig::default(), NonZeroU32::MIN);
-    arrivals.observe(eds::drain::Sample::of(&s1, 10.0));
-    arrivals.observe(eds::drain::Sample::of(&s2, 20.0));
+    arrivals.observe(s1.sample(10.0));
+    arrivals.observe(s2.sample(20.0));
     assert_eq!(arrivals.rates().arrivals, Some(0.5), "5 arrivals in 10 s");
 }
 

@@ -653,10 +653,9 @@ async fn observe_drain(ctx: &Context, claim: &EventDrivenService) -> Option<Drai
     });
     entry.seen = now;
     match state {
-        Some(state) => entry.estimator.observe(crate::drain::Sample::of(
-            &state,
-            now.duration_since(ctx.epoch).as_secs_f64(),
-        )),
+        Some(state) => entry
+            .estimator
+            .observe(state.sample(now.duration_since(ctx.epoch).as_secs_f64())),
         None => entry.estimator.interrupt(),
     }
     Some(drain_status(

@@ -92,6 +92,28 @@ impl ConsumerState {
     }
 }
 
+impl ConsumerState {
+    /// The counters the acknowledgements between two readings come from.
+    pub fn progress(&self) -> crate::drain::Progress {
+        crate::drain::Progress {
+            delivered: self.delivered_consumer_seq,
+            ack_pending: self.ack_pending,
+            redelivered: self.redelivered,
+        }
+    }
+
+    /// This reading as the `drainWithin` estimator takes it, at `at` seconds.
+    pub fn sample(&self, at: f64) -> crate::drain::Sample {
+        crate::drain::Sample {
+            at,
+            delivered: self.delivered_consumer_seq,
+            pending: self.pending,
+            ack_pending: self.ack_pending,
+            redelivered: self.redelivered,
+        }
+    }
+}
+
 /// Why a lag could not be read. Never a number in disguise.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LagError {

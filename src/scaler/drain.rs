@@ -187,7 +187,7 @@ impl Drain {
     fn observe(&self, now: Instant, reading: &ConsumerState) {
         let mut state = self.state.lock().expect("drain state");
         let at = now.duration_since(self.epoch).as_secs_f64();
-        state.estimator.observe(crate::drain::Sample::of(&reading, at));
+        state.estimator.observe(reading.sample(at));
         let Some(target) = drain_target(state.estimator.rates(), self.key.drain_within) else {
             return;
         };

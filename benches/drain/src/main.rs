@@ -191,6 +191,7 @@ fn simulate(load: Load, policy: Policy) -> Run {
                 delivered: (acked + ack_pending).round() as u64,
                 pending: pending.round() as u64,
                 ack_pending: ack_pending.round() as u64,
+                redelivered: 0,
             };
             scaler.observe(t, sample);
         }
