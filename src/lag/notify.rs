@@ -24,6 +24,7 @@ use async_nats::jetstream::{
     consumer::{AckPolicy, DeliverPolicy, push},
     stream::{ConsumerError, ConsumerErrorKind},
 };
+use async_nats::StatusCode;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 
@@ -287,8 +288,10 @@ async fn replace(
     let started = started?;
     if let Some(mut old) = live.take() {
         // Notices the old one already received still count.
-        while let Some(Some(Ok(message))) = old.messages.next().now_or_never() {
-            routes.wake(message.subject.as_str());
+        while let Some(Some(message)) = old.messages.next().now_or_never() {
+            if message.status.is_none() {
+                routes.wake(message.subject.as_str());
+            }
         }
         old.delete().await;
     }
@@ -306,10 +309,24 @@ async fn route_notices(live: &mut Option<Box<Live>>, routes: &Routes) -> &'stati
         return std::future::pending().await;
     };
     loop {
-        match live.messages.next().await {
-            Some(Ok(message)) => routes.wake(message.subject.as_str()),
-            Some(Err(_)) => return "error",
-            None => return "closed",
+        // Anything at all (a notice or a heartbeat) within two heartbeats,
+        // or the notifier is gone (deleted, or its server restarted).
+        // (Measured from the last one heard, not from this call: the caller
+        // restarts it whenever registrations change.)
+        let deadline = live.heard + 2 * HEARTBEAT;
+        let next = tokio::time::timeout_at(deadline.into(), live.messages.next()).await;
+        live.heard = Instant::now();
+        match next {
+            Err(_) => return "no heartbeat",
+            Ok(None) => return "closed",
+            // Notices are plain messages on their own subject; the server's
+            // idle heartbeats carry status 100; any other status (409: the
+            // consumer was deleted) ends this notifier.
+            Ok(Some(message)) => match message.status {
+                None => routes.wake(message.subject.as_str()),
+                Some(status) if status == StatusCode::IDLE_HEARTBEAT => {}
+                Some(_) => return "status",
+            },
         }
     }
 }
@@ -375,7 +392,10 @@ struct Live {
     name: String,
     /// Its subject filters; `None` for the whole stream.
     filters: Option<Vec<String>>,
-    messages: push::Messages,
+    /// The deliver subject's subscription: notices and heartbeats.
+    messages: async_nats::Subscriber,
+    /// When it last heard anything (a notice or a heartbeat).
+    heard: Instant,
 }
 
 impl Live {
@@ -408,20 +428,26 @@ impl Live {
             Some([one]) => config.filter_subject = one.clone(),
             Some(many) => config.filter_subjects = many.to_vec(),
         }
-        let consumer = js.create_consumer_on_stream(config, key.stream.as_ref()).await?;
-        let messages = match consumer.messages().await {
-            Ok(messages) => messages,
-            Err(e) => {
-                let _ = js.delete_consumer_from_stream(&name, key.stream.as_ref()).await;
-                return Err(ConsumerError::with_source(ConsumerErrorKind::Other, e));
-            }
-        };
+        // Subscribed, and the server told so, before the consumer exists: a
+        // push consumer created before its deliver subject has interest
+        // starts delivering only once the server notices the interest (about
+        // 100 ms later), and a message stored in between would wait for it.
+        let messages = client
+            .subscribe(config.deliver_subject.clone())
+            .await
+            .map_err(|e| ConsumerError::with_source(ConsumerErrorKind::Other, e))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| ConsumerError::with_source(ConsumerErrorKind::Other, e))?;
+        js.create_consumer_on_stream(config, key.stream.as_ref()).await?;
         Ok(Live {
             js,
             stream: key.stream.clone(),
             name,
             filters: filters.filter(|f| !f.is_empty()),
             messages,
+            heard: Instant::now(),
         })
     }
 }

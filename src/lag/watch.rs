@@ -264,6 +264,9 @@ impl Watchers {
         // TTL of it wait for the TTL.
         let mut last_noticed: Option<Instant> = None;
         let mut use_fresh = false;
+        // Whether the registration was armed at the last wake-up: the wake-up
+        // that arms it is a re-read of its own (below).
+        let mut was_armed = false;
         let mut schedule = Schedule::new(self.config.active_poll);
         loop {
             // Someone else's reading (KEDA's calls through the cache), or our
@@ -285,7 +288,10 @@ impl Watchers {
                     Err(_) => Seen::Failing,
                 };
                 match &reading.result {
-                    Ok(_) if state == Seen::Active => registration = None,
+                    Ok(_) if state == Seen::Active => {
+                        registration = None;
+                        was_armed = false;
+                    }
                     // Registering is immediate; the notifier wakes the
                     // watcher once it covers the consumer, for a re-read
                     // that catches a message stored in between.
@@ -297,6 +303,7 @@ impl Watchers {
                             &s.filter_subjects,
                             watch.poke.clone(),
                         ));
+                        was_armed = false;
                     }
                     _ => {}
                 }
@@ -352,13 +359,24 @@ impl Watchers {
             // notifier, or a subscriber coming or going is worth a read; the
             // first at once, then at most one per TTL.
             use_fresh = false;
-            if let Some(last) = last_noticed {
-                let next = last + self.cache.ttl();
-                if next > Instant::now() {
-                    tokio::time::sleep_until(next.into()).await;
+            let armed = registration.as_ref().is_some_and(Registration::armed);
+            if armed && !was_armed {
+                // The notifier has just come up: one read catches a message
+                // stored before it did. It does not count against the
+                // notices' one read per TTL, so a message right after it (a
+                // consumer that has just gone idle) is read at once too. The
+                // notifier comes up once per registration or reconnect, so
+                // this adds at most one read each.
+            } else {
+                if let Some(last) = last_noticed {
+                    let next = last + self.cache.ttl();
+                    if next > Instant::now() {
+                        tokio::time::sleep_until(next.into()).await;
+                    }
                 }
+                last_noticed = Some(Instant::now());
             }
-            last_noticed = Some(Instant::now());
+            was_armed = armed;
             since = Instant::now();
         }
     }
