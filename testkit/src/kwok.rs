@@ -8,8 +8,8 @@
 //! ```
 //!
 //! - The scheduler binds pods to [`NODE`], the only node. It has room for
-//!   100,000 pods, 10,000 CPUs and 64 TiB, and no taints, so a rendered
-//!   Deployment fits as it is.
+//!   100,000 pods, 10,000 CPUs and 64 TiB, and no taints (not even the
+//!   `not-ready` one a new node gets), so a rendered Deployment fits as it is.
 //! - KWOK manages that node only (it carries [`NODE_ANNOTATION`]) and plays
 //!   our stages (`kwok-stages.yaml`): the node turns Ready and sends a
 //!   heartbeat a minute; a pod bound to it turns Running and Ready at once;
@@ -27,7 +27,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 
 use crate::control_plane::{ControlPlane, apply_yaml};
 use crate::process::{Peer, free_port, tool};
@@ -66,6 +66,20 @@ impl Kwok {
             None,
         )
         .await;
+        // The API server's admission taints a new node `not-ready`, and the
+        // controller that lifts the taint once the node is Ready (node
+        // lifecycle) does not run here: it would also taint the node again
+        // whenever a heartbeat came late on a loaded machine. So the taint
+        // goes now, and no other comes.
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .patch(
+                NODE,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"taints": null}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("removing the taints of node {NODE}: {e}"));
 
         let health = free_port();
         let mut kwok = Command::new(tool("kwok"));
