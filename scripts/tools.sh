@@ -22,11 +22,15 @@
 #                                               plugins; ~6 scales that down
 #   crossplane CLI v2.5.0         -      7.7   user+sys 10.1 min for both rows:
 #   crossplane core v2.4.0        -      4.0   ~6 min on a quiet machine
+#   kube-scheduler v1.35.4       <1       0.8   right after kube, from Go's build
+#                                               cache (user+sys 0.2 min)
+#   kwok v0.8.0                  ~2       4.8   user+sys 3.6 min
 #
 # "loaded": measured 2026-12-02 while five Rust builds ran beside them (load
-# average 9-14 on 2 cores), so 2-4x a quiet machine. Quiet estimate of the
-# whole cold peer build: about 16 + 6 + 6 = 28 minutes; the Rust build and
-# both test tiers add about 25.
+# average 8-14 on 2 cores), so 2-4x a quiet machine. Quiet estimate of the
+# whole cold peer build: about 16 + 1 + 2 + 6 + 6 = 31 minutes; the Rust build
+# and both test tiers add about 25 (KWOK adds seconds to the e2e tests), so
+# about 56 of the 60.
 set -euo pipefail
 
 NATS_SERVER_VERSION=v2.15.2
