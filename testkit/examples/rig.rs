@@ -59,7 +59,7 @@ async fn main() {
     }
 
     println!(
-        "\nrig ready in {:.1?} (KEDA, NATS, scaler and controller: {:.1?})\n",
+        "\nrig ready in {:.1?} (scheduler and KWOK, KEDA, NATS, scaler and controller: {:.1?})\n",
         started.elapsed(),
         rig.started_in
     );
