@@ -4,7 +4,7 @@
 # (EDS_TOOLS_CACHE, default ~/.cache/eds-tools), so a fresh clone reuses it.
 # With an empty cache everything is built from nothing.
 #
-#   scripts/tools.sh [nats|etcd|kube|keda|helm|promtool|crossplane|all|keda-bench ...]
+#   scripts/tools.sh [nats|etcd|kube|scheduler|kwok|keda|helm|promtool|crossplane|all|keda-bench ...]
 #
 # Cold build minutes (empty peer cache, 2 cores, wall clock). CI's whole cold
 # run (these peers + the Rust build + both test tiers) must stay under 60 of
@@ -22,11 +22,15 @@
 #                                               plugins; ~6 scales that down
 #   crossplane CLI v2.5.0         -      7.7   user+sys 10.1 min for both rows:
 #   crossplane core v2.4.0        -      4.0   ~6 min on a quiet machine
+#   kube-scheduler v1.35.4       <1       0.8   right after kube, from Go's build
+#                                               cache (user+sys 0.2 min)
+#   kwok v0.8.0                  ~2       4.8   user+sys 3.6 min
 #
 # "loaded": measured 2026-12-02 while five Rust builds ran beside them (load
-# average 9-14 on 2 cores), so 2-4x a quiet machine. Quiet estimate of the
-# whole cold peer build: about 16 + 6 + 6 = 28 minutes; the Rust build and
-# both test tiers add about 25.
+# average 8-14 on 2 cores), so 2-4x a quiet machine. Quiet estimate of the
+# whole cold peer build: about 16 + 1 + 2 + 6 + 6 = 31 minutes; the Rust build
+# and both test tiers add about 25 (KWOK adds seconds to the e2e tests), so
+# about 56 of the 60.
 set -euo pipefail
 
 NATS_SERVER_VERSION=v2.15.2
@@ -40,6 +44,8 @@ PROMETHEUS_VERSION=v0.316.0
 # instead of a Docker image (`--crossplane-binary`).
 CROSSPLANE_CLI_VERSION=v2.5.0
 CROSSPLANE_VERSION=v2.4.0
+# KWOK: fake nodes whose pods "run" (its status stages, no containers).
+KWOK_VERSION=v0.8.0
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${EDS_TOOLS_CACHE:-$HOME/.cache/eds-tools}
@@ -143,13 +149,31 @@ etcd() {
   link etcd "$dest"
 }
 
-kube() {
-  local v=${KUBERNETES_VERSION#v} staging
+# kube_module NAME PACKAGE...: packages of the pinned k8s.io/kubernetes,
+# with its staging repositories at their published versions and the
+# version stamped as a release build does.
+kube_module() {
+  local name=$1 v=${KUBERNETES_VERSION#v} staging
+  shift
   staging="v0.${v#*.}"
   local pkg=k8s.io/component-base/version
-  build_module kubernetes "$KUBERNETES_VERSION" k8s.io/kubernetes "$staging" \
+  build_module "$name" "$KUBERNETES_VERSION" k8s.io/kubernetes "$staging" \
     "-X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(echo "$v" | cut -d. -f2) -X $pkg.gitTreeState=clean" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+    "$@"
+}
+
+kube() {
+  kube_module kubernetes k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+}
+
+# A cache entry of its own, so the apiserver's stays valid; after `kube`,
+# Go's build cache holds most of it.
+scheduler() {
+  kube_module kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+}
+
+kwok() {
+  build_module kwok "$KWOK_VERSION" sigs.k8s.io/kwok "" "" sigs.k8s.io/kwok/cmd/kwok
 }
 
 keda() {
@@ -232,7 +256,7 @@ keda-bench() {
   link keda-bench "$dest"
 }
 
-all() { nats; etcd; kube; keda; helm; promtool; crossplane; }
+all() { nats; etcd; kube; scheduler; kwok; keda; helm; promtool; crossplane; }
 
 [ $# -gt 0 ] || set -- all
 for t in "$@"; do "$t"; done

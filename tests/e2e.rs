@@ -1,6 +1,9 @@
 //! End to end: a claim scales on JetStream lag through real KEDA on a real
 //! control plane (slow tier). One rig per test binary (`testkit::rig`), a
-//! namespace and a stream per scenario.
+//! namespace and a stream per scenario. A scheduler and KWOK place the
+//! worker's pods on a fake node, where they turn Running and Ready by
+//! simulation (no container runs), so the claim's status reads as a user's
+//! would: `Ready`, `readyReplicas`, and no pods at zero.
 //!
 //! Measured figures are printed; run with `-- --nocapture` to see them. How
 //! long KEDA's built-in `nats-jetstream` trigger takes to activate, beside
@@ -15,9 +18,9 @@ use eds::api::{CONDITION_SCALER_READY, EventDrivenService};
 use eds::lag::desired_replicas;
 use eds::proto::external_scaler_client::ExternalScalerClient;
 use eds::scaler::Tuning;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::Client;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt as _};
 use serde_json::{Value, json};
 use testkit::certs::Pki;
 use testkit::control_plane::apply_yaml;
@@ -104,7 +107,8 @@ async fn claim_gets_ready_scaled_object_and_hpa() {
 }
 
 /// 2. Work arrives: KEDA activates through `StreamIsActive` and the
-///    Deployment goes 0 -> 1 within [`PUSH_ACTIVATION_BOUND`].
+///    Deployment goes 0 -> 1 within [`PUSH_ACTIVATION_BOUND`]; its pod turns
+///    Ready and the claim says `Ready` with one ready replica.
 #[tokio::test]
 async fn push_activation_scales_from_zero() {
     let _peers = PEERS.read().await;
@@ -115,15 +119,23 @@ async fn push_activation_scales_from_zero() {
     // KEDA scaled the worker to zero on a poll, so its next poll is about
     // 30 s away: only a push can wake the worker within the bound.
 
+    s.wait_no_pods(Duration::from_secs(30)).await;
+
     let published = Instant::now();
     s.publish(1).await;
     let took = s.time_to_replicas(1, published, PUSH_ACTIVATION_BOUND).await;
     println!("activation, external-push (StreamIsActive), pollingInterval 30: publish -> replicas 1 in {took:?}");
+    s.wait_claim_ready(1).await;
+    println!(
+        "activation: publish -> the claim Ready with 1 ready replica in {:?}",
+        published.elapsed()
+    );
 }
 
 /// 3. The external metric KEDA serves through the API server's aggregation
 ///    layer is pending + ack-pending, and the HPA controller scales 1 -> N
-///    with N = ceil(lag / lagThreshold), clamped to maxReplicas.
+///    with N = ceil(lag / lagThreshold), clamped to maxReplicas. At N the
+///    claim is `Ready` with N ready replicas.
 #[tokio::test]
 async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
     let _peers = PEERS.read().await;
@@ -142,6 +154,7 @@ async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
     s.wait_external_metric(21.0).await;
     s.wait_replicas(replicas_for(21, 10), Duration::from_secs(30)).await;
     s.wait_hpa_desired(replicas_for(21, 10)).await;
+    s.wait_claim_ready(replicas_for(21, 10)).await;
 
     // 61 would need 13 replicas; maxReplicas caps it. (The HPA adds at most
     // 100% or 4 replicas per 15 s, so this step takes that long.)
@@ -152,7 +165,7 @@ async fn external_metric_is_the_lag_and_the_hpa_scales_on_it() {
 }
 
 /// 4. Once the backlog is drained the consumer goes inactive, and after the
-///    cooldown the Deployment returns to 0.
+///    cooldown the Deployment returns to 0: no pod is left.
 #[tokio::test]
 async fn drained_backlog_scales_to_zero_after_the_cooldown() {
     const POLLING: u64 = 2;
@@ -176,6 +189,9 @@ async fn drained_backlog_scales_to_zero_after_the_cooldown() {
     let drained = Instant::now();
     s.wait_replicas(0, Duration::from_secs(30)).await;
     let took = drained.elapsed();
+    // Scaled to zero means no pod, not just `replicas: 0`.
+    s.wait_no_pods(Duration::from_secs(10)).await;
+    s.wait_claim_ready(0).await;
     println!("drained -> replicas 0 in {took:?} (cooldownPeriod {COOLDOWN}s, pollingInterval {POLLING}s)");
     // KEDA counts the cooldown from the last poll that saw work, at most one
     // polling interval before the drain.
@@ -260,7 +276,8 @@ async fn nats_outage_falls_back_and_recovers() {
 }
 
 /// 6. Deleting the claim removes the Deployment, Service, ServiceAccount,
-///    ScaledObject and KEDA's HPA (garbage collection through owners).
+///    ScaledObject and KEDA's HPA (garbage collection through owners), and
+///    the worker's pod.
 #[tokio::test]
 async fn deleting_the_claim_removes_every_child() {
     let _peers = PEERS.read().await;
@@ -270,6 +287,8 @@ async fn deleting_the_claim_removes_every_child() {
     s.wait_hpa().await;
     let children = s.children().await;
     assert_eq!(children, ALL_CHILDREN, "every child exists before the deletion");
+    s.wait_claim_ready(1).await;
+    let pods = s.pods().await;
 
     let claims: Api<EventDrivenService> = Api::namespaced(s.client.clone(), &s.ns);
     claims
@@ -278,6 +297,17 @@ async fn deleting_the_claim_removes_every_child() {
         .expect("delete the claim");
     eventually("every child gone", Duration::from_secs(60), async || {
         s.children().await.is_empty().then_some(())
+    })
+    .await;
+    // The Deployment's pods go with it (through its ReplicaSet).
+    let api: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually("the worker's pod gone", Duration::from_secs(30), async || {
+        for pod in &pods {
+            if api.get_opt(&pod.name_any()).await.ok()?.is_some() {
+                return None;
+            }
+        }
+        Some(())
     })
     .await;
 }

@@ -1,6 +1,7 @@
 //! `scripts/rig.sh`: the end-to-end rig for a person. Starts the control
-//! plane, KEDA, nats-server, `eds scaler` and `eds controller` on loopback
-//! (the harness the e2e tests use), applies the claim files given as
+//! plane, kube-scheduler and KWOK (a fake node whose pods turn Running and
+//! Ready by simulation), KEDA, nats-server, `eds scaler` and `eds controller`
+//! on loopback (the harness the e2e tests use), applies the claim files given as
 //! arguments with a stream and durable consumer for each, prints where
 //! everything is, then takes commands on stdin until Ctrl-C stops it all.
 
@@ -15,11 +16,11 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde::Deserialize as _;
-use testkit::{control_plane, js, rig::Rig};
+use testkit::{control_plane, js, kwok, rig::Rig};
 
 const DEFAULT_NAMESPACE: &str = "default";
 const HELP: &str = "commands: `pub N [CLAIM]` publishes N messages to the claim's stream, \
-`work N [CLAIM]` takes and acks N as a worker would, `status` (or Enter) shows every claim, Ctrl-C stops";
+`work N [CLAIM]` takes and acks N as a worker would, `status` (or Enter) shows every claim and its pods, Ctrl-C stops";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -58,7 +59,7 @@ async fn main() {
     }
 
     println!(
-        "\nrig ready in {:.1?} (KEDA, NATS, scaler and controller: {:.1?})\n",
+        "\nrig ready in {:.1?} (scheduler and KWOK, KEDA, NATS, scaler and controller: {:.1?})\n",
         started.elapsed(),
         rig.started_in
     );
@@ -78,9 +79,11 @@ async fn main() {
     );
     println!("  logs                 {}", rig.dir().display());
     println!(
-        "\nWith kubectl: kubectl get eds,scaledobject,hpa,deployment -A\n\
+        "\nWith kubectl: kubectl get eds,scaledobject,hpa,deployment,pods -A\n\
          A claim applied by hand needs its stream and durable consumer on the NATS above.\n\
-         No pods run (there is no kubelet): replica counts are what changes.\n\n{HELP}"
+         Pods are scheduled onto the fake node {} and turn Running and Ready at once: KWOK \
+         simulates that, no container runs and no probe is called.\n\n{HELP}",
+        kwok::NODE
     );
 
     let mut lines = stdin_lines();
@@ -183,6 +186,7 @@ async fn run_command(client: &Client, js: &jetstream::Context, claims: &[EventDr
         [] | ["status"] => {
             for claim in claims {
                 println!("{}", status(client, js, claim).await);
+                print_pods(client, claim).await;
             }
         }
         [verb @ ("pub" | "work"), n, rest @ ..] => {
@@ -197,6 +201,7 @@ async fn run_command(client: &Client, js: &jetstream::Context, claims: &[EventDr
                 take_and_ack(js, &nats.stream, &nats.consumer, n).await;
             }
             println!("{}", status(client, js, claim).await);
+            print_pods(client, claim).await;
         }
         _ => println!("{HELP}"),
     }
@@ -272,6 +277,22 @@ async fn status(client: &Client, js: &jetstream::Context, claim: &EventDrivenSer
         shown(replicas),
         shown(desired)
     )
+}
+
+/// One line per pod of the claim's Deployment: name, phase, ready, node.
+async fn print_pods(client: &Client, claim: &EventDrivenService) {
+    let namespace = claim.namespace().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    for pod in kwok::deployment_pods(client, &namespace, &claim.name_any()).await {
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("-");
+        let phase = match pod.metadata.deletion_timestamp {
+            Some(_) => "Terminating",
+            None => phase,
+        };
+        let ready = if kwok::is_ready(&pod) { "ready" } else { "not ready" };
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("-");
+        println!("  pod {}  {phase}  {ready}  node {node}", pod.name_any());
+    }
 }
 
 fn shown(value: Option<i32>) -> String {

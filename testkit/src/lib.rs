@@ -4,8 +4,9 @@
 //! Peers are real processes on loopback, built by `scripts/tools.sh` into
 //! `.tools/bin`: [`nats`] (one nats-server or a cluster), [`control_plane`]
 //! (etcd, kube-apiserver, kube-controller-manager), [`keda`] (KEDA's operator
-//! and metrics adapter), and [`rig`], the whole platform with the `eds`
-//! binaries. Every peer is a [`process::Peer`]: its output goes to a log file,
+//! and metrics adapter), [`kwok`] (kube-scheduler and KWOK: a fake node whose
+//! pods turn Running and Ready, by simulation), and [`rig`], the whole
+//! platform with the `eds` binaries. Every peer is a [`process::Peer`]: its output goes to a log file,
 //! it dies with the test process, and its log is printed when a test fails.
 //! A peer that exits by itself is reported as such, with its log.
 //!
@@ -22,6 +23,7 @@ pub mod control_plane;
 pub mod http;
 pub mod js;
 pub mod keda;
+pub mod kwok;
 pub mod nats;
 pub mod process;
 pub mod prometheus;

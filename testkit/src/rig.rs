@@ -1,7 +1,9 @@
 //! The whole platform on loopback, for the end-to-end tests and for a person
 //! (`scripts/rig.sh`): the control plane of [`crate::control_plane`], KEDA's operator
-//! and metrics adapter ([`crate::keda`]), a nats-server with JetStream and
-//! HTTP monitoring, and the `eds scaler` and `eds controller` binaries.
+//! and metrics adapter ([`crate::keda`]), kube-scheduler and KWOK with a fake
+//! node ([`crate::kwok`]: pods are scheduled and turn Running and Ready, by
+//! simulation), a nats-server with JetStream and HTTP monitoring, and the
+//! `eds scaler` and `eds controller` binaries.
 //!
 //! ```text
 //! let rig = rig::shared(Path::new(env!("CARGO_BIN_EXE_eds"))); // one per test binary
@@ -30,6 +32,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::control_plane::{self, ControlPlane, apply_yaml};
 use crate::keda::Keda;
+use crate::kwok::Kwok;
 use crate::nats::NatsServer;
 use crate::process::{Peer, free_port, remove_at_exit};
 
@@ -102,6 +105,7 @@ pub struct Rig {
     scaler: Mutex<Peer>,
     controller: Mutex<Peer>,
     keda: Mutex<Keda>,
+    kwok: Mutex<Kwok>,
     keda_started: Instant,
     dir: PathBuf,
     eds: PathBuf,
@@ -121,9 +125,10 @@ pub struct Scaler {
 pub struct PausedController<'a>(&'a Rig);
 
 impl Rig {
-    /// Starts NATS, the scaler, KEDA and the controller against `cp`, on a
-    /// thread of its own (callers may be inside an async runtime). The rig's
-    /// processes die with this process; its directory is removed after it.
+    /// Starts the scheduler and KWOK, NATS, the scaler, KEDA and the
+    /// controller against `cp`, on a thread of its own (callers may be inside
+    /// an async runtime). The rig's processes die with this process; its
+    /// directory is removed after it.
     pub fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         let eds = eds.to_path_buf();
         std::thread::scope(|scope| {
@@ -186,6 +191,9 @@ impl Rig {
         let mut keda = self.keda.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut keda.operator);
         f(&mut keda.adapter);
+        let mut kwok = self.kwok.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut kwok.scheduler);
+        f(&mut kwok.kwok);
     }
 
     /// Where the rig keeps its state and logs.
@@ -261,6 +269,7 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         .keep();
     remove_at_exit(&dir);
     let client = cp.client().await;
+    let kwok = Kwok::start(cp, &client, &dir).await;
 
     let monitoring = format!("127.0.0.1:{}", free_port());
     let nats = NatsServer::start_with(&format!("http: {monitoring}"));
@@ -296,6 +305,7 @@ async fn start(cp: &ControlPlane, eds: &Path) -> Rig {
         scaler: Mutex::new(scaler.peer),
         controller: Mutex::new(controller),
         keda: Mutex::new(keda),
+        kwok: Mutex::new(kwok),
         keda_started,
         dir,
         eds: eds.to_path_buf(),

@@ -4,20 +4,21 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
+use eds::api::{CONDITION_DEPLOYMENT_AVAILABLE, CONDITION_READY, EventDrivenService};
 use eds::render::resources::quantity_value;
 use eds::trigger::metric_name;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use kube::Client;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
+use kube::{Client, ResourceExt as _};
 use serde_json::Value;
 
 use crate::control_plane::apply_yaml;
 use crate::rig::SharedRig;
-use crate::{eventually, js};
+use crate::{eventually, js, kwok};
 
 /// Claim, Deployment and consumer name in every scenario.
 pub const WORKER: &str = "worker";
@@ -210,6 +211,56 @@ spec:
                 (deployment.spec?.replicas == Some(want) && settled).then_some(())
             },
         )
+        .await;
+    }
+
+    /// The worker's pods (see [`kwok`]: they are scheduled and turn Running
+    /// and Ready by simulation).
+    pub async fn pods(&self) -> Vec<Pod> {
+        kwok::deployment_pods(&self.client, &self.ns, WORKER).await
+    }
+
+    /// Waits until the claim says what a user sees of a worker at `replicas`:
+    /// `Ready` and `DeploymentAvailable` True, `status.replicas` and
+    /// `status.readyReplicas` equal to `replicas`, and as many pods Running
+    /// and Ready, none left over.
+    pub async fn wait_claim_ready(&self, replicas: i32) {
+        let claims: Api<EventDrivenService> = Api::namespaced(self.client.clone(), &self.ns);
+        let what = format!("the claim Ready with {replicas} ready replicas, and as many pods");
+        eventually(&what, Duration::from_secs(30), async || {
+            let status = claims.get(WORKER).await.map_err(|e| e.to_string())?.status;
+            let status = status.ok_or("no status yet")?;
+            let holds = |type_: &str| status.conditions.iter().any(|c| c.type_ == type_ && c.status == "True");
+            let pods = self.pods().await;
+            let ready = pods.iter().filter(|p| kwok::is_ready(p)).count();
+            let seen = format!(
+                "Ready {}, DeploymentAvailable {}, replicas {:?}, readyReplicas {:?}, pods {} ({ready} ready)",
+                holds(CONDITION_READY),
+                holds(CONDITION_DEPLOYMENT_AVAILABLE),
+                status.replicas,
+                status.ready_replicas,
+                pods.len()
+            );
+            let want = usize::try_from(replicas).expect("a replica count");
+            (holds(CONDITION_READY)
+                && holds(CONDITION_DEPLOYMENT_AVAILABLE)
+                && status.replicas == Some(replicas)
+                && status.ready_replicas == Some(replicas)
+                && pods.len() == want
+                && ready == want)
+                .then_some(())
+                .ok_or(seen)
+        })
+        .await;
+    }
+
+    /// Waits until the worker has no pod left, terminating ones included.
+    pub async fn wait_no_pods(&self, timeout: Duration) {
+        eventually("no pod of the worker left", timeout, async || {
+            let pods = self.pods().await;
+            let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+            pods.is_empty().then_some(()).ok_or(format!("pods {names:?}"))
+        })
         .await;
     }
 
