@@ -8,8 +8,8 @@
 //! one run's objects, ReplicaSets and Pods do not slow the next):
 //! - the floor: a plain kube-rs client creating the same four children per
 //!   claim (as the controller renders them, without owner references), all
-//!   claims at once and each claim's children in order, as the controller's
-//!   unbounded reconciles do;
+//!   each claim's children in order, as many claims at once as the
+//!   controller reconciles at once ([`RECONCILE_CONCURRENCY`]);
 //! - the controller: the claims created at once, then until every claim's
 //!   four children exist and its status describes its generation (seen by
 //!   watches of the driver's own); then until the controller stops writing;
@@ -34,8 +34,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use eds::api::EventDrivenService;
-use eds::controller::ChildKind;
 use eds::controller::drift::stamp;
+use eds::controller::{ChildKind, RECONCILE_CONCURRENCY};
 use eds::render::{MANAGED_BY, Platform, desired_children};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -136,7 +136,7 @@ async fn floor(n: usize) -> Value {
     let retries = std::sync::atomic::AtomicU64::new(0);
     let returned = std::sync::Mutex::new(Vec::with_capacity(n));
     futures::stream::iter(&objects)
-        .for_each_concurrent(None, |(slot, children)| {
+        .for_each_concurrent(usize::from(RECONCILE_CONCURRENCY), |(slot, children)| {
             let (client, retries, returned) = (&client, &retries, &returned);
             async move {
                 for (kind, object) in children {
