@@ -89,7 +89,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
     }
 
     md.push_str("\n#### The controller: memory, CPU, reconciles, idle resync\n\n");
-    md.push_str("| claims | RSS before | RSS converged | RSS peak | RSS after the idle window | RSS growth per claim | CPU to converge | CPU while idle | reconciles to converge (per claim) | reconciles in the idle window (per claim) | writes in the idle window (claims, children, events) | Lease renewals in it | /metrics series |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| claims | RSS before | RSS converged | RSS peak | RSS after the idle window | RSS growth per claim | CPU to converge | CPU while idle | reconciles to converge (per claim) | reconciles in the idle window (per claim) | writes in the idle window (claims, children, events) | Lease requests in it | /metrics samples |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (n, _, c) in &runs {
         let Some(c) = c else { continue };
         let p = &c["proc"];
@@ -115,7 +115,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
         let nf = *n as f64;
         writeln!(
             md,
-            "| {n} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} s | {:.3} cores | {:.0} ({:.1}) | {:.0} ({:.2}) | {idle_writes} | {lease} | {} |",
+            "| {n} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} s | {:.3} cores | {:.0} ({:.1}) | {:.0} ({:.2}) | {} | {} | {} |",
             rss("start") / MIB,
             rss("converged") / MIB,
             peak / MIB,
@@ -127,6 +127,8 @@ pub fn write(out: &Path, sizes: &[usize]) {
             rec["converge"].as_f64().unwrap_or(0.0) / nf,
             rec["idle"].as_f64().unwrap_or(0.0),
             rec["idle"].as_f64().unwrap_or(0.0) / nf,
+            idle_writes as u64,
+            lease as u64,
             c["metric_series"],
         )
         .unwrap();
