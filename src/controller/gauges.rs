@@ -2,9 +2,10 @@
 //! each claim's last reconcile found, rather than kept in the metrics
 //! registry.
 //!
-//! Eleven series per claim in the registry (keys, label sets, handles) held
-//! most of the controller's memory at 10,000 claims (docs/benchmarks.md), and
-//! a deleted claim's series stayed until the process ended. Here a claim's
+//! Eleven series per claim in the registry (keys, label sets, handles) are
+//! 110,000 series at 10,000 claims; the scaler's own per-consumer gauges
+//! cost about 600 bytes a series there (docs/benchmarks.md), so about 66 MiB.
+//! And a deleted claim's series stayed until the process ended. Here a claim's
 //! figures are one small entry, and a claim that is no longer in the
 //! controller's cache leaves `/metrics` at the next scrape.
 use std::collections::BTreeMap;
