@@ -22,7 +22,7 @@
 //!
 //! Environment (optional): `EDS_BENCH_CTL_SIZES` (default 100,1000,10000),
 //! `EDS_BENCH_OUT` (default target/bench). Writes `controller-scale.md` and
-//! `controller-scale.json` (every figure, and the curves `benches/plot`
+//! `controller-scale.json` (every figure, and the curves `benches/convergence-plot`
 //! draws). `scripts/bench.sh` runs it; docs/benchmarks.md explains it.
 mod audit;
 mod cluster;
