@@ -8,6 +8,10 @@
 #   drain.md, drain.png  drainWithin against fixed lagThresholds on a simulated
 #                worker pool (benches/drain: its own crate, so the plotting
 #                crate stays out of the workspace and of scripts/test.sh)
+#   controller-scale.md, .json, .png  the controller at 100, 1,000 and 10,000
+#                claims on a real control plane, against a plain client
+#                creating the same objects (benches/controller_scale; the plot
+#                by benches/convergence-plot, its own crate like benches/drain)
 #
 #   scripts/bench.sh
 #
@@ -16,7 +20,8 @@
 # everything in release mode (cargo's bench profile).
 # Optional: EDS_BENCH_SIZES (default 1,100,1000,10000) and EDS_BENCH_WINDOW_SECS
 # (default 30) shorten a run, EDS_BENCH_E2E_TRIALS (default 3) sets the
-# end-to-end trials per path; docs/benchmarks.md explains the figures.
+# end-to-end trials per path, EDS_BENCH_CTL_SIZES (default 100,1000,10000)
+# the controller benchmark's claim counts; docs/benchmarks.md explains the figures.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,10 +44,12 @@ scripts/tools.sh nats keda-bench etcd kube keda
   echo "go: $(go version)"
 } | tee "$out/machine.txt"
 
-cargo bench --features control-plane --bench core --bench load --bench e2e_activation --no-run
+cargo bench --features control-plane --bench core --bench load --bench e2e_activation --bench controller_scale --no-run
 cargo bench --bench core 2>&1 | tee "$out/core.txt"
 cargo bench --bench load
 cargo bench --features control-plane --bench e2e_activation
 (cd benches/drain && CARGO_TARGET_DIR="$root/target/drain-sim" cargo run --locked --release -- "$out")
+cargo bench --features control-plane --bench controller_scale
+(cd benches/convergence-plot && CARGO_TARGET_DIR="$root/target/convergence-plot" cargo run --locked --release -- "$out")
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
 echo "results in $out"

@@ -60,7 +60,15 @@ pub async fn run_controller(config: ControllerConfig) -> Result<()> {
     let controller = ClaimController::connect(config).await?;
     let ready: Readiness = Arc::new(controller.readiness());
     let gauges = consumer_gauges(controller.lag_cache());
-    with_http(http_addr, ready, vec![gauges], controller.run(shutdown_signal())).await
+    let claims = controller.claim_gauges();
+    let claim_gauges: Collector = Arc::new(move |out: &mut String| claims.render(out));
+    with_http(
+        http_addr,
+        ready,
+        vec![gauges, claim_gauges],
+        controller.run(shutdown_signal()),
+    )
+    .await
 }
 
 /// Runs `component` beside the HTTP server; whichever ends first ends both.
@@ -167,6 +175,7 @@ mod tests {
             .iter()
             .flat_map(|m| m.iter())
             .chain(&crate::lag::metrics::SCRAPE_TIME)
+            .chain(&crate::controller::metrics::SCRAPE_TIME)
             .collect();
         let mut names: Vec<&str> = all.iter().map(|m| m.name).collect();
         names.sort_unstable();

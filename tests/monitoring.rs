@@ -107,13 +107,14 @@ fn dashboard_queries_are_valid_promql() {
 }
 
 /// Every metric eds defines: each component's one list of what it records
-/// through the registry, and the per-consumer gauges the scaler writes from
-/// its cache.
+/// through the registry, the per-consumer gauges written from the lag cache,
+/// and the per-claim gauges the controller writes from its own state.
 fn defined_metric_names() -> BTreeSet<String> {
     eds::runtime::METRICS
         .iter()
         .flat_map(|component| component.iter())
         .chain(&eds::lag::metrics::CONSUMER_GAUGES)
+        .chain(&eds::controller::metrics::SCRAPE_TIME)
         .map(|metric| metric.name.to_string())
         .collect()
 }
@@ -125,6 +126,6 @@ fn exported_metric_list_matches_the_source() {
     let missing: Vec<&String> = listed.difference(&defined).collect();
     assert!(
         missing.is_empty(),
-        "listed in tests/fixtures/exported-metrics.txt but not defined (eds::runtime::METRICS, eds::lag::metrics::CONSUMER_GAUGES): {missing:?}"
+        "listed in tests/fixtures/exported-metrics.txt but not defined (eds::runtime::METRICS, eds::lag::metrics::CONSUMER_GAUGES, eds::controller::metrics::SCRAPE_TIME): {missing:?}"
     );
 }

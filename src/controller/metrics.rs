@@ -42,11 +42,10 @@ const fn service_gauge(name: &'static str, help: &'static str) -> Metric {
     Metric::gauge(name, &["namespace", "name"], help)
 }
 
-pub const ALL: &[Metric] = &[
-    RECONCILES,
-    RECONCILE_DURATION,
-    RECONCILE_ERRORS,
-    CHILD_APPLIES,
+pub const ALL: &[Metric] = &[RECONCILES, RECONCILE_DURATION, RECONCILE_ERRORS, CHILD_APPLIES, LEADER];
+
+/// The per-claim gauges, written at scrape time (see [`super::gauges`]).
+pub const SCRAPE_TIME: [Metric; 7] = [
     SERVICE_LAG,
     SERVICE_REPLICAS,
     SERVICE_DESIRED_REPLICAS,
@@ -54,5 +53,4 @@ pub const ALL: &[Metric] = &[
     SERVICE_REPLICA_CAP,
     SERVICE_SECONDS_SINCE_ACK,
     SERVICE_CONSUMER_UNHEALTHY,
-    LEADER,
 ];

@@ -21,6 +21,7 @@ pub mod advisory;
 pub mod apply;
 pub mod children;
 pub mod drift;
+pub mod gauges;
 pub mod leader;
 pub mod metrics;
 mod reconcile;
@@ -46,10 +47,23 @@ use crate::nats::{Connections, NatsConfig};
 use crate::render::{MANAGED_BY, Platform};
 use crate::tenancy::Access;
 use advisory::AdvisoryCounts;
+use gauges::ClaimGauges;
 
 /// On a claim whose deletion deletes its consumer: the claim stays until the
 /// consumer is gone.
 pub const FINALIZER: &str = "eds.bizmatters.io/consumer";
+
+/// Reconciles at once, at most. Unbounded (kube's default), 1,000 claims
+/// created together start 1,000 reconciles, each opening its own connection
+/// (the client speaks HTTP/1.1); the API server queues them, calls pass
+/// [`apply::CALL_TIMEOUT`], and the retries and their failure Events make it
+/// worse: in the benchmark 1,000 claims had not converged after minutes.
+/// Bounded, each call is answered at once and the work flows
+/// (docs/benchmarks.md, "The controller at scale").
+pub const RECONCILE_CONCURRENCY: u16 = 32;
+
+/// Where a client-side apply keeps the last configuration it applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The one field manager every write of ours goes under.
 pub const FIELD_MANAGER: &str = "eds-controller";
@@ -103,6 +117,8 @@ pub struct ClaimController {
     access: Arc<Access>,
     /// Whether the last Lease request reached the API server.
     reachable: Arc<AtomicBool>,
+    /// Each claim's `eds_service_*` figures, which `/metrics` shows.
+    gauges: Arc<ClaimGauges>,
 }
 
 impl ClaimController {
@@ -119,7 +135,13 @@ impl ClaimController {
             connections,
             access,
             reachable: Arc::new(AtomicBool::new(false)),
+            gauges: Arc::default(),
         })
+    }
+
+    /// Each claim's figures, which `/metrics` shows.
+    pub fn claim_gauges(&self) -> Arc<ClaimGauges> {
+        self.gauges.clone()
     }
 
     /// The lag cache, whose readings `/metrics` shows.
@@ -152,6 +174,7 @@ impl ClaimController {
             connections,
             access,
             reachable,
+            gauges,
         } = self;
         let leader_config = &config.leader;
         let identity = &leader_config.identity;
@@ -174,7 +197,7 @@ impl ClaimController {
         tracing::info!(%identity, "leading: reconciling claims");
         let result = tokio::select! {
             lost = lock.hold() => Err(lost),
-            () = reconcile_claims(client, &config, lag, connections, access, identity, shutdown) => Ok(()),
+            () = reconcile_claims(client, &config, lag, connections, access, gauges, identity, shutdown) => Ok(()),
         };
         leader.set(0.0);
         if result.is_ok()
@@ -198,6 +221,7 @@ async fn reconcile_claims(
     lag: Arc<LagCache>,
     connections: Connections,
     access: Arc<Access>,
+    gauges: Arc<ClaimGauges>,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -226,7 +250,23 @@ async fn reconcile_claims(
         (store, events)
     })
     .unzip();
-    let mut controller = Controller::new(claims, watcher::Config::default().any_semantic());
+    let claims_writer = reflector::store::Writer::default();
+    let claims_store = claims_writer.as_reader();
+    let claim_events = watcher(claims, watcher::Config::default().any_semantic())
+        .default_backoff()
+        // Reconcile reads neither a claim's managedFields nor the copy of
+        // the whole claim that a client-side apply (kubectl, Argo CD) keeps
+        // in an annotation; together they are most of a cached claim.
+        .modify(|claim: &mut EventDrivenService| {
+            claim.metadata.managed_fields = None;
+            if let Some(annotations) = claim.metadata.annotations.as_mut() {
+                annotations.remove(LAST_APPLIED);
+            }
+        })
+        .reflect(claims_writer)
+        .touched_objects();
+    gauges.follow(claims_store.clone());
+    let mut controller = Controller::for_stream(claim_events, claims_store);
     for (kind, events) in events.into_array() {
         controller = controller.owns_stream_with(events, kind.resource());
     }
@@ -237,10 +277,12 @@ async fn reconcile_claims(
         connections.clone(),
         access,
         advisories,
+        gauges,
         identity,
         stores,
     );
     controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))
         .for_each(|result| async move {

@@ -21,10 +21,8 @@ use super::advisory::AdvisoryCounts;
 use super::apply::{add_finalizer, apply_child, patch_status, remove_finalizer};
 use super::children::{ByKind, ChildKind};
 use super::drift::{live_holds, stamp};
-use super::metrics::{
-    RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES, SERVICE_CONSUMER_UNHEALTHY, SERVICE_DESIRED_REPLICAS,
-    SERVICE_LAG, SERVICE_MAX_REPLICAS, SERVICE_REPLICA_CAP, SERVICE_REPLICAS, SERVICE_SECONDS_SINCE_ACK,
-};
+use super::gauges::ClaimGauges;
+use super::metrics::{RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES};
 use super::{ControllerConfig, FIELD_MANAGER, FINALIZER};
 use crate::api::{
     CONDITION_CONSUMER_HEALTHY, DrainStatus, EventDrivenService, EventDrivenServiceStatus, FieldError, InvalidClaim,
@@ -59,6 +57,8 @@ pub struct Context {
     lag_interval: Duration,
     poison_window: Duration,
     advisories: Arc<AdvisoryCounts>,
+    /// Each claim's `eds_service_*` figures, shown at scrape time.
+    gauges: Arc<ClaimGauges>,
     /// What each claim's consumer readings showed so far: O(1) each (see
     /// [`crate::health`]); a deleted claim's goes with it, and one not seen
     /// for an hour (a claim deleted while another replica led) is pruned.
@@ -100,6 +100,7 @@ impl Context {
         connections: Connections,
         access: Arc<Access>,
         advisories: Arc<AdvisoryCounts>,
+        gauges: Arc<ClaimGauges>,
         identity: &str,
         stores: Stores,
     ) -> Self {
@@ -119,6 +120,7 @@ impl Context {
             lag_interval: config.lag_interval,
             poison_window: config.poison_window,
             advisories,
+            gauges,
             health: Mutex::default(),
             stores_listed: listed(stores.clone()),
             stores,
@@ -317,7 +319,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     };
     let mut status = desired_status(claim, &observed, Timestamp::now());
     status.drain = observe_drain(ctx, claim).await;
-    record_gauges(claim, &namespace, &status);
+    record_gauges(&ctx.gauges, claim, &namespace, &status);
     if claim.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, claim, &namespace, &status).await?;
         if let Some(health) = changed_condition(claim.status.as_ref(), &status, CONDITION_CONSUMER_HEALTHY) {
@@ -540,7 +542,7 @@ async fn read_consumer(
     let connection = nats.connection.as_deref().unwrap_or(DEFAULT_CONNECTION);
     let key = ConsumerKey::new(connection, None, &nats.stream, &nats.consumer);
     let reading = ctx.lag.get(&key).await;
-    let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
+    let name = claim.name_any();
     let (lag, health, problems) = match reading.result {
         Ok(state) => {
             let settings = Settings::for_claim(&claim.spec.scaling, ctx.poison_window);
@@ -558,10 +560,12 @@ async fn read_consumer(
                 history.assess(&settings, Instant::now())
             };
             let cap = assessment.replica_cap.map_or(f64::INFINITY, |cap| cap as f64);
-            metrics::gauge!(SERVICE_REPLICA_CAP.name, &labels).set(cap);
-            if let Some(quiet) = assessment.since_progress {
-                metrics::gauge!(SERVICE_SECONDS_SINCE_ACK.name, &labels).set(quiet.as_secs_f64());
-            }
+            ctx.gauges.update(namespace, &name, |f| {
+                f.replica_cap = Some(cap);
+                if let Some(quiet) = assessment.since_progress {
+                    f.seconds_since_ack = Some(quiet.as_secs_f64());
+                }
+            });
             let problems: Vec<HealthReason> = assessment.problems.iter().map(|(r, _)| *r).collect();
             (Some(lag), assessment.health(), problems)
         }
@@ -575,15 +579,8 @@ async fn read_consumer(
             return (None, ConsumerHealth::Unknown(e.to_string()));
         }
     };
-    for reason in HealthReason::ALL {
-        let found = if problems.contains(&reason) { 1.0 } else { 0.0 };
-        let labels = [
-            ("namespace", namespace.to_string()),
-            ("name", claim.name_any()),
-            ("reason", reason.as_str().to_string()),
-        ];
-        metrics::gauge!(SERVICE_CONSUMER_UNHEALTHY.name, &labels).set(found);
-    }
+    let found = HealthReason::ALL.map(|reason| problems.contains(&reason));
+    ctx.gauges.update(namespace, &name, |f| f.unhealthy = Some(found));
     (lag, health)
 }
 
@@ -695,20 +692,21 @@ fn drain_status(
     }
 }
 
-fn record_gauges(claim: &EventDrivenService, namespace: &str, status: &EventDrivenServiceStatus) {
-    let labels = [("namespace", namespace.to_string()), ("name", claim.name_any())];
+fn record_gauges(gauges: &ClaimGauges, claim: &EventDrivenService, namespace: &str, status: &EventDrivenServiceStatus) {
     let scaling = &claim.spec.scaling;
-    metrics::gauge!(SERVICE_MAX_REPLICAS.name, &labels).set(f64::from(scaling.max_replicas));
-    if let Some(replicas) = status.replicas {
-        metrics::gauge!(SERVICE_REPLICAS.name, &labels).set(f64::from(replicas));
-    }
-    let Some(lag) = status.lag else { return };
-    metrics::gauge!(SERVICE_LAG.name, &labels).set(lag as f64);
-    if let Ok(threshold) = LagThreshold::from_claim(&scaling.lag_threshold) {
-        let (min, max) = (scaling.min_replicas.max(0) as u32, scaling.max_replicas.max(0) as u32);
-        let desired = desired_replicas(lag.max(0) as u64, threshold.get(), min, max);
-        metrics::gauge!(SERVICE_DESIRED_REPLICAS.name, &labels).set(f64::from(desired));
-    }
+    gauges.update(namespace, &claim.name_any(), |f| {
+        f.max_replicas = Some(f64::from(scaling.max_replicas));
+        if let Some(replicas) = status.replicas {
+            f.replicas = Some(f64::from(replicas));
+        }
+        let Some(lag) = status.lag else { return };
+        f.lag = Some(lag as f64);
+        if let Ok(threshold) = LagThreshold::from_claim(&scaling.lag_threshold) {
+            let (min, max) = (scaling.min_replicas.max(0) as u32, scaling.max_replicas.max(0) as u32);
+            let desired = desired_replicas(lag.max(0) as u64, threshold.get(), min, max);
+            f.desired_replicas = Some(f64::from(desired));
+        }
+    });
 }
 
 async fn publish_failure(recorder: &Recorder, claim: &EventDrivenService, error: &Error) {
@@ -785,6 +783,7 @@ mod tests {
             &config,
             lag,
             Connections::default(),
+            Arc::default(),
             Arc::default(),
             Arc::default(),
             "test",

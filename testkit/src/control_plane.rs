@@ -195,11 +195,17 @@ impl ControlPlane {
     /// Audit events (JSON, one per request) of every ServiceAccount in
     /// namespace `eds-system`, oldest first.
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.join("audit.log"))
+        std::fs::read_to_string(self.audit_path())
             .unwrap_or_default()
             .lines()
             .map(|line| serde_json::from_str(line).expect("an audit event"))
             .collect()
+    }
+
+    /// The audit log file that [`ControlPlane::audit`] reads, for a reader
+    /// that follows it as it grows (a benchmark's millions of lines).
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
     }
 
     fn config(&self) -> Config {

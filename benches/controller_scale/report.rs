@@ -1,0 +1,236 @@
+//! The runs' figures as Markdown tables (`controller-scale.md`), and every
+//! run in one file (`controller-scale.json`) for the plot.
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+pub fn write(out: &Path, sizes: &[usize]) {
+    let load = |mode: &str, n: usize| -> Option<Value> {
+        let text = std::fs::read(out.join(format!("controller-scale-{mode}-{n}.json"))).ok()?;
+        serde_json::from_slice(&text).ok()
+    };
+    let runs: Vec<(usize, Option<Value>, Option<Value>)> = sizes
+        .iter()
+        .map(|&n| (n, load("floor", n), load("controller", n)))
+        .collect();
+    let mut md = String::new();
+
+    md.push_str(
+        "#### Convergence: claims created at once until every claim's children exist and its status is written\n\n",
+    );
+    md.push_str("| claims | namespaces | floor: a plain client creates the 4 children per claim | controller: children + status | ratio | controller's last write | claims created by the driver in |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (n, floor, ctl) in &runs {
+        let floor_s = floor.as_ref().map(|f| f["seen_s"].as_f64().unwrap_or(f64::NAN));
+        let ctl_s = ctl.as_ref().map(|c| c["converged_s"].as_f64().unwrap_or(f64::NAN));
+        let ratio = match (floor_s, ctl_s) {
+            (Some(f), Some(c)) => format!("{:.2}×", c / f),
+            _ => "-".into(),
+        };
+        let unfinished = ctl
+            .as_ref()
+            .is_some_and(|c| c["converged_all"] == false)
+            .then_some(" (not all converged)")
+            .unwrap_or_default();
+        writeln!(
+            md,
+            "| {n} | {} | {} | {}{unfinished} | {ratio} | {} | {} |",
+            ctl.as_ref()
+                .or(floor.as_ref())
+                .map_or("-".into(), |r| r["namespaces"].to_string()),
+            secs(floor_s),
+            secs(ctl_s),
+            secs(ctl.as_ref().and_then(|c| c["settled_s"].as_f64())),
+            secs(ctl.as_ref().and_then(|c| c["created_s"].as_f64())),
+        )
+        .unwrap();
+    }
+
+    md.push_str(
+        "\n#### API requests per claim until the controller's last write (audit log), by verb and resource\n\n",
+    );
+    let keys: BTreeSet<String> = runs
+        .iter()
+        .flat_map(|(_, f, c)| {
+            let mut keys: Vec<String> = Vec::new();
+            if let Some(c) = c {
+                keys.extend(object_keys(&c["requests"]["converge"]));
+            }
+            if let Some(f) = f {
+                keys.extend(object_keys(&f["requests"]));
+            }
+            keys
+        })
+        .collect();
+    md.push_str("| verb resource |");
+    for (n, _, _) in &runs {
+        write!(md, " controller, {n} |").unwrap();
+    }
+    for (n, _, _) in &runs {
+        write!(md, " floor, {n} |").unwrap();
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(2 * runs.len()));
+    md.push('\n');
+    for key in keys.iter().chain(std::iter::once(&"writes".to_string())) {
+        write!(md, "| {key} |").unwrap();
+        for (n, _, c) in &runs {
+            let v = c.as_ref().map(|c| per_claim(&c["requests"]["converge"], key, *n));
+            write!(md, " {} |", per(v)).unwrap();
+        }
+        for (n, f, _) in &runs {
+            let v = f.as_ref().map(|f| per_claim(&f["requests"], key, *n));
+            write!(md, " {} |", per(v)).unwrap();
+        }
+        md.push('\n');
+    }
+
+    md.push_str("\n#### The controller: memory, CPU, reconciles, idle resync\n\n");
+    md.push_str("| claims | RSS before | RSS converged | RSS peak | RSS after the idle window | RSS growth per claim | CPU to converge | CPU while idle | reconciles to converge (per claim) | reconciles in the idle window (per claim) | writes in the idle window (claims, children, events) | Lease requests in it | /metrics samples |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (n, _, c) in &runs {
+        let Some(c) = c else { continue };
+        let p = &c["proc"];
+        let rss = |k: &str| p[k]["rss_bytes"].as_f64().unwrap_or(0.0);
+        let cpu = |k: &str| p[k]["cpu_seconds"].as_f64().unwrap_or(0.0);
+        let peak = p["samples"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|x| x["rss_bytes"].as_f64()).fold(0.0, f64::max))
+            .unwrap_or(0.0);
+        let idle_s = c["idle_window_s"].as_f64().unwrap_or(1.0);
+        let idle = &c["requests"]["idle"];
+        let idle_writes: f64 = object_keys(idle)
+            .iter()
+            .filter(|k| is_write(k) && !k.ends_with(" leases"))
+            .map(|k| idle[k].as_f64().unwrap_or(0.0))
+            .sum();
+        let lease: f64 = object_keys(idle)
+            .iter()
+            .filter(|k| is_write(k) && k.ends_with(" leases"))
+            .map(|k| idle[k].as_f64().unwrap_or(0.0))
+            .sum();
+        let rec = &c["reconciles"];
+        let nf = *n as f64;
+        writeln!(
+            md,
+            "| {n} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} s | {:.3} cores | {:.0} ({:.1}) | {:.0} ({:.2}) | {} | {} | {} |",
+            rss("start") / MIB,
+            rss("converged") / MIB,
+            peak / MIB,
+            rss("idle_to") / MIB,
+            (rss("idle_to") - rss("start")) / nf / 1024.0,
+            cpu("converged") - cpu("start"),
+            (cpu("idle_to") - cpu("idle_from")) / idle_s,
+            rec["converge"].as_f64().unwrap_or(0.0),
+            rec["converge"].as_f64().unwrap_or(0.0) / nf,
+            rec["idle"].as_f64().unwrap_or(0.0),
+            rec["idle"].as_f64().unwrap_or(0.0) / nf,
+            idle_writes as u64,
+            lease as u64,
+            c["metric_series"],
+        )
+        .unwrap();
+    }
+
+    md.push_str("\n#### One claim's change (a new image) until its Deployment shows it\n\n");
+    md.push_str("| claims | changes | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n");
+    for (n, _, c) in &runs {
+        let Some(c) = c else { continue };
+        let mut l: Vec<f64> = c["change_latency_s"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        l.sort_by(f64::total_cmp);
+        writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} |",
+            l.len(),
+            ms(quantile(&l, 0.5)),
+            ms(quantile(&l, 0.99)),
+            ms(l.last().copied())
+        )
+        .unwrap();
+    }
+
+    md.push_str("\n#### What the controller's caches hold: objects as JSON (the claims whole; children without managedFields)\n\n");
+    md.push_str("| claims | cache | objects | JSON bytes per object | total |\n|---:|---|---:|---:|---:|\n");
+    for (n, _, c) in &runs {
+        let Some(c) = c else { continue };
+        for kind in object_keys(&c["stores"]) {
+            let s = &c["stores"][&kind];
+            writeln!(
+                md,
+                "| {n} | {kind} | {} | {:.0} | {:.1} MiB |",
+                s["objects"],
+                s["bytes_per_object"].as_f64().unwrap_or(0.0),
+                s["total_bytes"].as_f64().unwrap_or(0.0) / MIB
+            )
+            .unwrap();
+        }
+    }
+
+    print!("{md}");
+    std::fs::write(out.join("controller-scale.md"), &md).expect("writing controller-scale.md");
+    let all: Vec<Value> = runs
+        .into_iter()
+        .map(|(n, floor, controller)| json!({"n": n, "floor": floor, "controller": controller}))
+        .collect();
+    std::fs::write(
+        out.join("controller-scale.json"),
+        serde_json::to_vec(&json!({ "runs": all })).unwrap(),
+    )
+    .expect("writing controller-scale.json");
+    println!("results in {}", out.display());
+}
+
+fn object_keys(v: &Value) -> Vec<String> {
+    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn is_write(key: &str) -> bool {
+    ["create ", "update ", "patch ", "delete "]
+        .iter()
+        .any(|v| key.starts_with(v))
+}
+
+/// Requests of `key` per claim; `writes` sums every write.
+fn per_claim(counts: &Value, key: &str, n: usize) -> f64 {
+    let total: f64 = if key == "writes" {
+        object_keys(counts)
+            .iter()
+            .filter(|k| is_write(k))
+            .map(|k| counts[k].as_f64().unwrap_or(0.0))
+            .sum()
+    } else {
+        counts[key].as_f64().unwrap_or(0.0)
+    };
+    total / n as f64
+}
+
+fn per(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v == 0.0 => "0".into(),
+        Some(v) if v < 0.01 => format!("{v:.4}"),
+        Some(v) => format!("{v:.2}"),
+        None => "-".into(),
+    }
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1} s"))
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.0} ms", v * 1000.0))
+}
+
+/// The nearest-rank quantile of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
