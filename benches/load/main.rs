@@ -17,6 +17,7 @@
 mod activation;
 mod baseline;
 mod driver;
+mod echo;
 mod probe;
 mod report;
 mod stats;
@@ -64,7 +65,12 @@ fn main() {
     // `cargo test --all-targets` runs bench binaries without `--bench`: the
     // load benchmark takes minutes and needs release builds, so it only runs
     // under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == echo::FLAG) {
+        echo::serve(args.get(at + 1).expect("--echo-server ADDR"));
+        return;
+    }
+    if !args.iter().any(|a| a == "--bench") {
         eprintln!("load: runs under `cargo bench --bench load` (scripts/bench.sh)");
         return;
     }
@@ -162,10 +168,22 @@ pub struct Ours {
     pub rss_cache_warm_bytes: u64,
     pub rss_streams_open_bytes: u64,
     pub max_rate: MaxRate,
+    /// The floor: the same schedule against a bare gRPC echo server, right
+    /// after ours.
+    pub floor: Floor,
     /// Push activation with all N streams open and their consumers read
     /// (measured at the largest N only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push_under_load_ms: Option<Vec<f64>>,
+}
+
+/// A bare gRPC unary call on loopback under the same schedule (benches/load/echo.rs).
+#[derive(Serialize)]
+pub struct Floor {
+    pub rpc: Vec<(String, Summary)>,
+    pub server_cpu_cores: f64,
+    pub driver_cpu_cores: f64,
+    pub load_average: f64,
 }
 
 /// Bucket bounds (seconds) of the scaler's handler-time histogram.
@@ -235,11 +253,13 @@ async fn run_ours_only(config: &Config) -> Vec<Ours> {
         let busy = (Some(&n) == config.sizes.iter().max()).then_some(&js);
         let ours = measure_ours(&nats, monitor_port, n, config.window, busy).await;
         eprintln!(
-            "load: ours at {n}: RSS {:.1} MiB started, {:.1} warm, {:.1} streams open; GetMetrics p99 {:?} us",
+            "load: ours at {n}: RSS {:.1} MiB started, {:.1} warm, {:.1} streams open; GetMetrics p99 {:?} us (floor {:?} us); NATS {:.1} req/s",
             ours.rss_started_bytes as f64 / 1048576.0,
             ours.rss_cache_warm_bytes as f64 / 1048576.0,
             ours.rss_streams_open_bytes as f64 / 1048576.0,
-            ours.rpc.iter().find(|(m, _)| m == "GetMetrics").map(|(_, s)| s.p99_us),
+            get_metrics_p99(&ours.rpc),
+            get_metrics_p99(&ours.floor.rpc),
+            ours.usage.nats_requests_per_sec,
         );
         stages.push(ours);
     }
@@ -306,6 +326,37 @@ async fn run(config: &Config) -> Report {
             polled_5s_ms,
             polled_30s_ms,
         },
+    }
+}
+
+/// The operator's GetMetrics p99 (µs) in a list of summaries.
+pub fn get_metrics_p99(rpc: &[(String, Summary)]) -> Option<u64> {
+    rpc.iter().find(|(m, _)| m == "GetMetrics").map(|(_, s)| s.p99_us)
+}
+
+/// The echo floor under KEDA's schedule for `window`, with the same
+/// ScaledObjects: what a bare gRPC unary call costs on this machine now.
+async fn measure_floor(nats: &NatsServer, scaled_objects: &[ScaledObject], window: Duration) -> Floor {
+    let server = echo::EchoProcess::start(&nats.path(&format!("echo-{}.log", scaled_objects.len())));
+    let keda = Keda::connect(server.grpc).await;
+    keda.warm(scaled_objects).await;
+    let (server_before, driver_before, started) = (
+        probe::usage(server.pid()),
+        probe::usage(std::process::id()),
+        Instant::now(),
+    );
+    let calls = keda.poll(scaled_objects, POLLING_INTERVAL, HPA_SYNC, window).await;
+    let secs = started.elapsed().as_secs_f64();
+    let cores = |after: probe::Usage, before: probe::Usage| (after.cpu_secs - before.cpu_secs) / secs;
+    Floor {
+        server_cpu_cores: cores(probe::usage(server.pid()), server_before),
+        driver_cpu_cores: cores(probe::usage(std::process::id()), driver_before),
+        load_average: probe::load_average(),
+        rpc: calls
+            .summaries(window)
+            .into_iter()
+            .map(|(name, s)| (name.to_string(), s))
+            .collect(),
     }
 }
 
@@ -485,6 +536,8 @@ async fn measure_ours(
         .await;
     let max_usage = Snapshot::take(scaler.pid(), nats_pid, monitor_port).since(&before);
     drop(streams);
+    drop(scaler);
+    let floor = measure_floor(nats, &scaled_objects, window).await;
 
     let per_so = 3.0 / POLLING_INTERVAL.as_secs_f64() + 1.0 / HPA_SYNC.as_secs_f64();
     Ours {
@@ -507,5 +560,6 @@ async fn measure_ours(
             rpc: max.summary(Duration::from_secs_f64(max_usage.secs)),
             usage: max_usage,
         },
+        floor,
     }
 }

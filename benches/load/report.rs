@@ -49,6 +49,37 @@ pub fn markdown(r: &Report) -> String {
 
     table(
         w,
+        "\n### Against the floor: a bare gRPC echo server under the same schedule, same run\n",
+        "| consumers | eds GetMetrics p50 | p99 | echo GetMetrics p50 | p99 | p99 ratio eds ÷ echo | eds all-RPC p99 | echo all-RPC p99 | ratio | echo server CPU | NATS req/s ÷ consumers per TTL |",
+    );
+    for s in &r.stages {
+        let o = &s.ours;
+        let find = |rpc: &[(String, crate::stats::Summary)], name: &str| {
+            rpc.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()).expect("a summary")
+        };
+        let (ours, floor) = (find(&o.rpc, "GetMetrics"), find(&o.floor.rpc, "GetMetrics"));
+        let (ours_all, floor_all) = (find(&o.rpc, "all"), find(&o.floor.rpc, "all"));
+        line(
+            w,
+            &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                s.consumers,
+                micros(ours.p50_us),
+                micros(ours.p99_us),
+                micros(floor.p50_us),
+                micros(floor.p99_us),
+                ratio(ours.p99_us as f64, floor.p99_us as f64),
+                micros(ours_all.p99_us),
+                micros(floor_all.p99_us),
+                ratio(ours_all.p99_us as f64, floor_all.p99_us as f64),
+                cores(o.floor.server_cpu_cores),
+                o.usage.nats_requests_per_sec * r.cache_ttl_secs / s.consumers as f64,
+            ),
+        );
+    }
+
+    table(
+        w,
         "\n### Per RPC (eds scaler, KEDA's schedule)\n",
         "| consumers | RPC | calls | p50 | p99 | max | errors |",
     );
