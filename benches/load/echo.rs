@@ -86,7 +86,10 @@ impl ExternalScaler for Echo {
 
     type StreamIsActiveStream = Never<IsActiveResponse>;
 
-    async fn stream_is_active(&self, _: Request<ScaledObjectRef>) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+    async fn stream_is_active(
+        &self,
+        _: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         Err(Status::unimplemented("the echo floor answers unary calls only"))
     }
 

@@ -55,7 +55,10 @@ pub fn markdown(r: &Report) -> String {
     for s in &r.stages {
         let o = &s.ours;
         let find = |rpc: &[(String, crate::stats::Summary)], name: &str| {
-            rpc.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()).expect("a summary")
+            rpc.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.clone())
+                .expect("a summary")
         };
         let (ours, floor) = (find(&o.rpc, "GetMetrics"), find(&o.floor.rpc, "GetMetrics"));
         let (ours_all, floor_all) = (find(&o.rpc, "all"), find(&o.floor.rpc, "all"));

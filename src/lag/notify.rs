@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::StatusCode;
 use async_nats::jetstream::{
     self, ErrorCode,
     consumer::{AckPolicy, DeliverPolicy, push},
     stream::{ConsumerError, ConsumerErrorKind},
 };
-use async_nats::StatusCode;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 
