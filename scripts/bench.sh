@@ -3,6 +3,8 @@
 #   machine.txt  the machine: cores, CPU model, memory, load before the run
 #   core.txt     criterion micro-benchmarks (benches/core.rs)
 #   load.md      the load benchmark's tables (benches/load); load.json has every figure
+#   names.md     RSS while 1,000,000 distinct names arrive over gRPC, against the
+#                stated ceiling (benches/names.rs); names.json has every sample
 #   e2e-activation.md  publish -> replicas 1 through real KEDA on a control
 #                plane, eds's push beside KEDA's built-in trigger (benches/e2e_activation.rs)
 #   drain.md, drain.png  drainWithin against fixed lagThresholds on a simulated
@@ -18,7 +20,8 @@
 # It builds the pinned nats-server, the KEDA baseline harness and the control
 # plane's peers (etcd, Kubernetes, KEDA) if they are not cached, then builds
 # everything in release mode (cargo's bench profile).
-# Optional: EDS_BENCH_SIZES (default 1,100,1000,10000) and EDS_BENCH_WINDOW_SECS
+# Optional: EDS_BENCH_NAMES (default 1000000) sets the distinct names,
+# EDS_BENCH_SIZES (default 1,100,1000,10000) and EDS_BENCH_WINDOW_SECS
 # (default 30) shorten a run, EDS_BENCH_E2E_TRIALS (default 3) sets the
 # end-to-end trials per path, EDS_BENCH_CTL_SIZES (default 100,1000,10000)
 # the controller benchmark's claim counts; docs/benchmarks.md explains the figures.
@@ -44,9 +47,10 @@ scripts/tools.sh nats keda-bench etcd kube keda
   echo "go: $(go version)"
 } | tee "$out/machine.txt"
 
-cargo bench --features control-plane --bench core --bench load --bench e2e_activation --bench controller_scale --no-run
+cargo bench --features control-plane --bench core --bench load --bench names --bench e2e_activation --bench controller_scale --no-run
 cargo bench --bench core 2>&1 | tee "$out/core.txt"
 cargo bench --bench load
+cargo bench --bench names
 cargo bench --features control-plane --bench e2e_activation
 (cd benches/drain && CARGO_TARGET_DIR="$root/target/drain-sim" cargo run --locked --release -- "$out")
 cargo bench --features control-plane --bench controller_scale

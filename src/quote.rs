@@ -12,20 +12,27 @@ pub const QUOTE_BYTES: usize = 64;
 pub fn quote(value: &str) -> String {
     match value.len() {
         len if len <= QUOTE_BYTES => format!("{value:?}"),
-        len => format!("{:?}... ({len} bytes)", prefix(value)),
+        len => format!("{:?}... ({len} bytes)", prefix(value, QUOTE_BYTES)),
     }
 }
 
 /// As [`quote`], unquoted: for names shown as they are.
 pub fn shorten(value: &str) -> std::borrow::Cow<'_, str> {
+    clip(value, QUOTE_BYTES)
+}
+
+/// `value` whole when at most `max` bytes, else its first `max` bytes (cut
+/// at a character boundary) and its length: for longer text that is not a
+/// single value, such as a rule from the configuration.
+pub fn clip(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match value.len() {
-        len if len <= QUOTE_BYTES => value.into(),
-        len => format!("{}... ({len} bytes)", prefix(value)).into(),
+        len if len <= max => value.into(),
+        len => format!("{}... ({len} bytes)", prefix(value, max)).into(),
     }
 }
 
-fn prefix(value: &str) -> &str {
-    let mut end = QUOTE_BYTES.min(value.len());
+fn prefix(value: &str, max: usize) -> &str {
+    let mut end = max.min(value.len());
     while !value.is_char_boundary(end) {
         end -= 1;
     }
@@ -53,5 +60,7 @@ mod tests {
         );
         assert_eq!(shorten("team-a"), "team-a");
         assert_eq!(shorten(&"x".repeat(65)), format!("{}... (65 bytes)", "x".repeat(64)));
+        assert_eq!(clip("abcdef", 6), "abcdef");
+        assert_eq!(clip("abcdef", 4), "abcd... (6 bytes)");
     }
 }

@@ -12,6 +12,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::quote::{clip, quote};
+
 /// The longest pattern accepted, in bytes: longer than any name it can match
 /// (namespaces are at most 63 bytes, streams at most 255).
 pub const MAX_PATTERN_BYTES: usize = 255;
@@ -179,9 +181,22 @@ pub struct Access {
     by_connection: BTreeMap<String, ConnectionRules>,
 }
 
+/// The most bytes of a rule a refusal quotes: the configuration may list
+/// hundreds of patterns, and the message must stay well inside a gRPC
+/// client's 16 KiB metadata limit.
+pub const MAX_RULE_BYTES: usize = 1024;
+
 /// Why a request was refused: the namespace, the connection and the rule.
+/// The message quotes each name by at most a short prefix (they come from
+/// the request, and a hostile one may be a megabyte long).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("namespace {namespace:?} may not {what} on NATS connection {connection:?}: {rule}")]
+#[error(
+    "namespace {} may not {} on NATS connection {}: {}",
+    quote(.namespace),
+    .what,
+    quote(.connection),
+    clip(.rule, MAX_RULE_BYTES)
+)]
 pub struct Denied {
     pub namespace: String,
     pub connection: String,
@@ -252,8 +267,8 @@ impl Access {
             refusing.push(format!("connections.{connection}.reads[{index}] allows {rule}"));
         }
         let what = match domain {
-            Some(domain) => format!("read stream {stream:?} in domain {domain:?}"),
-            None => format!("read stream {stream:?}"),
+            Some(domain) => format!("read stream {} in domain {}", quote(stream), quote(domain)),
+            None => format!("read stream {}", quote(stream)),
         };
         Err(denied(what, refusing.join("; ")))
     }
@@ -393,5 +408,28 @@ mod tests {
         );
         let denied = access.authorize("team-b", "orders", None, "ORDERS").unwrap_err();
         assert!(!denied.rule.contains("reads[0]"), "{denied}");
+    }
+
+    #[test]
+    fn a_refusal_quotes_hostile_names_and_long_rules_by_a_prefix() {
+        let many: Vec<String> = (0..MAX_PATTERNS).map(|i| format!("team-{i:0>200}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let access = access(&[(
+            "orders",
+            ConnectionRules {
+                namespaces: Some(patterns(&many)),
+                reads: Vec::new(),
+            },
+        )]);
+        let huge = "n".repeat(1_000_000);
+        let message = access.authorize(&huge, "orders", None, "S").unwrap_err().to_string();
+        assert!(message.len() < 2 * MAX_RULE_BYTES, "{} bytes", message.len());
+        assert!(message.starts_with(&format!("namespace \"{}\"... (1000000 bytes)", "n".repeat(64))));
+        assert!(message.contains("connections.orders.namespaces is [team-"), "{message}");
+        let unknown = access
+            .authorize("team-a", &huge, Some(&huge), "S")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.len() < 512, "{unknown}");
     }
 }

@@ -174,7 +174,7 @@ impl KedaVersion {
 
     /// Reads `2.21.0` or `v2.21.0`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("{text:?} is not a KEDA version such as 2.21.0");
+        let bad = || format!("{} is not a KEDA version such as 2.21.0", quote(text));
         let mut parts = text.trim().trim_start_matches('v').split('.');
         let mut next = || -> Result<u32, String> { parts.next().ok_or_else(bad)?.parse().map_err(|_| bad()) };
         let version = KedaVersion {
@@ -380,10 +380,10 @@ pub fn parse_concurrency(text: &str) -> Result<NonZeroU32, String> {
 pub fn parse_drain_within(text: &str) -> Result<Duration, String> {
     let parsed: jiff::SignedDuration = text
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as \"60s\", \"5m\" or \"1h30m\""))?;
-    let duration = Duration::try_from(parsed).map_err(|_| format!("must be positive, got {text:?}"))?;
+        .map_err(|_| format!("{} is not a duration such as \"60s\", \"5m\" or \"1h30m\"", quote(text)))?;
+    let duration = Duration::try_from(parsed).map_err(|_| format!("must be positive, got {}", quote(text)))?;
     if !(MIN_DRAIN_WITHIN..=MAX_DRAIN_WITHIN).contains(&duration) {
-        return Err(format!("must be from 1s to 24h, got {text:?}"));
+        return Err(format!("must be from 1s to 24h, got {}", quote(text)));
     }
     Ok(duration)
 }
@@ -687,6 +687,12 @@ mod tests {
         }
         for text in ["", "500ms", "24h1s", "0s", "-1m", "forever"] {
             assert!(parse_drain_within(text).is_err(), "{text:?}");
+        }
+        // Found by the trigger fuzzer: the whole value was echoed, and a
+        // control character is escaped to six bytes.
+        for long in ["\u{7f}".repeat(100_000), format!("{}s", "9".repeat(100_000))] {
+            let message = parse_drain_within(&long).unwrap_err();
+            assert!(message.len() < 1024, "{} bytes", message.len());
         }
         let plain = EventDrivenService::test();
         assert!(!claim_metadata(&plain, "s:9090", false).contains_key(DRAIN_WITHIN));

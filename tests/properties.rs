@@ -11,6 +11,9 @@ use eds::lag::jetstream::info_subject;
 use eds::render::{Platform, render_text};
 use eds::trigger::Trigger;
 use proptest::prelude::*;
+use strategies::value;
+
+mod strategies;
 
 const KEYS: &[&str] = &[
     "stream",
@@ -81,20 +84,6 @@ fn render_case(input: &str) {
         "took {:?}",
         started.elapsed()
     );
-}
-
-fn value() -> impl Strategy<Value = String> {
-    prop_oneof![
-        Just(String::new()),
-        "[A-Za-z0-9_-]{1,20}",
-        "[0-9.eE+-]{1,12}",
-        "\\PC{0,40}",
-        (0usize..600).prop_map(|n| "é".repeat(n)),
-        Just("NaN".to_string()),
-        Just("1e308".to_string()),
-        Just("1e-320".to_string()),
-        Just("-0".to_string()),
-    ]
 }
 
 proptest! {

@@ -113,6 +113,19 @@ async fn a_refused_namespace_gets_permission_denied_and_nats_sees_no_request() {
             }
         }
     }
+    // A hostile namespace (1 MB) is refused by a message that quotes a
+    // short prefix of it: whole, it would not fit the client's 16 KiB
+    // metadata limit, and the client would see RESOURCE_EXHAUSTED instead.
+    let huge = at(&"x".repeat(1_000_000), &orders);
+    let status = client.is_active(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{:.200}", status.message());
+    let message = status.message();
+    assert!(message.len() < 1024, "{} bytes: {message:.200}", message.len());
+    assert!(message.contains("... (1000000 bytes)"), "{message}");
+    assert!(
+        message.contains("connections.orders.namespaces is [team-*]"),
+        "{message}"
+    );
     // Anything in flight has arrived by now.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(requests.load(Ordering::SeqCst), 0, "a refused request reached NATS");
@@ -129,7 +142,7 @@ async fn a_refused_namespace_gets_permission_denied_and_nats_sees_no_request() {
     let scrape = Scrape::parse(&body);
     for (method, connection, want) in [
         ("GetMetrics", "orders", 2.0),
-        ("IsActive", "orders", 2.0),
+        ("IsActive", "orders", 3.0),
         ("GetMetricSpec", "orders", 2.0),
         ("StreamIsActive", "orders", 2.0),
         ("GetMetrics", "default", 1.0),

@@ -26,7 +26,12 @@ pub const CONSUMER_BACKOFF_RULE: &str = r"self.all(d, d.matches('^[0-9]{1,7}(ms|
 pub const HTTP_PATH_RULE: &str = r"self.matches('^/[^\\p{Z}\\p{Cc}]*$')";
 /// Quantities may be written as YAML integers or strings; `string(self)`
 /// reads both the same way (and is understood by the offline evaluator too).
-pub const QUANTITY_RULE: &str = "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))";
+/// The shape comes first, and `&&` stops there: at most 12 digits before the
+/// point and 6 after, a suffix or a one-digit exponent. The API server's
+/// quantities have arbitrary precision, the offline evaluator's fit an i128,
+/// and `1e308` or a 30-digit count overflowed it (a panic, or in a release
+/// build a wrong answer); no CPU or memory amount needs more.
+pub const QUANTITY_RULE: &str = r"string(self).matches('^\\+?[0-9]{1,12}(\\.[0-9]{1,6})?([numkMGTPE]|[KMGTPE]i|[eE][0-9])?$') && isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))";
 
 pub fn int_or_string(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "x-kubernetes-int-or-string": true })

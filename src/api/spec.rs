@@ -160,11 +160,11 @@ pub struct Resources {
 pub struct ResourceAmounts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::quantity")]
-    #[x_kube(validation = Rule::new(schema::QUANTITY_RULE).message("resources cpu must be a non-negative quantity such as 500m or 2"))]
+    #[x_kube(validation = Rule::new(schema::QUANTITY_RULE).message("resources cpu must be a non-negative quantity such as 500m or 2 (at most 12 digits before the point and 6 after)"))]
     pub cpu: Option<Quantity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::quantity")]
-    #[x_kube(validation = Rule::new(schema::QUANTITY_RULE).message("resources memory must be a non-negative quantity such as 512Mi or 2Gi"))]
+    #[x_kube(validation = Rule::new(schema::QUANTITY_RULE).message("resources memory must be a non-negative quantity such as 512Mi or 2Gi (at most 12 digits before the point and 6 after)"))]
     pub memory: Option<Quantity>,
 }
 

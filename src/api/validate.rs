@@ -164,15 +164,83 @@ fn check_type_meta(value: &Value, errors: &mut Vec<FieldError>) {
         match metadata.get(map) {
             None | Some(Value::Null) => {}
             Some(Value::Object(entries)) => {
+                let before = errors.len();
                 for (key, entry) in entries {
                     if !entry.is_string() {
                         errors.push(wrong_type(&format!("{field}.{}", shorten(key)), "string", entry));
                     }
                 }
+                if errors.len() == before {
+                    check_metadata_map(&field, entries, errors);
+                }
             }
             Some(other) => errors.push(wrong_type(&field, "object", other)),
         }
     }
+}
+
+/// The most bytes all annotations of an object may take, keys and values
+/// together: the API server's limit.
+pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
+
+/// Label keys and values, and annotation keys and total size, as the API
+/// server checks them: a claim it would refuse is not rendered either.
+fn check_metadata_map(field: &str, entries: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    let invalid = |value: &str, rule: &str| FieldError {
+        field: field.to_string(),
+        detail: format!("Invalid value: {}: {rule}", quote(value)),
+    };
+    for (key, value) in entries {
+        if !is_qualified_name(key) {
+            errors.push(invalid(
+                key,
+                "a key is a name of at most 63 bytes (letters, digits, '-', '_' or '.', starting and ending with a letter or digit), optionally after a DNS subdomain prefix of at most 253 bytes and '/'",
+            ));
+        }
+        let value = value.as_str().unwrap_or_default();
+        if field == "metadata.labels" && !(value.is_empty() || is_label_name(value)) {
+            errors.push(invalid(
+                value,
+                "a label value is empty or at most 63 bytes of letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            ));
+        }
+    }
+    if field == "metadata.annotations" {
+        let total: usize = entries
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if total > MAX_ANNOTATION_BYTES {
+            errors.push(FieldError {
+                field: field.to_string(),
+                detail: format!("Too long: {total} bytes, may not be more than {MAX_ANNOTATION_BYTES} bytes"),
+            });
+        }
+    }
+}
+
+/// `name` or `prefix/name`: a label or annotation key.
+fn is_qualified_name(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(key),
+    }
+}
+
+/// At most 63 bytes of ASCII letters, digits, `-`, `_` and `.`, starting and
+/// ending with a letter or digit.
+fn is_label_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let inner = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    (1..=63).contains(&bytes.len())
+        && bytes.iter().all(inner)
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Dot-separated RFC 1123 labels, at most 253 bytes.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
 /// A Kubernetes namespace name: an RFC 1123 label.
@@ -365,6 +433,41 @@ mod tests {
 
     fn errors(claim: &Value) -> Vec<FieldError> {
         check_claim(claim).expect_err("the claim must be refused").errors
+    }
+
+    #[test]
+    fn labels_and_annotations_are_checked_as_the_api_server_checks_them() {
+        let with = |metadata: Value| {
+            let mut claim = valid_claim();
+            json_patch::merge(&mut claim, &json!({ "metadata": metadata }));
+            check_claim(&claim)
+        };
+        for good in [
+            json!({"labels": {"team": "a", "example.com/tier": "", "a.b_c-d": "A.b_1"}}),
+            json!({"labels": {"k": "a".repeat(63)}}),
+            json!({"annotations": {"example.com/note": "any text at all!", "n": "x".repeat(1000)}}),
+        ] {
+            assert!(with(good.clone()).is_ok(), "{good}");
+        }
+        for (bad, field) in [
+            (json!({"labels": {"team": "a".repeat(64)}}), "metadata.labels"),
+            (json!({"labels": {"team": "-0"}}), "metadata.labels"),
+            (json!({"labels": {"team": "bad value!"}}), "metadata.labels"),
+            (json!({"labels": {"bad key!": "a"}}), "metadata.labels"),
+            (json!({"labels": {"k".repeat(64): "a"}}), "metadata.labels"),
+            (json!({"labels": {"Bad_Prefix/k": "a"}}), "metadata.labels"),
+            (json!({"labels": {"/k": "a"}}), "metadata.labels"),
+            (json!({"annotations": {"bad key!": "a"}}), "metadata.annotations"),
+            (
+                json!({"annotations": {"note": "a".repeat(MAX_ANNOTATION_BYTES)}}),
+                "metadata.annotations",
+            ),
+        ] {
+            let errors = with(bad.clone()).expect_err("refused").errors;
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].field, field, "{bad}");
+            assert!(errors[0].detail.len() < 400, "{}", errors[0].detail);
+        }
     }
 
     #[test]

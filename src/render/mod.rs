@@ -298,7 +298,7 @@ fn non_finite(value: &serde_yaml::Value, path: String) -> Option<String> {
         Value::Mapping(map) => map.iter().find_map(|(key, item)| {
             let key = match key {
                 Value::String(s) => crate::quote::shorten(s).into_owned(),
-                other => format!("{other:?}"),
+                other => crate::quote::shorten(&format!("{other:?}")).into_owned(),
             };
             let path = if path.is_empty() { key } else { format!("{path}.{key}") };
             non_finite(item, path)
