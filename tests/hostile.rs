@@ -16,8 +16,11 @@ spec:
     consumer: a
 ";
 
+/// The wall-clock bound of one `eds render` here (see [`render`]).
+const GENEROUS: Duration = Duration::from_secs(10);
+
 /// Runs `eds render -` on `input`; returns stderr, asserting it failed
-/// within a second.
+/// within [`GENEROUS`].
 fn refused(input: &[u8]) -> String {
     let output = render(input);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -49,7 +52,11 @@ fn render(input: &[u8]) -> Output {
     let _ = writer.join();
     let took = started.elapsed();
     println!("eds render took {took:?}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // A generous bound on a debug build that shares the machine with other
+    // tests: it catches what these inputs used to cost (40 s nested YAML,
+    // reading /dev/zero until memory ran out), not the time of a quiet run,
+    // which the line above prints (under a second).
+    assert!(took < GENEROUS, "took {took:?}");
     output
 }
 
@@ -156,7 +163,8 @@ fn dev_zero_is_refused_at_the_size_limit() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("over the limit"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    println!("eds render /dev/zero took {:?}", started.elapsed());
+    assert!(started.elapsed() < GENEROUS, "{:?}", started.elapsed());
 }
 
 #[test]
