@@ -206,20 +206,6 @@ fn read_proc(pid: u32, started: Instant) -> Option<ProcSample> {
     Some(ProcSample {
         at: started.elapsed().as_secs_f64(),
         rss_bytes: rss_kib * 1024,
-        cpu_seconds: ticks as f64 / clock_ticks(),
-    })
-}
-
-/// The kernel's clock ticks per second (USER_HZ).
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
+        cpu_seconds: ticks as f64 / testkit::process::clock_ticks(),
     })
 }

@@ -1,7 +1,6 @@
 //! What the benchmark reads from outside the processes it measures: /proc
 //! for CPU and memory, nats-server's monitoring port for NATS traffic.
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use serde::Deserialize;
 
@@ -36,7 +35,7 @@ pub fn usage(pid: u32) -> Usage {
     };
     Usage {
         // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-        cpu_secs: (ticks(11) + ticks(12)) / clock_ticks(),
+        cpu_secs: (ticks(11) + ticks(12)) / testkit::process::clock_ticks(),
         rss_bytes: kib("VmRSS:"),
         peak_rss_bytes: kib("VmHWM:"),
     }
@@ -48,19 +47,6 @@ pub fn load_average() -> f64 {
         .ok()
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: OnceLock<f64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
 }
 
 /// One client connection as nats-server counts it.

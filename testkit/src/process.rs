@@ -284,3 +284,18 @@ impl Drop for Peer {
         self.stop();
     }
 }
+
+/// The kernel's clock ticks per second (`USER_HZ`), which `/proc/<pid>/stat`
+/// counts CPU time in; the benchmarks read their processes' CPU with it.
+pub fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
