@@ -101,3 +101,40 @@ impl Metric {
         }
     }
 }
+
+/// The Prometheus text format for families written at scrape time from a
+/// component's own state (the scaler's per-consumer and the controller's
+/// per-claim gauges): one way to write their header and their labels.
+pub mod text {
+    use std::fmt::Write as _;
+
+    use super::Metric;
+
+    /// The `# HELP` and `# TYPE` lines of a gauge family.
+    pub fn gauge_header(out: &mut String, metric: &Metric) {
+        let _ = writeln!(out, "# HELP {} {}", metric.name, metric.help);
+        let _ = writeln!(out, "# TYPE {} gauge", metric.name);
+    }
+
+    /// A label set, `a="x",b="y"`, its values escaped.
+    pub fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+        let mut labels = String::new();
+        for (name, value) in pairs {
+            if !labels.is_empty() {
+                labels.push(',');
+            }
+            labels.push_str(name);
+            labels.push_str("=\"");
+            for c in value.chars() {
+                match c {
+                    '\\' => labels.push_str("\\\\"),
+                    '"' => labels.push_str("\\\""),
+                    '\n' => labels.push_str("\\n"),
+                    c => labels.push(c),
+                }
+            }
+            labels.push('"');
+        }
+        labels
+    }
+}

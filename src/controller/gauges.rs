@@ -20,7 +20,7 @@ use super::metrics::{
 };
 use crate::api::EventDrivenService;
 use crate::render::status::HealthReason;
-use crate::telemetry::Metric;
+use crate::telemetry::{Metric, text};
 
 /// One claim's figures as its reconciles found them. A figure keeps its
 /// last value until a reconcile finds a new one; `None`: never found.
@@ -75,7 +75,7 @@ impl ClaimGauges {
         }
         let labels: Vec<String> = claims
             .keys()
-            .map(|(namespace, name)| format!("namespace=\"{}\",name=\"{}\"", escape(namespace), escape(name)))
+            .map(|(namespace, name)| text::labels([("namespace", namespace.as_str()), ("name", name.as_str())]))
             .collect();
         let families: [(Metric, fn(&ClaimFigures) -> Option<f64>); 6] = [
             (SERVICE_LAG, |f| f.lag),
@@ -86,7 +86,7 @@ impl ClaimGauges {
             (SERVICE_SECONDS_SINCE_ACK, |f| f.seconds_since_ack),
         ];
         for (metric, value) in families {
-            header(out, &metric);
+            text::gauge_header(out, &metric);
             for (figures, labels) in claims.values().zip(&labels) {
                 if let Some(v) = value(figures) {
                     let _ = writeln!(out, "{}{{{labels}}} {}", metric.name, number(v));
@@ -94,7 +94,7 @@ impl ClaimGauges {
             }
             out.push('\n');
         }
-        header(out, &SERVICE_CONSUMER_UNHEALTHY);
+        text::gauge_header(out, &SERVICE_CONSUMER_UNHEALTHY);
         for (figures, labels) in claims.values().zip(&labels) {
             let Some(problems) = figures.unhealthy else { continue };
             for (reason, found) in HealthReason::ALL.iter().zip(problems) {
@@ -111,11 +111,6 @@ impl ClaimGauges {
     }
 }
 
-fn header(out: &mut String, metric: &Metric) {
-    let _ = writeln!(out, "# HELP {} {}", metric.name, metric.help);
-    let _ = writeln!(out, "# TYPE {} gauge", metric.name);
-}
-
 /// Prometheus' text format for a value: `+Inf` for infinity.
 fn number(v: f64) -> String {
     if v == f64::INFINITY {
@@ -123,12 +118,6 @@ fn number(v: f64) -> String {
     } else {
         v.to_string()
     }
-}
-
-/// Label values are Kubernetes names (no quotes or backslashes), but the
-/// format's escaping costs nothing.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use super::metrics::{CONSUMER_GAUGES, CONSUMER_MAX_ACK_PENDING};
 use super::{ConsumerKey, ConsumerState};
-use crate::telemetry::Metric;
+use crate::telemetry::text;
 
 /// One consumer's figures, as read.
 #[derive(Clone, Debug)]
@@ -45,18 +45,17 @@ pub fn render(mut samples: Vec<Sample>, out: &mut String) {
     }
     samples.sort_by(|a, b| a.key.cmp(&b.key));
     let labels: Vec<String> = samples.iter().map(|s| label_set(&s.key)).collect();
-    for (i, Metric { name, help, .. }) in CONSUMER_GAUGES.iter().enumerate() {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+    for (i, metric) in CONSUMER_GAUGES.iter().enumerate() {
+        let name = metric.name;
+        text::gauge_header(out, metric);
         for (sample, labels) in samples.iter().zip(&labels) {
             let _ = writeln!(out, "{name}{{{labels}}} {}", sample.values[i]);
         }
         out.push('\n');
     }
     if samples.iter().any(|s| s.max_ack_pending.is_some()) {
-        let Metric { name, help, .. } = CONSUMER_MAX_ACK_PENDING;
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+        let name = CONSUMER_MAX_ACK_PENDING.name;
+        text::gauge_header(out, &CONSUMER_MAX_ACK_PENDING);
         for (sample, labels) in samples.iter().zip(&labels) {
             if let Some(limit) = sample.max_ack_pending {
                 let _ = writeln!(out, "{name}{{{labels}}} {limit}");
@@ -67,40 +66,19 @@ pub fn render(mut samples: Vec<Sample>, out: &mut String) {
 }
 
 fn label_set(key: &ConsumerKey) -> String {
-    let mut labels = String::new();
-    let mut add = |name: &str, value: &str| {
-        if !labels.is_empty() {
-            labels.push(',');
-        }
-        labels.push_str(name);
-        labels.push_str("=\"");
-        escape_into(value, &mut labels);
-        labels.push('"');
-    };
-    add("connection", &key.connection);
-    if let Some(domain) = &key.domain {
-        add("domain", domain);
-    }
-    add("stream", &key.stream);
-    add("consumer", &key.consumer);
-    labels
-}
-
-/// Label values escape backslash, double quote and line feed.
-fn escape_into(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
+    let domain = key.domain.as_deref().map(|d| ("domain", d));
+    text::labels(
+        [("connection", key.connection.as_ref())]
+            .into_iter()
+            .chain(domain)
+            .chain([("stream", key.stream.as_ref()), ("consumer", key.consumer.as_ref())]),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::Metric;
 
     fn state(pending: u64, ack_pending: u64) -> ConsumerState {
         ConsumerState {
