@@ -3,10 +3,11 @@
 //! reconcile (and is retried) instead of holding it, and shutdown, for ever.
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, ValidationDirective};
+use kube::api::{Api, ApiResource, Patch, PatchParams, ValidationDirective};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use super::live::LiveChild;
 use super::metrics::CHILD_APPLIES;
 use super::{FIELD_MANAGER, FINALIZER};
 use crate::api::{EventDrivenService, EventDrivenServiceStatus};
@@ -26,8 +27,8 @@ pub async fn apply_child(
     name: &str,
     object: &Value,
     force: bool,
-) -> Result<DynamicObject> {
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource);
+) -> Result<LiveChild> {
+    let api = Api::<LiveChild>::namespaced_with(client.clone(), namespace, resource);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         force,

@@ -8,8 +8,9 @@
 //! form in an annotation: a new hash means a new apply.
 use std::hash::Hasher;
 
-use kube::api::DynamicObject;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::live::LiveChild;
 
 use crate::render::resources::quantity_value;
 
@@ -37,29 +38,9 @@ pub fn holds(live: &Value, desired: &Value) -> bool {
     holds_at(live, desired, false)
 }
 
-/// As [`holds`], for a live object as the watch cached it. Only its type and
-/// metadata (small) are turned into JSON; its body (`spec`, `status`, the
-/// bulk of it) is compared where it lies, so a reconcile does not serialize
-/// every cached child again.
-pub fn live_holds(live: &DynamicObject, desired: &Value) -> bool {
-    let Value::Object(desired) = desired else {
-        return false;
-    };
-    let mut head = Map::new();
-    if let Some(types) = &live.types {
-        head.insert("apiVersion".into(), Value::String(types.api_version.clone()));
-        head.insert("kind".into(), Value::String(types.kind.clone()));
-    }
-    if let Ok(metadata) = serde_json::to_value(&live.metadata) {
-        head.insert("metadata".into(), metadata);
-    }
-    desired.iter().all(|(key, want)| {
-        let have = match key.as_str() {
-            "apiVersion" | "kind" | "metadata" => head.get(key),
-            _ => live.data.get(key),
-        };
-        entry_holds(have, key, want, false)
-    })
+/// As [`holds`], for a live object as the watch cached it.
+pub fn live_holds(live: &LiveChild, desired: &Value) -> bool {
+    holds(&live.object(), desired)
 }
 
 fn holds_at(live: &Value, desired: &Value, quantities: bool) -> bool {
@@ -149,23 +130,24 @@ mod tests {
         let mut desired = deployment("img:1", "2000m");
         stamp(&mut desired);
         let stored = as_stored(desired.clone());
-        let cached: DynamicObject = serde_json::from_value(stored.clone()).unwrap();
+        let cached: LiveChild = serde_json::from_value(stored.clone()).unwrap();
         assert!(live_holds(&cached, &desired));
 
         let mut drifted = stored;
         drifted["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:1");
-        let cached: DynamicObject = serde_json::from_value(drifted).unwrap();
+        let cached: LiveChild = serde_json::from_value(drifted).unwrap();
         assert!(!live_holds(&cached, &desired));
 
         let mut relabelled = as_stored(desired.clone());
         relabelled["metadata"]["labels"]["app"] = json!("other");
-        let cached: DynamicObject = serde_json::from_value(relabelled).unwrap();
+        let cached: LiveChild = serde_json::from_value(relabelled).unwrap();
         assert!(!live_holds(&cached, &desired));
 
-        let mut untyped: DynamicObject = serde_json::from_value(as_stored(desired.clone())).unwrap();
-        untyped.types = None;
+        let mut other_kind = as_stored(desired.clone());
+        other_kind["kind"] = json!("StatefulSet");
+        let cached: LiveChild = serde_json::from_value(other_kind).unwrap();
         assert!(
-            !live_holds(&untyped, &desired),
+            !live_holds(&cached, &desired),
             "a different kind is not the same object"
         );
     }

@@ -23,6 +23,7 @@ pub mod children;
 pub mod drift;
 pub mod gauges;
 pub mod leader;
+pub mod live;
 pub mod metrics;
 mod reconcile;
 
@@ -34,7 +35,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 
 pub use children::{ByKind, ChildKind};
@@ -48,6 +49,7 @@ use crate::render::{MANAGED_BY, Platform};
 use crate::tenancy::Access;
 use advisory::AdvisoryCounts;
 use gauges::ClaimGauges;
+use live::LiveChild;
 
 /// On a claim whose deletion deletes its consumer: the claim stays until the
 /// consumer is gone.
@@ -242,9 +244,6 @@ async fn reconcile_claims(
         let store = writer.as_reader();
         let events = watcher(scoped(&client, namespace, &kind.resource()), ours.clone())
             .default_backoff()
-            // Reconcile never reads managedFields; keeping them would double
-            // the memory each child takes.
-            .modify(|child: &mut DynamicObject| child.metadata.managed_fields = None)
             .reflect(writer)
             .touched_objects();
         (store, events)
@@ -310,7 +309,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn scoped(client: &Client, namespace: Option<&str>, resource: &ApiResource) -> Api<DynamicObject> {
+fn scoped(client: &Client, namespace: Option<&str>, resource: &ApiResource) -> Api<LiveChild> {
     match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
         None => Api::all_with(client.clone(), resource),

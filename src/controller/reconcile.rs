@@ -9,7 +9,6 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -22,6 +21,7 @@ use super::apply::{add_finalizer, apply_child, patch_status, remove_finalizer};
 use super::children::{ByKind, ChildKind};
 use super::drift::{live_holds, stamp};
 use super::gauges::ClaimGauges;
+use super::live::LiveChild;
 use super::metrics::{RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES};
 use super::{ControllerConfig, FIELD_MANAGER, FINALIZER};
 use crate::api::{
@@ -41,10 +41,10 @@ use crate::trigger::LagThreshold;
 use crate::{Error, Result};
 
 /// The watch-fed stores of the live children, one per kind.
-pub type Stores = ByKind<Store<DynamicObject>>;
+pub type Stores = ByKind<Store<LiveChild>>;
 
 /// A child as the watch cached it, or as an apply returned it.
-type Live = Option<Arc<DynamicObject>>;
+type Live = Option<Arc<LiveChild>>;
 
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
@@ -290,7 +290,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
     let deployment = live
         .deployment
         .as_ref()
-        .and_then(|d| d.data.get("status"))
+        .and_then(|d| d.field("status"))
         .and_then(|s| DeploymentStatus::deserialize(s).ok());
     let ready_replicas = deployment
         .as_ref()
@@ -312,7 +312,7 @@ async fn reconcile_claim(claim: &EventDrivenService, ctx: &Context) -> Result<Ac
         scaler: live
             .scaled_object
             .as_ref()
-            .map(|so| keda_conditions(&so.data))
+            .map(|so| keda_conditions(&so.object()))
             .unwrap_or_default(),
         lag,
         consumer,
@@ -827,7 +827,7 @@ mod tests {
     /// on once the lists are in, not only the last one to wait.
     #[tokio::test]
     async fn every_reconcile_waiting_for_the_child_lists_goes_on() {
-        let mut writers = ByKind::from_fn(|kind| Writer::<DynamicObject>::new(kind.resource()));
+        let mut writers = ByKind::from_fn(|kind| Writer::<LiveChild>::new(kind.resource()));
         let ctx = context_with(ByKind::from_fn(|kind| writers.get(kind).as_reader()));
         let waiting: Vec<_> = (0..3)
             .map(|_| {
