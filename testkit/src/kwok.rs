@@ -105,7 +105,12 @@ impl Kwok {
             // No serving port: nothing scrapes it, and it would need its own certs.
             .args(["--secure-port", "0"])
             // Each binding and each pod that does not fit, in its log.
-            .args(["--v", "2"]);
+            .args(["--v", "2"])
+            // Its client may send 500 requests a second (default 50; a
+            // binding and an Event per pod): the controller benchmark's
+            // 10,000 pods are bound in under a minute, as kwokctl's own
+            // clusters do it (they lift the limit further).
+            .args(["--kube-api-qps", "500", "--kube-api-burst", "1000"]);
         let mut scheduler = Peer::spawn("kube-scheduler", scheduler, &dir.join("kube-scheduler.log"));
         // Logged once its flags are accepted. Pods created before its caches
         // sync are scheduled when they do, so there is nothing more to await.
