@@ -1,5 +1,6 @@
 //! The controller at scale, on a real control plane (etcd, kube-apiserver,
-//! kube-controller-manager from `testkit`): N claims created at once, spread
+//! kube-controller-manager from `testkit`, with kube-scheduler and KWOK so
+//! that the Deployments' pods are bound and turn Ready): N claims created at once, spread
 //! over team namespaces as the namespace standard names them, reconciled by
 //! the release `eds controller` as a separate process running as its own
 //! ServiceAccount with the chart's RBAC.
@@ -12,8 +13,9 @@
 //!   controller reconciles at once ([`RECONCILE_CONCURRENCY`]);
 //! - the controller: the claims created at once, then until every claim's
 //!   four children exist and its status describes its generation (seen by
-//!   watches of the driver's own); then until the controller stops writing;
-//!   an idle window of more than two resync periods (`--lag-interval`);
+//!   watches of the driver's own); then until every claim's Deployment is
+//!   available and the controller stops writing; an idle
+//!   window of more than two resync periods (`--lag-interval`);
 //!   and changes to single claims, timed until their Deployment shows them.
 //!
 //! Requests by verb come from the API server's audit log (it records every
@@ -21,11 +23,13 @@
 //! `/proc/<pid>`; reconciles from the controller's /metrics.
 //!
 //! Environment (optional): `EDS_BENCH_CTL_SIZES` (default 100,1000,10000),
-//! `EDS_BENCH_OUT` (default target/bench). Writes `controller-scale.md` and
+//! `EDS_BENCH_OUT` (default target/bench), `EDS_BENCH_CONTROLLER_WRAPPER`
+//! (a profiler to run the controller under). Writes `controller-scale.md` and
 //! `controller-scale.json` (every figure, and the curves `benches/convergence-plot`
 //! draws). `scripts/bench.sh` runs it; docs/benchmarks.md explains it.
 mod audit;
 mod cluster;
+mod heap;
 mod observe;
 mod report;
 
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use eds::api::EventDrivenService;
 use eds::controller::drift::stamp;
+use eds::controller::live::LiveChild;
 use eds::controller::{ChildKind, RECONCILE_CONCURRENCY};
 use eds::render::{MANAGED_BY, Platform, desired_children};
 use futures::StreamExt;
@@ -45,11 +50,15 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use testkit::control_plane as cp;
+use testkit::kwok::Kwok;
 use testkit::nats::NatsServer;
 use testkit::process::{Peer, free_port};
 use testkit::prometheus::Scrape;
 
 use cluster::Slot;
+
+#[global_allocator]
+static HEAP: heap::Counting = heap::Counting;
 use observe::{Convergence, ProcSampler};
 
 /// The controller's resync: every claim is reconciled again this often.
@@ -65,9 +74,15 @@ const CHANGES: usize = 50;
 /// many files, or Argo CD syncing them).
 const CREATE_CONCURRENCY: usize = 64;
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest wait, after convergence, for every claim's Deployment to be
+/// available and the controller to stop writing.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(1800);
 const CONTROLLER_USER: &str = "system:serviceaccount:eds-system:eds-controller";
 const FLOOR_USER: &str = "system:serviceaccount:eds-system:eds-floor";
 const RUN: &str = "EDS_BENCH_CTL_RUN";
+/// A command to run the controller under, e.g. `heaptrack -o target/bench/ctl`
+/// (RSS and CPU are then the profiler's).
+const WRAPPER: &str = "EDS_BENCH_CONTROLLER_WRAPPER";
 
 fn main() {
     let out = std::env::var_os("EDS_BENCH_OUT")
@@ -120,6 +135,8 @@ fn main() {
 async fn floor(n: usize) -> Value {
     let cp = cp::shared();
     let admin = cp.client().await;
+    let peers = tempfile::tempdir().expect("a directory for the scheduler and KWOK");
+    let mut kwok = Kwok::start(&cp, &admin, peers.path()).await;
     let slots = cluster::slots(n);
     let client = cluster::floor_identity(&cp, &admin).await;
     cluster::create_namespaces(&admin, &slots).await;
@@ -167,6 +184,7 @@ async fn floor(n: usize) -> Value {
         task.abort();
     }
     println!("floor at {n}: created in {created:.1} s, all seen in {seen_all:.1} s");
+    kwok.assert_running();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let requests = tail.read().to_vec();
     let mut returned = returned.into_inner().unwrap();
@@ -221,6 +239,8 @@ fn retryable(e: &kube::Error) -> bool {
 async fn controller(n: usize) -> Value {
     let cp = cp::shared();
     let admin = cp.client().await;
+    let peers = tempfile::tempdir().expect("a directory for the scheduler and KWOK");
+    let mut kwok = Kwok::start(&cp, &admin, peers.path()).await;
     let slots = cluster::slots(n);
     let kubeconfig = cluster::controller_identity(&cp, &admin).await;
     let nats = NatsServer::start();
@@ -235,7 +255,16 @@ async fn controller(n: usize) -> Value {
 
     let dir = tempfile::tempdir().expect("a directory for the controller");
     let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eds"));
+    let wrapper = std::env::var(WRAPPER).unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(env!("CARGO_BIN_EXE_eds"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_eds")),
+    };
     command
         .arg("controller")
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
@@ -258,6 +287,8 @@ async fn controller(n: usize) -> Value {
     let reconciles_at_start = metric(port, "eds_reconcile_total");
     let progress = Convergence::new(started, n);
     let watches = progress.watch(&admin, true);
+    let ready = Convergence::new(started, n);
+    let ready_watch = ready.watch_ready(&admin);
     println!("controller at {n}: creating {n} claims");
     futures::stream::iter(&slots)
         .for_each_concurrent(CREATE_CONCURRENCY, |slot| {
@@ -287,18 +318,28 @@ async fn controller(n: usize) -> Value {
         task.abort();
     }
 
-    // Until the controller stops writing (Deployment status updates keep
-    // reconciles coming for a while after the first status).
-    let settle_deadline = Instant::now() + Duration::from_secs(900);
+    // Until every claim says DeploymentAvailable (its pods scheduled, made
+    // Ready by KWOK, counted by the ReplicaSet and the Deployment) and the
+    // controller stops writing (those status updates keep reconciles coming).
+    let settle_deadline = Instant::now() + SETTLE_TIMEOUT;
     let last_write = loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let last = audit::last_claim_write(tail.read()).unwrap_or(wall);
-        if Timestamp::now().duration_since(last).unsigned_abs() >= QUIET || Instant::now() > settle_deadline {
+        let quiet = Timestamp::now().duration_since(last).unsigned_abs() >= QUIET;
+        if (quiet && ready.count() >= n) || Instant::now() > settle_deadline {
             break last;
         }
     };
     let settled = last_write.duration_since(wall).as_secs_f64();
     println!("controller at {n}: last write at {settled:.1} s");
+    ready_watch.abort();
+    let ready_times = ready.times();
+    println!(
+        "controller at {n}: {} of {n} claims with their Deployment available, the last at {:.1} s",
+        ready_times.len(),
+        ready_times.last().copied().unwrap_or(f64::NAN)
+    );
+    kwok.assert_running();
 
     let idle_from = Timestamp::now();
     let idle_sample_from = sampler.now();
@@ -325,7 +366,12 @@ async fn controller(n: usize) -> Value {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let requests = tail.read().to_vec();
     let end = Timestamp::now();
-    peer.terminate(Duration::from_secs(10));
+    // A wrapper (a profiler) may not pass the signal on: stop the controller
+    // under it first, so that it exits cleanly and the profile is written.
+    if !wrapper.is_empty() {
+        let _ = Command::new("pkill").args(["-TERM", "-P", &pid.to_string()]).status();
+    }
+    peer.terminate(Duration::from_secs(60));
     json!({
         "mode": "controller",
         "n": n,
@@ -335,6 +381,7 @@ async fn controller(n: usize) -> Value {
         "converged_s": converged,
         "settled_s": settled,
         "curve": progress.times(),
+        "ready_curve": ready_times,
         "requests": {
             "converge": audit::count(&requests, wall, last_write.checked_add(jiff::SignedDuration::from_millis(1)).unwrap()),
             "idle": idle_requests,
@@ -446,51 +493,88 @@ fn image_of(deployment: &Deployment) -> Option<&str> {
         .as_deref()
 }
 
-/// What each of the controller's caches holds per object, as JSON: the
-/// claims whole (the controller's claim watch keeps them as they come), the
-/// children without managedFields (stripped before they are stored).
+/// What each of the controller's caches holds per object: as JSON (the
+/// claims as they come, the children without managedFields), and in memory
+/// as the controller holds them (claims without managedFields and
+/// last-applied copy; children as [`LiveChild`]), beside the
+/// `DynamicObject` trees the child caches held before.
 async fn store_sizes(client: &Client) -> Value {
     let mut sizes = serde_json::Map::new();
     let claims = Api::<EventDrivenService>::all(client.clone())
         .list(&ListParams::default())
         .await
         .expect("listing claims");
-    let bytes: Vec<usize> = claims
-        .items
-        .iter()
-        .map(|c| serde_json::to_vec(c).unwrap().len())
-        .collect();
-    sizes.insert("EventDrivenService".into(), summary(&bytes));
+    let texts: Vec<String> = claims.items.iter().map(|c| serde_json::to_string(c).unwrap()).collect();
+    let (held, heap) = heap::retained(|| {
+        texts
+            .iter()
+            .map(|text| {
+                let mut claim: EventDrivenService = serde_json::from_str(text).unwrap();
+                claim.metadata.managed_fields = None;
+                if let Some(annotations) = claim.metadata.annotations.as_mut() {
+                    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+                }
+                claim
+            })
+            .collect::<Vec<_>>()
+    });
+    drop(held);
+    sizes.insert("EventDrivenService".into(), summary(&texts, Some(heap), None));
     let selector = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
     for kind in ChildKind::APPLY_ORDER {
         let list = Api::<DynamicObject>::all_with(client.clone(), &kind.resource())
             .list(&ListParams::default().labels(&selector))
             .await
             .expect("listing children");
-        let bytes: Vec<usize> = list
+        let texts: Vec<String> = list
             .items
             .into_iter()
             .map(|mut o| {
                 o.metadata.managed_fields = None;
-                serde_json::to_vec(&o).unwrap().len()
+                serde_json::to_string(&o).unwrap()
             })
             .collect();
-        sizes.insert(kind.resource().kind, summary(&bytes));
+        let (held, live) = heap::retained(|| {
+            texts
+                .iter()
+                .map(|t| serde_json::from_str::<LiveChild>(t).unwrap())
+                .collect::<Vec<_>>()
+        });
+        drop(held);
+        let (held, trees) = heap::retained(|| {
+            texts
+                .iter()
+                .map(|t| serde_json::from_str::<DynamicObject>(t).unwrap())
+                .collect::<Vec<_>>()
+        });
+        drop(held);
+        sizes.insert(kind.resource().kind, summary(&texts, Some(live), Some(trees)));
     }
-    let managed: Vec<usize> = claims
+    let managed: Vec<String> = claims
         .items
         .iter()
-        .map(|c| serde_json::to_vec(&c.metadata.managed_fields).unwrap().len())
+        .map(|c| serde_json::to_string(&c.metadata.managed_fields).unwrap())
         .collect();
-    sizes.insert("EventDrivenService managedFields".into(), summary(&managed));
+    sizes.insert("EventDrivenService managedFields".into(), summary(&managed, None, None));
     Value::Object(sizes)
 }
 
-fn summary(bytes: &[usize]) -> Value {
-    let total: usize = bytes.iter().sum();
+/// Objects' JSON sizes, and their heap sizes as held now (`heap`) and as
+/// `DynamicObject` trees (`trees`), per object.
+fn summary(texts: &[String], heap: Option<usize>, trees: Option<usize>) -> Value {
+    let total: usize = texts.iter().map(String::len).sum();
+    let per = |bytes: usize| {
+        if texts.is_empty() {
+            0.0
+        } else {
+            bytes as f64 / texts.len() as f64
+        }
+    };
     json!({
-        "objects": bytes.len(),
-        "bytes_per_object": if bytes.is_empty() { 0.0 } else { total as f64 / bytes.len() as f64 },
+        "objects": texts.len(),
+        "bytes_per_object": per(total),
         "total_bytes": total,
+        "heap_bytes_per_object": heap.map(per),
+        "tree_heap_bytes_per_object": trees.map(per),
     })
 }

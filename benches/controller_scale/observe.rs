@@ -131,6 +131,33 @@ impl Convergence {
         }
         tasks
     }
+
+    /// Watches the claims, marking each once its status says
+    /// `DeploymentAvailable=True` (pods that KWOK made Ready, counted by the
+    /// ReplicaSet and the Deployment), until the returned task is aborted.
+    /// Not `Ready`: that also needs KEDA's verdict, and KEDA does not run here.
+    pub fn watch_ready(self: &Arc<Self>, client: &Client) -> tokio::task::JoinHandle<()> {
+        let api = Api::<EventDrivenService>::all(client.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .touched_objects()
+                .boxed();
+            while let Some(event) = events.next().await {
+                if let Ok(claim) = event {
+                    let ready = claim.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "DeploymentAvailable" && c.status == "True")
+                    });
+                    if ready {
+                        this.mark(claim.namespace().unwrap_or_default(), claim.name_any(), STATUS, STATUS);
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// One reading of a process.

@@ -22,7 +22,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
     md.push_str(
         "#### Convergence: claims created at once until every claim's children exist and its status is written\n\n",
     );
-    md.push_str("| claims | namespaces | floor: a plain client creates the 4 children per claim | controller: children + status | ratio | controller's last write | claims created by the driver in |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| claims | namespaces | floor: a plain client creates the 4 children per claim | controller: children + status | ratio | every claim's Deployment available (pods Ready through KWOK) | controller's last write | claims created by the driver in |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (n, floor, ctl) in &runs {
         let floor_s = floor.as_ref().map(|f| f["seen_s"].as_f64().unwrap_or(f64::NAN));
         let ctl_s = ctl.as_ref().map(|c| c["converged_s"].as_f64().unwrap_or(f64::NAN));
@@ -37,12 +37,13 @@ pub fn write(out: &Path, sizes: &[usize]) {
             .unwrap_or_default();
         writeln!(
             md,
-            "| {n} | {} | {} | {}{unfinished} | {ratio} | {} | {} |",
+            "| {n} | {} | {} | {}{unfinished} | {ratio} | {} | {} | {} |",
             ctl.as_ref()
                 .or(floor.as_ref())
                 .map_or("-".into(), |r| r["namespaces"].to_string()),
             secs(floor_s),
             secs(ctl_s),
+            ready(ctl.as_ref(), *n),
             secs(ctl.as_ref().and_then(|c| c["settled_s"].as_f64())),
             secs(ctl.as_ref().and_then(|c| c["created_s"].as_f64())),
         )
@@ -154,18 +155,26 @@ pub fn write(out: &Path, sizes: &[usize]) {
         .unwrap();
     }
 
-    md.push_str("\n#### What the controller's caches hold: objects as JSON (the claims whole; children without managedFields)\n\n");
-    md.push_str("| claims | cache | objects | JSON bytes per object | total |\n|---:|---|---:|---:|---:|\n");
+    md.push_str("\n#### What the controller's caches hold, per object: as JSON, and in its memory\n\n");
+    md.push_str("Heap bytes as glibc's malloc hands them out, for objects built from the same JSON: the claims as the controller caches them (without managedFields), the children as it caches them now (metadata, and the rest as compact JSON text) and as it cached them before (`DynamicObject` trees).\n\n");
+    md.push_str("| claims | cache | objects | JSON bytes per object | JSON total | heap bytes per object, as cached | heap total | heap bytes per object as a tree (before) |\n|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for (n, _, c) in &runs {
         let Some(c) = c else { continue };
         for kind in object_keys(&c["stores"]) {
             let s = &c["stores"][&kind];
+            let objects = s["objects"].as_f64().unwrap_or(0.0);
+            let heap = s["heap_bytes_per_object"].as_f64();
             writeln!(
                 md,
-                "| {n} | {kind} | {} | {:.0} | {:.1} MiB |",
+                "| {n} | {kind} | {} | {:.0} | {:.1} MiB | {} | {} | {} |",
                 s["objects"],
                 s["bytes_per_object"].as_f64().unwrap_or(0.0),
-                s["total_bytes"].as_f64().unwrap_or(0.0) / MIB
+                s["total_bytes"].as_f64().unwrap_or(0.0) / MIB,
+                heap.map_or("-".into(), |h| format!("{h:.0}")),
+                heap.map_or("-".into(), |h| format!("{:.1} MiB", h * objects / MIB)),
+                s["tree_heap_bytes_per_object"]
+                    .as_f64()
+                    .map_or("-".into(), |h| format!("{h:.0}")),
             )
             .unwrap();
         }
@@ -233,4 +242,15 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     Some(sorted[rank - 1])
+}
+
+/// When the last claim's Deployment became available, or how many did.
+fn ready(run: Option<&Value>, n: usize) -> String {
+    let Some(times) = run.and_then(|r| r["ready_curve"].as_array()) else {
+        return "-".into();
+    };
+    match times.last().and_then(Value::as_f64) {
+        Some(last) if times.len() >= n => secs(Some(last)),
+        _ => format!("{} of {n}", times.len()),
+    }
 }

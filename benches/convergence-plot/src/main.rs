@@ -2,8 +2,9 @@
 //! the controller benchmark) and draws `<dir>/controller-scale.png`: one
 //! panel per number of claims, left to right, each showing the share of
 //! claims converged (0 to 1, up) over seconds since the claims were created
-//! (right), for the controller (blue) and for the floor, a plain client
-//! creating the same objects (black). Grey vertical lines every `step`
+//! (right), for the controller (blue), for the floor, a plain client
+//! creating the same objects (black), and, for the controller's run, claims
+//! whose Deployment is available, its pods Ready through KWOK (green). Grey vertical lines every `step`
 //! seconds, the step written to stdout. No text in the image: the plotting
 //! crate is built without fonts; docs/benchmarks.md gives the axes.
 use std::path::PathBuf;
@@ -27,9 +28,16 @@ fn main() {
     root.fill(&WHITE).unwrap();
     let panels = root.split_evenly((1, runs.len()));
     for (run, area) in runs.iter().zip(&panels) {
-        let controller = curve(&run["controller"]);
-        let floor = curve(&run["floor"]);
-        let right = controller.iter().chain(&floor).map(|p| p.0).fold(1.0f64, f64::max) * 1.05;
+        let controller = curve(&run["controller"], "curve");
+        let available = curve(&run["controller"], "ready_curve");
+        let floor = curve(&run["floor"], "curve");
+        let right = controller
+            .iter()
+            .chain(&floor)
+            .chain(&available)
+            .map(|p| p.0)
+            .fold(1.0f64, f64::max)
+            * 1.05;
         let step = grid_step(right);
         println!("{} claims: 0 to {right:.0} s, a grey line every {step} s", run["n"]);
         let mut chart = ChartBuilder::on(area)
@@ -59,6 +67,9 @@ fn main() {
             .draw_series(LineSeries::new(floor, BLACK.stroke_width(2)))
             .unwrap();
         chart
+            .draw_series(LineSeries::new(available, RGBColor(0, 150, 60).stroke_width(2)))
+            .unwrap();
+        chart
             .draw_series(LineSeries::new(controller, BLUE.stroke_width(2)))
             .unwrap();
     }
@@ -66,9 +77,10 @@ fn main() {
     eprintln!("wrote {}", png.display());
 }
 
-/// (seconds, share converged) as a step curve from the run's sorted times.
-fn curve(run: &Value) -> Vec<(f64, f64)> {
-    let Some(times) = run["curve"].as_array() else {
+/// (seconds, share converged) as a step curve from the run's sorted times
+/// under `field`.
+fn curve(run: &Value, field: &str) -> Vec<(f64, f64)> {
+    let Some(times) = run[field].as_array() else {
         return Vec::new();
     };
     let n = run["n"].as_f64().unwrap_or(times.len() as f64).max(1.0);
