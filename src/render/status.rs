@@ -200,7 +200,10 @@ pub fn desired_status(claim: &EventDrivenService, observed: &Observed<'_>, now: 
 
 /// The condition of `type_` in `after` when its status or reason differs
 /// from `before`'s: what deserves an Event. A move to `Unknown` (NATS
-/// briefly unreachable) is not one.
+/// briefly unreachable) is not one, and neither is a first verdict of
+/// `True`: a new claim that is fine is what everyone expects (and 10,000
+/// claims created at once would otherwise write 10,000 Events, each kept
+/// six minutes in the event recorder's cache).
 pub fn changed_condition<'a>(
     before: Option<&EventDrivenServiceStatus>,
     after: &'a EventDrivenServiceStatus,
@@ -211,6 +214,7 @@ pub fn changed_condition<'a>(
     let old = before.and_then(|b| b.conditions.iter().find(|c| c.type_ == type_));
     match old {
         Some(old) if old.status == new.status && old.reason == new.reason => None,
+        None if ConditionStatus::parse(&new.status) == True => None,
         _ => Some(new),
     }
 }
@@ -579,6 +583,12 @@ mod tests {
                 .unwrap()
                 .status,
             "True"
+        );
+        let healthy_at_once = at(ConsumerHealth::Healthy, None);
+        assert_eq!(
+            changed_condition(None, &healthy_at_once, CONDITION_CONSUMER_HEALTHY),
+            None,
+            "a new claim found healthy is no Event"
         );
     }
 
