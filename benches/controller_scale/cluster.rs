@@ -120,6 +120,10 @@ pub async fn create_consumers(nats_url: &str, slots: &[Slot]) {
                     filter_subject: slot.subject(),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
+                    // As the stream standard configures a worker's consumer,
+                    // so that each claim's consumer is healthy.
+                    max_deliver: 5,
+                    max_ack_pending: 200,
                     ..Default::default()
                 })
                 .await
