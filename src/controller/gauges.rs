@@ -77,6 +77,7 @@ impl ClaimGauges {
             .keys()
             .map(|(namespace, name)| text::labels([("namespace", namespace.as_str()), ("name", name.as_str())]))
             .collect();
+        text::reserve(out, &labels, 6 + HealthReason::ALL.len());
         let families: [(Metric, fn(&ClaimFigures) -> Option<f64>); 6] = [
             (SERVICE_LAG, |f| f.lag),
             (SERVICE_REPLICAS, |f| f.replicas),
@@ -159,6 +160,37 @@ mod tests {
             !out.contains("eds_service_replicas{"),
             "never found, never shown: {out}"
         );
+    }
+
+    /// The room reserved before rendering holds every line, at the longest
+    /// values, so the text is allocated once.
+    #[test]
+    fn the_room_reserved_holds_the_whole_text() {
+        let gauges = ClaimGauges::default();
+        for i in 0..50 {
+            gauges.update(&format!("payments-team-{i:05}"), &format!("svc-{i}"), |f| {
+                f.lag = Some(f64::MAX);
+                f.replicas = Some(-1.234_567_890_123_4e-300);
+                f.desired_replicas = Some(f64::MIN_POSITIVE);
+                f.max_replicas = Some(1e21);
+                f.replica_cap = Some(f64::INFINITY);
+                f.seconds_since_ack = Some(123_456_789.123_456_79);
+                f.unhealthy = Some([true; 6]);
+            });
+        }
+        let mut out = String::new();
+        gauges.render(&mut out);
+        let labels: Vec<String> = (0..50)
+            .map(|i| {
+                text::labels([
+                    ("namespace", format!("payments-team-{i:05}").as_str()),
+                    ("name", format!("svc-{i}").as_str()),
+                ])
+            })
+            .collect();
+        let room = text::room(&labels, 6 + HealthReason::ALL.len());
+        assert!(out.len() <= room, "{} bytes rendered, {room} reserved", out.len());
+        assert!(out.capacity() < 2 * room, "grown past the room: {}", out.capacity());
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub fn render(mut samples: Vec<Sample>, out: &mut String) {
     }
     samples.sort_by(|a, b| a.key.cmp(&b.key));
     let labels: Vec<String> = samples.iter().map(|s| label_set(&s.key)).collect();
+    text::reserve(out, &labels, CONSUMER_GAUGES.len() + 1);
     for (i, metric) in CONSUMER_GAUGES.iter().enumerate() {
         let name = metric.name;
         text::gauge_header(out, metric);
