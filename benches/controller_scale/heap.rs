@@ -7,6 +7,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
+use serde::de::DeserializeOwned;
+
 pub struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -46,4 +48,16 @@ pub fn retained<T>(make: impl FnOnce() -> T) -> (T, usize) {
     let value = make();
     let after = LIVE.load(Relaxed);
     (value, (after - before).max(0) as usize)
+}
+
+/// The heap bytes `T`s parsed from `texts` take, all together.
+pub fn weigh<T: DeserializeOwned>(texts: &[String]) -> usize {
+    let (held, bytes) = retained(|| {
+        texts
+            .iter()
+            .map(|t| serde_json::from_str::<T>(t).expect("an object the API server served"))
+            .collect::<Vec<T>>()
+    });
+    drop(held);
+    bytes
 }

@@ -256,15 +256,7 @@ async fn controller(n: usize) -> Value {
     let dir = tempfile::tempdir().expect("a directory for the controller");
     let port = free_port();
     let wrapper = std::env::var(WRAPPER).unwrap_or_default();
-    let mut words = wrapper.split_whitespace();
-    let mut command = match words.next() {
-        Some(program) => {
-            let mut command = Command::new(program);
-            command.args(words).arg(env!("CARGO_BIN_EXE_eds"));
-            command
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_eds")),
-    };
+    let mut command = testkit::process::wrapped(&wrapper, env!("CARGO_BIN_EXE_eds"));
     command
         .arg("controller")
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
@@ -534,20 +526,8 @@ async fn store_sizes(client: &Client) -> Value {
                 serde_json::to_string(&o).unwrap()
             })
             .collect();
-        let (held, live) = heap::retained(|| {
-            texts
-                .iter()
-                .map(|t| serde_json::from_str::<LiveChild>(t).unwrap())
-                .collect::<Vec<_>>()
-        });
-        drop(held);
-        let (held, trees) = heap::retained(|| {
-            texts
-                .iter()
-                .map(|t| serde_json::from_str::<DynamicObject>(t).unwrap())
-                .collect::<Vec<_>>()
-        });
-        drop(held);
+        let live = heap::weigh::<LiveChild>(&texts);
+        let trees = heap::weigh::<DynamicObject>(&texts);
         sizes.insert(kind.resource().kind, summary(&texts, Some(live), Some(trees)));
     }
     let managed: Vec<String> = claims

@@ -108,25 +108,12 @@ impl Convergence {
             }));
         }
         if status {
-            let api = Api::<EventDrivenService>::all(client.clone());
-            let this = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut events = watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .touched_objects()
-                    .boxed();
-                while let Some(event) = events.next().await {
-                    if let Ok(claim) = event {
-                        let written = claim
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.observed_generation)
-                            .is_some_and(|g| Some(g) == claim.metadata.generation);
-                        if written {
-                            this.mark(claim.namespace().unwrap_or_default(), claim.name_any(), STATUS, need);
-                        }
-                    }
-                }
+            tasks.push(self.watch_claims(client, STATUS, need, |claim| {
+                claim
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_generation)
+                    .is_some_and(|g| Some(g) == claim.metadata.generation)
             }));
         }
         tasks
@@ -137,6 +124,24 @@ impl Convergence {
     /// ReplicaSet and the Deployment), until the returned task is aborted.
     /// Not `Ready`: that also needs KEDA's verdict, and KEDA does not run here.
     pub fn watch_ready(self: &Arc<Self>, client: &Client) -> tokio::task::JoinHandle<()> {
+        self.watch_claims(client, STATUS, STATUS, |claim| {
+            claim.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "DeploymentAvailable" && c.status == "True")
+            })
+        })
+    }
+
+    /// Watches the claims, marking `bit` on each claim for which `seen`
+    /// holds, until the returned task is aborted.
+    fn watch_claims(
+        self: &Arc<Self>,
+        client: &Client,
+        bit: u8,
+        need: u8,
+        seen: fn(&EventDrivenService) -> bool,
+    ) -> tokio::task::JoinHandle<()> {
         let api = Api::<EventDrivenService>::all(client.clone());
         let this = self.clone();
         tokio::spawn(async move {
@@ -145,15 +150,10 @@ impl Convergence {
                 .touched_objects()
                 .boxed();
             while let Some(event) = events.next().await {
-                if let Ok(claim) = event {
-                    let ready = claim.status.as_ref().is_some_and(|s| {
-                        s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "DeploymentAvailable" && c.status == "True")
-                    });
-                    if ready {
-                        this.mark(claim.namespace().unwrap_or_default(), claim.name_any(), STATUS, STATUS);
-                    }
+                if let Ok(claim) = event
+                    && seen(&claim)
+                {
+                    this.mark(claim.namespace().unwrap_or_default(), claim.name_any(), bit, need);
                 }
             }
         })

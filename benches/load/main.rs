@@ -406,15 +406,7 @@ impl ScalerProcess {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http = free_port();
         let wrapper = std::env::var("EDS_BENCH_SCALER_WRAPPER").unwrap_or_default();
-        let mut words = wrapper.split_whitespace();
-        let mut command = match words.next() {
-            Some(program) => {
-                let mut command = Command::new(program);
-                command.args(words).arg(env!("CARGO_BIN_EXE_eds"));
-                command
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_eds")),
-        };
+        let mut command = testkit::process::wrapped(&wrapper, env!("CARGO_BIN_EXE_eds"));
         command
             .args(["scaler", "--nats-url", &nats.url()])
             // One bench, one team: every namespace, written down.

@@ -48,7 +48,8 @@ impl LiveChild {
     }
 
     /// How many bytes the object takes as text.
-    pub fn text_len(&self) -> usize {
+    #[cfg(test)]
+    fn text_len(&self) -> usize {
         self.text.len()
     }
 }

@@ -24,6 +24,20 @@ pub fn tool(name: &str) -> PathBuf {
     path
 }
 
+/// `program` as a command, run under `wrapper` (a profiler and its
+/// arguments, split on whitespace) unless that is empty.
+pub fn wrapped(wrapper: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(first) => {
+            let mut command = Command::new(first);
+            command.args(words).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A port that was free a moment ago on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
