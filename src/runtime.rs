@@ -1,11 +1,14 @@
 //! Running a server process: the metrics recorder, the HTTP server for
 //! `/metrics`, `/healthz` and `/readyz`, the signals, and one shutdown path.
 //! The scaler and the controller run under it the same way.
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::{Router, extract::State, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -13,6 +16,7 @@ use crate::controller::{ClaimController, ControllerConfig};
 use crate::function::{self, FunctionConfig};
 use crate::lag::LagCache;
 use crate::scaler::{Scaler, ScalerConfig};
+use crate::telemetry::text::{self, Pieces};
 use crate::telemetry::{self, Metric};
 use crate::{Error, Result};
 
@@ -62,7 +66,7 @@ pub async fn run_controller(config: ControllerConfig) -> Result<()> {
     let ready: Readiness = Arc::new(controller.readiness());
     let gauges = consumer_gauges(controller.lag_cache());
     let claims = controller.claim_gauges();
-    let claim_gauges: Collector = Arc::new(move |out: &mut String| claims.render(out));
+    let claim_gauges: Collector = Arc::new(move || Box::new(claims.table()));
     with_http(
         http_addr,
         ready,
@@ -106,13 +110,14 @@ pub fn prometheus() -> PrometheusHandle {
 /// Tells `/readyz` whether the process can do its job.
 pub type Readiness = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
-/// Appends metrics written at scrape time from a component's own state
-/// (Prometheus text format) after the recorder's.
-pub type Collector = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// Metrics written at scrape time from a component's own state (Prometheus
+/// text format), after the recorder's: called once a scrape, it takes what
+/// it shows then, to be written a piece at a time.
+pub type Collector = Arc<dyn Fn() -> Box<dyn Pieces> + Send + Sync>;
 
 /// The collector of the `eds_consumer_*` gauges of `cache`.
 pub fn consumer_gauges(cache: Arc<LagCache>) -> Collector {
-    Arc::new(move |out: &mut String| crate::lag::exposition::render(cache.samples(), out))
+    Arc::new(move || Box::new(crate::lag::exposition::table(cache.samples())))
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
@@ -130,11 +135,13 @@ pub async fn serve_http_on(listener: TcpListener, ready: Readiness, collectors: 
     let handle = prometheus();
     let _upkeep = Upkeep::start(handle.clone());
     let metrics = move || {
-        let mut body = handle.render();
-        for collect in &collectors {
-            collect(&mut body);
-        }
-        std::future::ready(body)
+        let recorded = handle.render();
+        let collected = collectors.iter().map(|collect| collect()).collect();
+        let body = std::iter::once(recorded).chain(pieces(collected));
+        std::future::ready((
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            Body::from_stream(futures::stream::iter(body.map(Ok::<_, Infallible>))),
+        ))
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -142,6 +149,28 @@ pub async fn serve_http_on(listener: TcpListener, ready: Readiness, collectors: 
         .route("/readyz", get(readyz))
         .with_state(ready);
     axum::serve(listener, app).await.map_err(Error::Http)
+}
+
+/// The content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The collectors' text, one piece after another, each in a buffer of its
+/// own that is freed once sent: besides the collectors' rows, a scrape
+/// holds a piece or two, whatever the number of claims or consumers.
+fn pieces(mut parts: Vec<Box<dyn Pieces>>) -> impl Iterator<Item = String> + Send {
+    parts.reverse();
+    std::iter::from_fn(move || {
+        loop {
+            let part = parts.last_mut()?;
+            let mut piece = String::with_capacity(text::PIECE + text::PIECE / 8);
+            if !part.write_piece(&mut piece) {
+                parts.pop();
+            }
+            if !piece.is_empty() {
+                return Some(piece);
+            }
+        }
+    })
 }
 
 /// How often the recorder folds the histogram samples recorded since into

@@ -20,7 +20,8 @@ use super::metrics::{
 };
 use crate::api::EventDrivenService;
 use crate::render::status::HealthReason;
-use crate::telemetry::{Metric, text};
+use crate::telemetry::Metric;
+use crate::telemetry::text::{self, Family, Table};
 
 /// One claim's figures as its reconciles found them. A figure keeps its
 /// last value until a reconcile finds a new one; `None`: never found.
@@ -64,21 +65,23 @@ impl ClaimGauges {
         let _ = self.cached.set(store);
     }
 
-    /// Appends the gauge families in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let mut claims = self.claims.lock().expect("claim gauges lock");
-        if let Some(store) = self.cached.get() {
-            claims.retain(|(namespace, name), _| store.get(&ObjectRef::new(name).within(namespace)).is_some());
-        }
-        if claims.is_empty() {
-            return;
-        }
-        let labels: Vec<String> = claims
-            .keys()
-            .map(|(namespace, name)| text::labels([("namespace", namespace.as_str()), ("name", name.as_str())]))
-            .collect();
-        text::reserve(out, &labels, 6 + HealthReason::ALL.len());
-        let families: [(Metric, fn(&ClaimFigures) -> Option<f64>); 6] = [
+    /// The gauge families in the Prometheus text format, over a copy of
+    /// every claim's figures taken now, to be written a piece at a time.
+    pub fn table(&self) -> Table<(String, ClaimFigures)> {
+        let rows = {
+            let mut claims = self.claims.lock().expect("claim gauges lock");
+            if let Some(store) = self.cached.get() {
+                claims.retain(|(namespace, name), _| store.get(&ObjectRef::new(name).within(namespace)).is_some());
+            }
+            claims
+                .iter()
+                .map(|((namespace, name), figures)| {
+                    let labels = text::labels([("namespace", namespace.as_str()), ("name", name.as_str())]);
+                    (labels, figures.clone())
+                })
+                .collect()
+        };
+        let figures: [(Metric, fn(&ClaimFigures) -> Option<f64>); 6] = [
             (SERVICE_LAG, |f| f.lag),
             (SERVICE_REPLICAS, |f| f.replicas),
             (SERVICE_DESIRED_REPLICAS, |f| f.desired_replicas),
@@ -86,29 +89,35 @@ impl ClaimGauges {
             (SERVICE_REPLICA_CAP, |f| f.replica_cap),
             (SERVICE_SECONDS_SINCE_ACK, |f| f.seconds_since_ack),
         ];
-        for (metric, value) in families {
-            text::gauge_header(out, &metric);
-            for (figures, labels) in claims.values().zip(&labels) {
-                if let Some(v) = value(figures) {
-                    let _ = writeln!(out, "{}{{{labels}}} {}", metric.name, number(v));
+        let mut families: Vec<Family<(String, ClaimFigures)>> = figures
+            .into_iter()
+            .map(|(metric, value)| {
+                Family::new(
+                    metric,
+                    move |(labels, figures): &(String, ClaimFigures), out: &mut String| {
+                        if let Some(v) = value(figures) {
+                            let _ = writeln!(out, "{}{{{labels}}} {}", metric.name, number(v));
+                        }
+                    },
+                )
+            })
+            .collect();
+        families.push(Family::new(
+            SERVICE_CONSUMER_UNHEALTHY,
+            |(labels, figures): &(String, ClaimFigures), out: &mut String| {
+                let Some(problems) = figures.unhealthy else { return };
+                for (reason, found) in HealthReason::ALL.iter().zip(problems) {
+                    let _ = writeln!(
+                        out,
+                        "{}{{{labels},reason=\"{}\"}} {}",
+                        SERVICE_CONSUMER_UNHEALTHY.name,
+                        reason.as_str(),
+                        u8::from(found)
+                    );
                 }
-            }
-            out.push('\n');
-        }
-        text::gauge_header(out, &SERVICE_CONSUMER_UNHEALTHY);
-        for (figures, labels) in claims.values().zip(&labels) {
-            let Some(problems) = figures.unhealthy else { continue };
-            for (reason, found) in HealthReason::ALL.iter().zip(problems) {
-                let _ = writeln!(
-                    out,
-                    "{}{{{labels},reason=\"{}\"}} {}",
-                    SERVICE_CONSUMER_UNHEALTHY.name,
-                    reason.as_str(),
-                    u8::from(found)
-                );
-            }
-        }
-        out.push('\n');
+            },
+        ));
+        Table::new(rows, families)
     }
 }
 
@@ -124,6 +133,7 @@ fn number(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::text::Pieces;
 
     #[test]
     fn figures_render_as_labelled_gauges_and_keep_their_last_value() {
@@ -136,7 +146,7 @@ mod tests {
         });
         gauges.update("team-a", "w", |f| f.max_replicas = Some(7.0));
         let mut out = String::new();
-        gauges.render(&mut out);
+        gauges.table().write_all(&mut out);
         assert!(
             out.contains("eds_service_lag{namespace=\"team-a\",name=\"w\"} 12\n"),
             "{out}"
@@ -162,41 +172,10 @@ mod tests {
         );
     }
 
-    /// The room reserved before rendering holds every line, at the longest
-    /// values, so the text is allocated once.
-    #[test]
-    fn the_room_reserved_holds_the_whole_text() {
-        let gauges = ClaimGauges::default();
-        for i in 0..50 {
-            gauges.update(&format!("payments-team-{i:05}"), &format!("svc-{i}"), |f| {
-                f.lag = Some(f64::MAX);
-                f.replicas = Some(-1.234_567_890_123_4e-300);
-                f.desired_replicas = Some(f64::MIN_POSITIVE);
-                f.max_replicas = Some(1e21);
-                f.replica_cap = Some(f64::INFINITY);
-                f.seconds_since_ack = Some(123_456_789.123_456_79);
-                f.unhealthy = Some([true; 6]);
-            });
-        }
-        let mut out = String::new();
-        gauges.render(&mut out);
-        let labels: Vec<String> = (0..50)
-            .map(|i| {
-                text::labels([
-                    ("namespace", format!("payments-team-{i:05}").as_str()),
-                    ("name", format!("svc-{i}").as_str()),
-                ])
-            })
-            .collect();
-        let room = text::room(&labels, 6 + HealthReason::ALL.len());
-        assert!(out.len() <= room, "{} bytes rendered, {room} reserved", out.len());
-        assert!(out.capacity() < 2 * room, "grown past the room: {}", out.capacity());
-    }
-
     #[test]
     fn nothing_to_show_renders_nothing() {
         let mut out = String::new();
-        ClaimGauges::default().render(&mut out);
+        ClaimGauges::default().table().write_all(&mut out);
         assert_eq!(out, "");
     }
 }

@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use super::metrics::{CONSUMER_GAUGES, CONSUMER_MAX_ACK_PENDING};
 use super::{ConsumerKey, ConsumerState};
-use crate::telemetry::text;
+use crate::telemetry::text::{self, Family, Table};
 
 /// One consumer's figures, as read.
 #[derive(Clone, Debug)]
@@ -37,33 +37,36 @@ impl Sample {
     }
 }
 
-/// Appends the five gauge families in the Prometheus text format, samples
-/// sorted by their labels.
-pub fn render(mut samples: Vec<Sample>, out: &mut String) {
-    if samples.is_empty() {
-        return;
-    }
+/// The five gauge families, and `eds_consumer_max_ack_pending` where any
+/// consumer sets a limit, in the Prometheus text format, samples sorted by
+/// their labels, to be written a piece at a time.
+pub fn table(mut samples: Vec<Sample>) -> Table<(String, Sample)> {
     samples.sort_by(|a, b| a.key.cmp(&b.key));
-    let labels: Vec<String> = samples.iter().map(|s| label_set(&s.key)).collect();
-    text::reserve(out, &labels, CONSUMER_GAUGES.len() + 1);
-    for (i, metric) in CONSUMER_GAUGES.iter().enumerate() {
-        let name = metric.name;
-        text::gauge_header(out, metric);
-        for (sample, labels) in samples.iter().zip(&labels) {
-            let _ = writeln!(out, "{name}{{{labels}}} {}", sample.values[i]);
-        }
-        out.push('\n');
-    }
-    if samples.iter().any(|s| s.max_ack_pending.is_some()) {
+    let limited = samples.iter().any(|s| s.max_ack_pending.is_some());
+    let rows = samples.into_iter().map(|s| (label_set(&s.key), s)).collect();
+    let mut families: Vec<Family<(String, Sample)>> = (0..CONSUMER_GAUGES.len())
+        .map(|i| {
+            let name = CONSUMER_GAUGES[i].name;
+            Family::new(
+                CONSUMER_GAUGES[i],
+                move |(labels, sample): &(String, Sample), out: &mut String| {
+                    let _ = writeln!(out, "{name}{{{labels}}} {}", sample.values[i]);
+                },
+            )
+        })
+        .collect();
+    if limited {
         let name = CONSUMER_MAX_ACK_PENDING.name;
-        text::gauge_header(out, &CONSUMER_MAX_ACK_PENDING);
-        for (sample, labels) in samples.iter().zip(&labels) {
-            if let Some(limit) = sample.max_ack_pending {
-                let _ = writeln!(out, "{name}{{{labels}}} {limit}");
-            }
-        }
-        out.push('\n');
+        families.push(Family::new(
+            CONSUMER_MAX_ACK_PENDING,
+            move |(labels, sample): &(String, Sample), out: &mut String| {
+                if let Some(limit) = sample.max_ack_pending {
+                    let _ = writeln!(out, "{name}{{{labels}}} {limit}");
+                }
+            },
+        ));
     }
+    Table::new(rows, families)
 }
 
 fn label_set(key: &ConsumerKey) -> String {
@@ -80,6 +83,7 @@ fn label_set(key: &ConsumerKey) -> String {
 mod tests {
     use super::*;
     use crate::telemetry::Metric;
+    use crate::telemetry::text::Pieces;
 
     fn state(pending: u64, ack_pending: u64) -> ConsumerState {
         ConsumerState {
@@ -103,7 +107,7 @@ mod tests {
             Sample::new(ConsumerKey::new("default", None, "ORDERS", "unlimited"), &state(1, 1)),
         ];
         let mut out = String::new();
-        render(samples, &mut out);
+        table(samples).write_all(&mut out);
         assert!(
             out.contains(
                 "\neds_consumer_max_ack_pending{connection=\"default\",stream=\"ORDERS\",consumer=\"limited\"} 4\n"
@@ -112,10 +116,11 @@ mod tests {
         );
         assert_eq!(out.matches("\neds_consumer_max_ack_pending{").count(), 1, "{out}");
         let mut none = String::new();
-        render(
-            vec![Sample::new(ConsumerKey::new("default", None, "S", "c"), &state(0, 0))],
-            &mut none,
-        );
+        table(vec![Sample::new(
+            ConsumerKey::new("default", None, "S", "c"),
+            &state(0, 0),
+        )])
+        .write_all(&mut none);
         assert!(!none.contains("max_ack_pending"), "{none}");
     }
 
@@ -126,7 +131,7 @@ mod tests {
             Sample::new(ConsumerKey::new("default", None, "INVOICES", "billing"), &state(0, 0)),
         ];
         let mut out = String::from("# existing\n");
-        render(samples, &mut out);
+        table(samples).write_all(&mut out);
         let expected = "# existing
 # HELP eds_consumer_lag Consumer lag: num_pending + num_ack_pending.
 # TYPE eds_consumer_lag gauge
@@ -147,7 +152,7 @@ eds_consumer_lag{connection=\"default\",stream=\"ORDERS\",consumer=\"workers\"} 
     fn domains_are_labelled_and_values_escaped() {
         let key = ConsumerKey::new("edge", Some("hub"), "S\"1", "c\\2");
         let mut out = String::new();
-        render(vec![Sample::new(key, &state(1, 0))], &mut out);
+        table(vec![Sample::new(key, &state(1, 0))]).write_all(&mut out);
         assert!(
             out.contains(
                 "eds_consumer_lag{connection=\"edge\",domain=\"hub\",stream=\"S\\\"1\",consumer=\"c\\\\2\"} 1\n"
@@ -159,7 +164,7 @@ eds_consumer_lag{connection=\"default\",stream=\"ORDERS\",consumer=\"workers\"} 
     #[test]
     fn nothing_read_renders_nothing() {
         let mut out = String::new();
-        render(vec![], &mut out);
+        table(vec![]).write_all(&mut out);
         assert!(out.is_empty());
     }
 }
