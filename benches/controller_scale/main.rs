@@ -157,8 +157,7 @@ async fn floor(n: usize) -> Value {
             let (client, retries, returned) = (&client, &retries, &returned);
             async move {
                 for (kind, object) in children {
-                    let api =
-                        Api::<DynamicObject>::namespaced_with(client.clone(), &slot.namespace(), &kind.resource());
+                    let api = Api::<DynamicObject>::namespaced_with(client.clone(), &slot.namespace(), kind.resource());
                     loop {
                         match api.create(&PostParams::default(), object).await {
                             Ok(_) => break,
@@ -514,7 +513,7 @@ async fn store_sizes(client: &Client) -> Value {
     sizes.insert("EventDrivenService".into(), summary(&texts, Some(heap), None));
     let selector = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
     for kind in ChildKind::APPLY_ORDER {
-        let list = Api::<DynamicObject>::all_with(client.clone(), &kind.resource())
+        let list = Api::<DynamicObject>::all_with(client.clone(), kind.resource())
             .list(&ListParams::default().labels(&selector))
             .await
             .expect("listing children");
@@ -528,7 +527,7 @@ async fn store_sizes(client: &Client) -> Value {
             .collect();
         let live = heap::weigh::<LiveChild>(&texts);
         let trees = heap::weigh::<DynamicObject>(&texts);
-        sizes.insert(kind.resource().kind, summary(&texts, Some(live), Some(trees)));
+        sizes.insert(kind.resource().kind.clone(), summary(&texts, Some(live), Some(trees)));
     }
     let managed: Vec<String> = claims
         .items

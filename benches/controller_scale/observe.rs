@@ -95,7 +95,7 @@ impl Convergence {
         let mut tasks = Vec::new();
         for (i, kind) in ChildKind::APPLY_ORDER.into_iter().enumerate() {
             // Metadata only: the driver needs names, not objects.
-            let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &kind.resource());
+            let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), kind.resource());
             let this = self.clone();
             let config = ours.clone();
             tasks.push(tokio::spawn(async move {

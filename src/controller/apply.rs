@@ -3,10 +3,11 @@
 //! reconcile (and is retried) instead of holding it, and shutdown, for ever.
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, Patch, PatchParams, ValidationDirective};
+use kube::api::{Api, Patch, PatchParams, ValidationDirective};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use super::children::ChildKind;
 use super::live::LiveChild;
 use super::metrics::CHILD_APPLIES;
 use super::{FIELD_MANAGER, FINALIZER};
@@ -22,13 +23,14 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// instead of dropping it.
 pub async fn apply_child(
     client: &Client,
-    resource: &ApiResource,
+    kind: ChildKind,
     namespace: &str,
     name: &str,
     object: &Value,
     force: bool,
 ) -> Result<LiveChild> {
-    let api = Api::<LiveChild>::namespaced_with(client.clone(), namespace, resource);
+    let api = Api::<LiveChild>::namespaced_with(client.clone(), namespace, &kind);
+    let resource = kind.resource();
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         force,

@@ -1,5 +1,7 @@
 //! The kinds of child a claim has, and one value per kind by name: the
 //! reconcile reads "the Deployment" from a field, never from a position.
+use std::sync::LazyLock;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::api::ApiResource;
@@ -26,14 +28,18 @@ impl ChildKind {
         ChildKind::ScaledObject,
     ];
 
-    /// How to reach objects of this kind.
-    pub fn resource(self) -> ApiResource {
-        match self {
-            ChildKind::ServiceAccount => ApiResource::erase::<ServiceAccount>(&()),
-            ChildKind::Deployment => ApiResource::erase::<Deployment>(&()),
-            ChildKind::Service => ApiResource::erase::<Service>(&()),
-            ChildKind::ScaledObject => ApiResource::erase::<ScaledObject>(&()),
-        }
+    /// How to reach objects of this kind: its group, version, kind and
+    /// plural, made once per process.
+    pub fn resource(self) -> &'static ApiResource {
+        static RESOURCES: LazyLock<ByKind<ApiResource>> = LazyLock::new(|| {
+            ByKind::from_fn(|kind| match kind {
+                ChildKind::ServiceAccount => ApiResource::erase::<ServiceAccount>(&()),
+                ChildKind::Deployment => ApiResource::erase::<Deployment>(&()),
+                ChildKind::Service => ApiResource::erase::<Service>(&()),
+                ChildKind::ScaledObject => ApiResource::erase::<ScaledObject>(&()),
+            })
+        });
+        RESOURCES.get(self)
     }
 }
 
@@ -121,7 +127,7 @@ mod tests {
         for kind in ChildKind::APPLY_ORDER {
             assert_eq!(*kinds.get(kind), kind);
             assert_eq!(kind.resource().kind, format!("{kind:?}"));
-            names.push(kind.resource().kind);
+            names.push(kind.resource().kind.clone());
         }
         assert_eq!(names, ["ServiceAccount", "Deployment", "Service", "ScaledObject"]);
         let mut counts = ByKind::from_fn(|_| 0);
@@ -129,7 +135,7 @@ mod tests {
         assert_eq!((counts.deployment, counts.service), (1, 0));
         let order: Vec<ChildKind> = ByKind::from_fn(|kind| kind).into_array().map(|(k, _)| k).into();
         assert_eq!(order, ChildKind::APPLY_ORDER);
-        let (kinds, names) = ByKind::from_fn(|kind| (kind, kind.resource().kind)).unzip();
+        let (kinds, names) = ByKind::from_fn(|kind| (kind, kind.resource().kind.clone())).unzip();
         assert_eq!(
             (kinds.scaled_object, names.scaled_object.as_str()),
             (ChildKind::ScaledObject, "ScaledObject")

@@ -13,10 +13,12 @@
 use std::borrow::Cow;
 
 use kube::Resource;
-use kube::api::{ApiResource, DynamicObject, ObjectMeta};
+use kube::api::{DynamicObject, ObjectMeta};
 use kube::core::DynamicResourceScope;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
+
+use super::children::ChildKind;
 
 /// A live child: the whole object but its managedFields, as JSON text; and,
 /// parsed, the few metadata fields the caches and the controller's mapping
@@ -90,28 +92,31 @@ impl<'de> Deserialize<'de> for LiveChild {
     }
 }
 
+/// A child's kind is its dynamic type: one byte in every cache key, where
+/// an `ApiResource` is five strings of its own in each (about 280 bytes, or
+/// 11 MiB over the four caches at 10,000 claims).
 impl Resource for LiveChild {
-    type DynamicType = ApiResource;
+    type DynamicType = ChildKind;
     type Scope = DynamicResourceScope;
 
-    fn kind(resource: &ApiResource) -> Cow<'_, str> {
-        resource.kind.as_str().into()
+    fn kind(kind: &ChildKind) -> Cow<'_, str> {
+        kind.resource().kind.as_str().into()
     }
 
-    fn group(resource: &ApiResource) -> Cow<'_, str> {
-        resource.group.as_str().into()
+    fn group(kind: &ChildKind) -> Cow<'_, str> {
+        kind.resource().group.as_str().into()
     }
 
-    fn version(resource: &ApiResource) -> Cow<'_, str> {
-        resource.version.as_str().into()
+    fn version(kind: &ChildKind) -> Cow<'_, str> {
+        kind.resource().version.as_str().into()
     }
 
-    fn api_version(resource: &ApiResource) -> Cow<'_, str> {
-        resource.api_version.as_str().into()
+    fn api_version(kind: &ChildKind) -> Cow<'_, str> {
+        kind.resource().api_version.as_str().into()
     }
 
-    fn plural(resource: &ApiResource) -> Cow<'_, str> {
-        resource.plural.as_str().into()
+    fn plural(kind: &ChildKind) -> Cow<'_, str> {
+        kind.resource().plural.as_str().into()
     }
 
     fn meta(&self) -> &ObjectMeta {
@@ -161,5 +166,17 @@ mod tests {
 
         let same = LiveChild::from(serde_json::from_value::<DynamicObject>(object).unwrap());
         assert_eq!(same, live, "from a DynamicObject or from JSON, the same child");
+    }
+
+    /// The kind names the API paths a watch and an apply use.
+    #[test]
+    fn a_childs_kind_names_its_resource() {
+        assert_eq!(LiveChild::api_version(&ChildKind::Deployment), "apps/v1");
+        assert_eq!(LiveChild::plural(&ChildKind::Deployment), "deployments");
+        assert_eq!(LiveChild::group(&ChildKind::ServiceAccount), "");
+        assert_eq!(LiveChild::version(&ChildKind::Service), "v1");
+        assert_eq!(LiveChild::kind(&ChildKind::ScaledObject), "ScaledObject");
+        assert_eq!(LiveChild::api_version(&ChildKind::ScaledObject), "keda.sh/v1alpha1");
+        assert_eq!(LiveChild::plural(&ChildKind::ScaledObject), "scaledobjects");
     }
 }

@@ -35,7 +35,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
-use kube::api::{Api, ApiResource};
+use kube::api::Api;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 
 pub use children::{ByKind, ChildKind};
@@ -240,9 +240,9 @@ async fn reconcile_claims(
         .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"))
         .any_semantic();
     let (stores, events) = ByKind::from_fn(|kind| {
-        let writer = reflector::store::Writer::new(kind.resource());
+        let writer = reflector::store::Writer::new(kind);
         let store = writer.as_reader();
-        let events = watcher(scoped(&client, namespace, &kind.resource()), ours.clone())
+        let events = watcher(scoped(&client, namespace, kind), ours.clone())
             .default_backoff()
             .reflect(writer)
             .touched_objects();
@@ -267,7 +267,7 @@ async fn reconcile_claims(
     gauges.follow(claims_store.clone());
     let mut controller = Controller::for_stream(claim_events, claims_store);
     for (kind, events) in events.into_array() {
-        controller = controller.owns_stream_with(events, kind.resource());
+        controller = controller.owns_stream_with(events, kind);
     }
     let context = Context::new(
         client,
@@ -309,9 +309,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn scoped(client: &Client, namespace: Option<&str>, resource: &ApiResource) -> Api<LiveChild> {
+fn scoped(client: &Client, namespace: Option<&str>, kind: ChildKind) -> Api<LiveChild> {
     match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
-        None => Api::all_with(client.clone(), resource),
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &kind),
+        None => Api::all_with(client.clone(), &kind),
     }
 }

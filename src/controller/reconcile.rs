@@ -493,7 +493,7 @@ async fn apply_changed(
         // undone, but an object of the same name that someone else made is
         // not taken over (the apply conflicts instead).
         let force = current.is_some();
-        *live.get_mut(kind) = match apply_child(&ctx.client, &kind.resource(), namespace, name, object, force).await {
+        *live.get_mut(kind) = match apply_child(&ctx.client, kind, namespace, name, object, force).await {
             Ok(applied) => Some(Arc::new(applied)),
             Err(e) => {
                 failure.get_or_insert(e);
@@ -524,7 +524,7 @@ fn authorize(access: &Access, claim: &EventDrivenService, namespace: &str) -> Re
 }
 
 fn cached_child(ctx: &Context, kind: ChildKind, namespace: &str, name: &str) -> Live {
-    let key = ObjectRef::new_with(name, kind.resource()).within(namespace);
+    let key = ObjectRef::new_with(name, kind).within(namespace);
     ctx.stores.get(kind).get(&key)
 }
 
@@ -820,14 +820,14 @@ mod tests {
     }
 
     fn context() -> Arc<Context> {
-        context_with(ByKind::from_fn(|kind| Writer::new(kind.resource()).as_reader()))
+        context_with(ByKind::from_fn(|kind| Writer::new(kind).as_reader()))
     }
 
     /// Claims that arrive while the children are still being listed all go
     /// on once the lists are in, not only the last one to wait.
     #[tokio::test]
     async fn every_reconcile_waiting_for_the_child_lists_goes_on() {
-        let mut writers = ByKind::from_fn(|kind| Writer::<LiveChild>::new(kind.resource()));
+        let mut writers = ByKind::from_fn(|kind| Writer::<LiveChild>::new(kind));
         let ctx = context_with(ByKind::from_fn(|kind| writers.get(kind).as_reader()));
         let waiting: Vec<_> = (0..3)
             .map(|_| {
