@@ -1477,7 +1477,7 @@ async fn each_consumer_health_condition_appears_and_clears_with_an_event() {
     stream.delete_consumer("orders-workers").await.unwrap();
     let workers = stream.create_consumer(config(5)).await.unwrap();
     js::publish(&js, "orders.new", 10).await;
-    let held = js::take(&workers, 2).await;
+    let held = js::take_exactly(&workers, 2).await;
     assert_eq!(held.len(), 2);
     let claim = scenario.claim_where("Saturated", reason_is("Saturated")).await;
     let (_, _, message) = health(&claim).unwrap();
@@ -1501,7 +1501,7 @@ async fn each_consumer_health_condition_appears_and_clears_with_an_event() {
     for message in held {
         message.ack_with(AckKind::Nak(None)).await.unwrap();
     }
-    let again = js::take(&workers, 2).await;
+    let again = js::take_exactly(&workers, 2).await;
     assert_eq!(again.len(), 2);
     let claim = scenario
         .claim_where("PoisonMessages", reason_is("PoisonMessages"))

@@ -63,7 +63,7 @@ async fn a_pool_that_acknowledges_nothing_is_stalled() {
     let stream = stream_with(&js, "WORK", &["work.>"]).await;
     let workers = pull_consumer(&stream, "workers", "", Duration::from_secs(30)).await;
     publish(&js, "work.x", 20).await;
-    let held = js::take(&workers, 3).await;
+    let held = js::take_exactly(&workers, 3).await;
     assert_eq!(held.len(), 3);
 
     let (_connections, lag) = reader(nats.url()).await;
@@ -149,7 +149,7 @@ async fn redeliveries_and_advisories_are_counted_with_the_documented_permissions
     for message in js::take(&workers, 2).await {
         message.ack_with(AckKind::Nak(None)).await.unwrap();
     }
-    let again = js::take(&workers, 2).await;
+    let again = js::take_exactly(&workers, 2).await;
     assert_eq!(again.len(), 2);
     let lag = JetStreamLag::new(connections.clone());
     eventually(

@@ -62,8 +62,9 @@ pub async fn pull_consumer(
         .unwrap()
 }
 
-/// Takes up to `n` messages as a worker would (waiting at most a second),
-/// neither acknowledging nor refusing them.
+/// Takes up to `n` messages as a worker would, neither acknowledging nor
+/// refusing them: those there now (async-nats' `fetch` answers at once with
+/// what the consumer has, and does not wait for `n`).
 pub async fn take(consumer: &consumer::Consumer<consumer::pull::Config>, n: usize) -> Vec<jetstream::Message> {
     use futures::StreamExt;
     let mut batch = consumer
@@ -76,6 +77,21 @@ pub async fn take(consumer: &consumer::Consumer<consumer::pull::Config>, n: usiz
     let mut taken = Vec::new();
     while let Some(message) = batch.next().await {
         taken.push(message.unwrap());
+    }
+    taken
+}
+
+/// Takes `n` messages, fetching until they are all in hand (at most 5 s): a
+/// message just refused may be back only after the first fetch.
+pub async fn take_exactly(consumer: &consumer::Consumer<consumer::pull::Config>, n: usize) -> Vec<jetstream::Message> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut taken = Vec::new();
+    while taken.len() < n && std::time::Instant::now() < deadline {
+        let more = take(consumer, n - taken.len()).await;
+        if more.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        taken.extend(more);
     }
     taken
 }
