@@ -155,18 +155,21 @@ impl Keda {
         (streams, active)
     }
 
-    /// KEDA's schedule for `window`: per ScaledObject, every `interval`
-    /// GetMetricSpec + GetMetrics + IsActive (the operator), and every `hpa`
-    /// GetMetrics (the metrics adapter), each loop from a random phase.
+    /// KEDA's schedule for `lead_in` and then `window`: per ScaledObject,
+    /// every `interval` GetMetricSpec + GetMetrics + IsActive (the
+    /// operator), and every `hpa` GetMetrics (the metrics adapter), each loop
+    /// from a random phase. The calls of the window are recorded.
     pub async fn poll(
         &self,
         scaled_objects: &[ScaledObject],
         interval: Duration,
         hpa: Duration,
+        lead_in: Duration,
         window: Duration,
     ) -> Calls {
         let start = Instant::now();
-        let end = start + window;
+        let recorded_from = start + lead_in;
+        let end = recorded_from + window;
         let mut rng = SplitMix::from_time();
         let mut tasks = JoinSet::new();
         for so in scaled_objects {
@@ -174,6 +177,7 @@ impl Keda {
             tasks.spawn(every(
                 start + rng.phase(interval),
                 interval,
+                recorded_from,
                 end,
                 async move |calls: &mut Calls| {
                     let reference = &so_op.reference;
@@ -192,6 +196,7 @@ impl Keda {
             tasks.spawn(every(
                 start + rng.phase(hpa),
                 hpa,
+                recorded_from,
                 end,
                 async move |calls: &mut Calls| {
                     let _ = calls
@@ -248,14 +253,25 @@ impl Keda {
     }
 }
 
-/// Runs `round` at `first`, then every `period`, until `end`. A round slower
-/// than the period delays the next one, as KEDA's loops do.
-async fn every(first: Instant, period: Duration, end: Instant, mut round: impl AsyncFnMut(&mut Calls)) -> Calls {
+/// Runs `round` at `first`, then every `period`, until `end`; the rounds
+/// from `recorded_from` on are recorded. A round slower than the period
+/// delays the next one, as KEDA's loops do.
+async fn every(
+    first: Instant,
+    period: Duration,
+    recorded_from: Instant,
+    end: Instant,
+    mut round: impl AsyncFnMut(&mut Calls),
+) -> Calls {
     let mut calls = Calls::default();
     let mut next = first;
     while next < end {
         sleep_until(next).await;
-        round(&mut calls).await;
+        if next >= recorded_from {
+            round(&mut calls).await;
+        } else {
+            round(&mut Calls::default()).await;
+        }
         next = (next + period).max(Instant::now());
     }
     calls

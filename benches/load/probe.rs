@@ -96,6 +96,11 @@ impl Exposition {
         Exposition(Scrape::parse(&metrics.body))
     }
 
+    /// The sum of every series of `metric`.
+    pub fn sum(&self, metric: &str) -> f64 {
+        self.0.sum(metric, &[]).unwrap_or(0.0)
+    }
+
     /// Cumulative bucket counts of histogram `metric` over the series whose
     /// labels include every pair of `select`, summed across the rest.
     fn buckets(&self, metric: &str, select: &[(&str, &str)]) -> BTreeMap<u64, (f64, u64)> {

@@ -18,7 +18,7 @@ pub fn markdown(r: &Report) -> String {
     table(
         w,
         "### eds scaler under KEDA's schedule (real gRPC, separate process)\n",
-        "| consumers = ScaledObjects | RPC/s offered | RPC/s served | RPC p50 | RPC p99 | RPC max | GetMetrics p99 | errors | NATS req/s (bound N/TTL) | NATS read | scaler CPU | scaler RSS (peak) | nats-server CPU |",
+        "| consumers = ScaledObjects | RPC/s offered | RPC/s served | RPC p50 | RPC p99 | RPC max | GetMetrics p99 | errors | NATS req/s (bound N/TTL) | of which consumer reads | NATS read | scaler CPU | scaler RSS (peak) | nats-server CPU |",
     );
     for s in &r.stages {
         let o = &s.ours;
@@ -28,7 +28,7 @@ pub fn markdown(r: &Report) -> String {
         line(
             w,
             &format!(
-                "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.1} ({bound:.0}) | {} | {} | {} ({}) | {} |",
+                "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.1} ({bound:.0}) | {:.1} | {} | {} | {} ({}) | {} |",
                 s.consumers,
                 o.offered_rpc_per_sec,
                 all.per_sec,
@@ -38,6 +38,7 @@ pub fn markdown(r: &Report) -> String {
                 micros(get_metrics.p99_us),
                 all.errors,
                 o.usage.nats_requests_per_sec,
+                o.consumer_reads_per_sec,
                 rate(o.usage.nats_bytes_per_sec),
                 cores(o.usage.scaler_cpu_cores),
                 mib(o.usage.scaler_rss_bytes),
