@@ -515,17 +515,18 @@ async fn measure_ours(
     // (about 4 % more at 1,000) and not the steady state.
     let measured = async {
         tokio::time::sleep(SCHEDULE_LEAD_IN).await;
-        let metrics = probe::Exposition::scrape(scaler.http);
+        let metrics = (Instant::now(), probe::Exposition::scrape(scaler.http));
         (metrics, Snapshot::take(scaler.pid(), nats_pid, monitor_port))
     };
-    let (calls, (metrics_before, before)) = tokio::join!(
+    let (calls, ((scraped_before, metrics_before), before)) = tokio::join!(
         keda.poll(&scaled_objects, POLLING_INTERVAL, HPA_SYNC, SCHEDULE_LEAD_IN, window),
         measured
     );
     let usage = Snapshot::take(scaler.pid(), nats_pid, monitor_port).since(&before);
     let metrics_after = probe::Exposition::scrape(scaler.http);
     let reads = "eds_nats_requests_total";
-    let consumer_reads_per_sec = (metrics_after.sum(reads) - metrics_before.sum(reads)) / usage.secs;
+    let consumer_reads_per_sec =
+        (metrics_after.sum(reads) - metrics_before.sum(reads)) / scraped_before.elapsed().as_secs_f64();
     let quantiles = |metric: &str, select: &[(&str, &str)]| {
         let q = |q| metrics_after.quantile_since(&metrics_before, metric, select, q);
         (q(0.5), q(0.99))
