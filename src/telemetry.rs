@@ -104,7 +104,8 @@ impl Metric {
 
 /// The Prometheus text format for families written at scrape time from a
 /// component's own state (the scaler's per-consumer and the controller's
-/// per-claim gauges): one way to write their header and their labels.
+/// per-claim gauges): one way to write their header and their labels, and
+/// the [`text::Table`] that writes them a piece at a time.
 pub mod text {
     use std::fmt::Write as _;
 
@@ -137,8 +138,8 @@ pub mod text {
     /// One gauge family of a [`Table`]: its metric, and the lines (none,
     /// one, or several) a row writes in it.
     pub struct Family<R> {
-        pub metric: Metric,
-        pub lines: Box<dyn Fn(&R, &mut String) + Send + Sync>,
+        metric: Metric,
+        lines: Box<dyn Fn(&R, &mut String) + Send + Sync>,
     }
 
     impl<R> Family<R> {

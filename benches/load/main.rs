@@ -512,7 +512,8 @@ async fn measure_ours(
     // the time in a cluster: a watcher that found its consumer active
     // re-checks it one re-check period later (15 s) unless KEDA has read it
     // since, so a window that began with the schedule counted those reads
-    // (about 4 % more at 1,000) and not the steady state.
+    // (104.4 requests a second at 1,000 against 95.7 after a lead-in) and not
+    // the steady state.
     let measured = async {
         tokio::time::sleep(SCHEDULE_LEAD_IN).await;
         let metrics = (Instant::now(), probe::Exposition::scrape(scaler.http));
