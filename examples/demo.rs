@@ -157,19 +157,24 @@ async fn demo(args: &Args, url: &str) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while started.elapsed() < args.duration {
         tick.tick().await;
-        let metrics = keda
-            .get_metrics(GetMetricsRequest {
-                scaled_object_ref: Some(so.clone()),
-                metric_name: spec.metric_specs[0].metric_name.clone(),
-            })
-            .await;
-        // The very reading GetMetrics was served from, not a newer one.
-        let breakdown = scaler
-            .cache
-            .peek(&key)
+        let request = GetMetricsRequest {
+            scaled_object_ref: Some(so.clone()),
+            metric_name: spec.metric_specs[0].metric_name.clone(),
+        };
+        let mut metrics = keda.get_metrics(request.clone()).await;
+        let served = scaler.cache.peek(&key);
+        let active = keda.is_active(so.clone()).await;
+        // One row, one reading: if the reading GetMetrics was served from
+        // expired before IsActive came, IsActive read anew; ask GetMetrics
+        // again so that the row does not show one reading's lag beside the
+        // next one's verdict.
+        let reading = scaler.cache.peek(&key);
+        if reading.as_ref().map(|r| r.at) != served.map(|r| r.at) {
+            metrics = keda.get_metrics(request).await;
+        }
+        let breakdown = reading
             .map(|r| r.result)
             .unwrap_or_else(|| Err(eds::lag::LagError::Internal("no reading yet".into())));
-        let active = keda.is_active(so.clone()).await;
         match (metrics, active, breakdown) {
             (Ok(m), Ok(a), Ok(state)) => {
                 let lag = m.into_inner().metric_values[0].metric_value as u64;
