@@ -13,6 +13,9 @@ pub struct Request {
     pub resource: String,
     pub at: Timestamp,
     pub code: i64,
+    /// From the request's arrival to its answer, as the API server saw it
+    /// (queueing in priority and fairness included).
+    pub latency_s: f64,
 }
 
 impl Request {
@@ -84,11 +87,14 @@ fn request(e: &Value) -> Option<Request> {
     if let Some(sub) = object["subresource"].as_str() {
         resource = format!("{resource}/{sub}");
     }
+    let at: Timestamp = e["stageTimestamp"].as_str()?.parse().ok()?;
+    let received: Timestamp = e["requestReceivedTimestamp"].as_str()?.parse().ok()?;
     Some(Request {
         verb: e["verb"].as_str()?.to_string(),
         resource,
-        at: e["stageTimestamp"].as_str()?.parse().ok()?,
+        at,
         code: e["responseStatus"]["code"].as_i64().unwrap_or(0),
+        latency_s: at.duration_since(received).as_secs_f64(),
     })
 }
 
@@ -99,6 +105,25 @@ pub fn count(requests: &[Request], from: Timestamp, to: Timestamp) -> BTreeMap<S
         *counts.entry(r.key()).or_default() += 1;
     }
     counts
+}
+
+/// The latency of the writes in `[from, to)`, by `verb resource`: mean,
+/// p50 and p99 in seconds.
+pub fn write_latency(requests: &[Request], from: Timestamp, to: Timestamp) -> BTreeMap<String, [f64; 3]> {
+    let mut by_key: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in requests.iter().filter(|r| r.at >= from && r.at < to && r.is_write()) {
+        by_key.entry(r.key()).or_default().push(r.latency_s);
+    }
+    by_key
+        .into_iter()
+        .map(|(key, mut l)| {
+            l.sort_by(f64::total_cmp);
+            // Nearest rank, as the report's other quantiles.
+            let at = |q: f64| l[((q * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1];
+            let mean = l.iter().sum::<f64>() / l.len() as f64;
+            (key, [mean, at(0.5), at(0.99)])
+        })
+        .collect()
 }
 
 /// Requests in `[from, to)` that failed, by `verb resource code`.

@@ -24,7 +24,8 @@
 //!
 //! Environment (optional): `EDS_BENCH_CTL_SIZES` (default 100,1000,10000),
 //! `EDS_BENCH_OUT` (default target/bench), `EDS_BENCH_CONTROLLER_WRAPPER`
-//! (a profiler to run the controller under). Writes `controller-scale.md` and
+//! (a profiler to run the controller under), `EDS_BENCH_FLOOR_APPLY` (the
+//! floor applies instead of creating). Writes `controller-scale.md` and
 //! `controller-scale.json` (every figure, and the curves `benches/convergence-plot`
 //! draws). `scripts/bench.sh` runs it; docs/benchmarks.md explains it.
 mod audit;
@@ -80,6 +81,10 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(1800);
 const CONTROLLER_USER: &str = "system:serviceaccount:eds-system:eds-controller";
 const FLOOR_USER: &str = "system:serviceaccount:eds-system:eds-floor";
 const RUN: &str = "EDS_BENCH_CTL_RUN";
+/// Set: the floor server-side applies its children (as the controller
+/// does) instead of creating them, to tell the cost of applies from the
+/// cost of the controller's other requests.
+const FLOOR_APPLY: &str = "EDS_BENCH_FLOOR_APPLY";
 /// A command to run the controller under, e.g. `heaptrack -o target/bench/ctl`
 /// (RSS and CPU are then the profiler's).
 const WRAPPER: &str = "EDS_BENCH_CONTROLLER_WRAPPER";
@@ -151,6 +156,7 @@ async fn floor(n: usize) -> Value {
     let seen = Convergence::new(started, n);
     let watches = seen.watch(&admin, false);
     let retries = std::sync::atomic::AtomicU64::new(0);
+    let apply = std::env::var_os(FLOOR_APPLY).is_some();
     let returned = std::sync::Mutex::new(Vec::with_capacity(n));
     futures::stream::iter(&objects)
         .for_each_concurrent(usize::from(RECONCILE_CONCURRENCY), |(slot, children)| {
@@ -159,7 +165,14 @@ async fn floor(n: usize) -> Value {
                 for (kind, object) in children {
                     let api = Api::<DynamicObject>::namespaced_with(client.clone(), &slot.namespace(), kind.resource());
                     loop {
-                        match api.create(&PostParams::default(), object).await {
+                        let written = if apply {
+                            let name = object.metadata.name.as_deref().expect("a named child");
+                            api.patch(name, &PatchParams::apply("eds-floor"), &Patch::Apply(object))
+                                .await
+                        } else {
+                            api.create(&PostParams::default(), object).await
+                        };
+                        match written {
                             Ok(_) => break,
                             Err(e) if retryable(&e) => {
                                 retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -191,6 +204,7 @@ async fn floor(n: usize) -> Value {
     json!({
         "mode": "floor",
         "n": n,
+        "applies": apply,
         "namespaces": cluster::namespaces(&slots).len(),
         "created_s": created,
         "seen_s": seen_all,
@@ -198,6 +212,7 @@ async fn floor(n: usize) -> Value {
         "returned": returned,
         "retries": retries.into_inner(),
         "requests": audit::count(&requests, wall, Timestamp::now()),
+        "write_latency_s": audit::write_latency(&requests, wall, Timestamp::now()),
         "failures": audit::failures(&requests, wall, Timestamp::now()),
     })
 }
@@ -301,6 +316,7 @@ async fn controller(n: usize) -> Value {
     let converged = started.elapsed().as_secs_f64();
     let at_converged = sampler.now();
     let reconciles_at_converged = metric(port, "eds_reconcile_total");
+    let reconcile_seconds_at_converged = metric(port, "eds_reconcile_duration_seconds_sum");
     println!(
         "controller at {n}: {} of {n} converged in {converged:.1} s",
         progress.count()
@@ -379,11 +395,13 @@ async fn controller(n: usize) -> Value {
             "changes": audit::count(&requests, changes_from, changes_to),
             "all": audit::count(&requests, wall, end),
         },
+        "write_latency_s": audit::write_latency(&requests, wall, last_write.checked_add(jiff::SignedDuration::from_millis(1)).unwrap()),
         "failures": audit::failures(&requests, wall, end),
         "idle_window_s": IDLE_WINDOW.as_secs_f64(),
         "lag_interval_s": LAG_INTERVAL.as_secs_f64(),
         "reconciles": {
             "converge": reconciles_at_converged - reconciles_at_start,
+            "converge_seconds": reconcile_seconds_at_converged,
             "idle": reconciles_idle_to - reconciles_idle_from,
             "total": scrape.sum("eds_reconcile_total", &[]).unwrap_or(0.0),
         },

@@ -89,6 +89,48 @@ pub fn write(out: &Path, sizes: &[usize]) {
         md.push('\n');
     }
 
+    md.push_str(
+        "\n#### Write latency by verb and resource, until the controller's last write: p50 / p99, arrival to answer by the API server's own timestamps\n\n",
+    );
+    let latency_keys: BTreeSet<String> = runs
+        .iter()
+        .flat_map(|(_, f, c)| {
+            [f, c]
+                .into_iter()
+                .flatten()
+                .flat_map(|r| object_keys(&r["write_latency_s"]))
+                .filter(|k| !k.ends_with(" leases"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    md.push_str("| verb resource |");
+    for (n, _, _) in &runs {
+        write!(md, " controller, {n} |").unwrap();
+    }
+    for (n, _, _) in &runs {
+        write!(md, " floor, {n} |").unwrap();
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(2 * runs.len()));
+    md.push('\n');
+    let latency = |run: &Option<Value>, key: &str| -> String {
+        let l = run.as_ref().map(|r| &r["write_latency_s"][key]);
+        match l.and_then(|l| Some((l[1].as_f64()?, l[2].as_f64()?))) {
+            Some((p50, p99)) => format!("{} / {}", ms(Some(p50)), ms(Some(p99))),
+            None => "-".into(),
+        }
+    };
+    for key in &latency_keys {
+        write!(md, "| {key} |").unwrap();
+        for (_, _, c) in &runs {
+            write!(md, " {} |", latency(c, key)).unwrap();
+        }
+        for (_, f, _) in &runs {
+            write!(md, " {} |", latency(f, key)).unwrap();
+        }
+        md.push('\n');
+    }
+
     md.push_str("\n#### The controller: memory, CPU, reconciles, idle resync\n\n");
     md.push_str("| claims | RSS before | RSS converged | RSS peak | RSS after the idle window | RSS growth per claim | CPU to converge | CPU while idle | reconciles to converge (per claim) | reconciles in the idle window (per claim) | writes in the idle window (claims, children, events) | Lease requests in it | /metrics samples |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (n, _, c) in &runs {
