@@ -309,7 +309,7 @@ impl Default for ConsumerConfig {
 }
 
 /// A duration as the claim writes it: digits and one unit (`ms`, `s`, `m`,
-/// `h`), the form [`schema::CONSUMER_DURATION_RULE`] admits.
+/// `h`), the form the schema's CEL rule for consumer durations admits.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let digits = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(digits);

@@ -3,8 +3,8 @@
 //!
 //! Kubernetes I/O only. What the children look like comes from
 //! [`crate::render`]; whether one needs a write from [`drift`]; the writes
-//! themselves are [`apply`]'s; what the status says comes from [`status`];
-//! who may write from [`leader`].
+//! themselves are [`apply`]'s; what the status says comes from
+//! [`crate::render::status`]; who may write from [`leader`].
 //!
 //! - Children are server-side applied under one field manager with force, so
 //!   drift is undone and a deleted child comes back. Deleting a claim deletes

@@ -16,7 +16,7 @@ const BUFFER_SIZE: usize = 512;
 /// tonic's default: how much a stream encodes before yielding a frame.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// Prost encoding with [`BUFFER_SIZE`] buffers; the generated client and
+/// Prost encoding with buffers of 512 bytes (`BUFFER_SIZE`); the generated client and
 /// server use it (see build.rs).
 #[derive(Debug, Clone)]
 pub struct SmallBuffers<T, U>(PhantomData<(T, U)>);
