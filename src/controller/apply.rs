@@ -44,7 +44,16 @@ pub async fn apply_child(
     Ok(applied)
 }
 
-/// Writes the claim's status (server-side apply of the status alone).
+/// Writes the claim's status: a JSON merge patch of the whole status, with
+/// `null` for every field the cached status has and this one has not.
+///
+/// Not a server-side apply: the API server parses an apply's body as YAML
+/// and merges it field by field, about a third of the CPU a status write
+/// costs it (docs/benchmarks.md, "What bounds convergence"). The status is
+/// the controller's alone, and the patch names every field of it, so the
+/// write is as complete as the apply was; a cached status behind the
+/// server's only means a field removed meanwhile is nulled on the next
+/// reconcile, which the watch event of this write brings.
 pub async fn patch_status(
     client: &Client,
     claim: &EventDrivenService,
@@ -52,16 +61,39 @@ pub async fn patch_status(
     status: &EventDrivenServiceStatus,
 ) -> Result<()> {
     let name = claim.name_any();
-    let body = serde_json::json!({
-        "apiVersion": EventDrivenService::api_version(&()),
-        "kind": EventDrivenService::kind(&()),
-        "status": status,
-    });
+    let json = |status: &EventDrivenServiceStatus| {
+        serde_json::to_value(status).map_err(|e| Error::serialize("a claim's status as JSON", e))
+    };
+    let cached = claim.status.as_ref().map(json).transpose()?;
+    let body = json!({ "status": merge_patch(cached.as_ref(), json(status)?) });
     let api = Api::<EventDrivenService>::namespaced(client.clone(), namespace);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
     let what = || format!("writing the status of EventDrivenService {namespace}/{name}");
-    within_deadline(what, api.patch_status(&name, &params, &Patch::Apply(body))).await?;
+    within_deadline(what, api.patch_status(&name, &params, &Patch::Merge(body))).await?;
     Ok(())
+}
+
+/// A JSON merge patch (RFC 7386) that turns `old` into `new`: `new` itself,
+/// with `null` for each key of `old` that `new` lacks, in every object the
+/// two share. Arrays are replaced whole, as a merge patch does.
+fn merge_patch(old: Option<&Value>, new: Value) -> Value {
+    match (old, new) {
+        (Some(Value::Object(old)), Value::Object(mut new)) => {
+            for (key, was) in old {
+                match new.get_mut(key) {
+                    Some(now) => *now = merge_patch(Some(was), now.take()),
+                    None => {
+                        new.insert(key.clone(), Value::Null);
+                    }
+                }
+            }
+            Value::Object(new)
+        }
+        (_, new) => new,
+    }
 }
 
 /// Adds our finalizer to the claim. The JSON patch tests the list it
@@ -119,5 +151,53 @@ async fn within_deadline<T>(what: impl FnOnce() -> String, call: impl Future<Out
             what: what(),
             after: CALL_TIMEOUT,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::merge_patch;
+
+    #[test]
+    fn a_merge_patch_nulls_what_the_new_status_dropped_at_every_depth() {
+        let old = json!({
+            "observedGeneration": 1,
+            "lag": 12,
+            "drain": {"target": 100.0, "arrivalsPerSecond": 3.5},
+            "conditions": [{"type": "Ready", "status": "False"}, {"type": "Reconciled", "status": "True"}],
+        });
+        let new = json!({
+            "observedGeneration": 2,
+            "drain": {"target": 80.0},
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "replicas": 3,
+        });
+        assert_eq!(
+            merge_patch(Some(&old), new),
+            json!({
+                "observedGeneration": 2,
+                "lag": null,
+                "drain": {"target": 80.0, "arrivalsPerSecond": null},
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "replicas": 3,
+            })
+        );
+    }
+
+    #[test]
+    fn without_a_cached_status_the_patch_is_the_status() {
+        let new = json!({"observedGeneration": 1, "conditions": []});
+        assert_eq!(merge_patch(None, new.clone()), new);
+    }
+
+    #[test]
+    fn applying_the_patch_gives_the_new_status() {
+        let old = json!({"lag": 12, "drain": {"target": 1.0, "unsupported": "KEDA 2.18"}, "replicas": 1});
+        let new = json!({"drain": {"target": 2.0}, "replicas": 2});
+        let mut doc = old.clone();
+        json_patch::merge(&mut doc, &merge_patch(Some(&old), new.clone()));
+        assert_eq!(doc, new);
     }
 }
