@@ -256,7 +256,13 @@ fn rendered(slot: &Slot) -> Vec<(ChildKind, DynamicObject)> {
 /// the run before.
 async fn warm_up(admin: &Client, slot: &Slot) {
     Api::<EventDrivenService>::namespaced(admin.clone(), &slot.namespace())
-        .create(&PostParams { dry_run: true, ..Default::default() }, &slot.claim())
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &slot.claim(),
+        )
         .await
         .expect("a dry-run claim");
     warm_up_children(admin, slot, true).await;
@@ -265,7 +271,10 @@ async fn warm_up(admin: &Client, slot: &Slot) {
 /// `slot`'s four children created as a dry run by `client`, and also applied
 /// as one when `apply`.
 async fn warm_up_children(client: &Client, slot: &Slot, apply: bool) {
-    let dry_create = PostParams { dry_run: true, ..Default::default() };
+    let dry_create = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     let dry_apply = PatchParams::apply("eds-bench-warm-up").dry_run();
     for (kind, object) in rendered(slot) {
         let api = Api::<DynamicObject>::namespaced_with(client.clone(), &slot.namespace(), kind.resource());
