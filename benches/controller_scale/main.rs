@@ -18,9 +18,11 @@
 //!   window of more than two resync periods (`--lag-interval`);
 //!   and changes to single claims, timed until their Deployment shows them.
 //!
-//! Before either clock starts, both runs send the API server the same dry
-//! runs (one claim, its children created and applied), so neither pays for
-//! the API server's first use of a kind ([`warm_up`]).
+//! Before either clock starts, the driver sends the API server the same dry
+//! runs in both (one claim, its children created and applied), so neither
+//! pays for the API server's first use of a kind ([`warm_up`]); the floor's
+//! client also dry-run creates the children, to open its connection as the
+//! controller's already are.
 //!
 //! Requests by verb come from the API server's audit log (it records every
 //! request of the ServiceAccounts of `eds-system`); RSS and CPU from

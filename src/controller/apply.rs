@@ -1,5 +1,5 @@
-//! Writing to the API server: server-side apply of a child, the claim's
-//! status, and the claim's finalizer. Every call has its own deadline, so a hung API server fails one
+//! Writing to the API server: a child by server-side apply, the claim's
+//! status by a merge patch, and the claim's finalizer by a JSON patch. Every call has its own deadline, so a hung API server fails one
 //! reconcile (and is retried) instead of holding it, and shutdown, for ever.
 use std::time::Duration;
 
@@ -50,10 +50,14 @@ pub async fn apply_child(
 /// Not a server-side apply: the API server parses an apply's body as YAML
 /// and merges it field by field, about a third of the CPU a status write
 /// costs it (docs/benchmarks.md, "What bounds convergence"). The status is
-/// the controller's alone, and the patch names every field of it, so the
-/// write is as complete as the apply was; a cached status behind the
-/// server's only means a field removed meanwhile is nulled on the next
-/// reconcile, which the watch event of this write brings.
+/// the controller's alone, and the patch names every field of it. When the
+/// cached status is behind the server's (a field our last write added has
+/// not come back through the watch yet), a field this status drops may
+/// survive this write; the watch event of the earlier write brings another
+/// reconcile, whose patch nulls it. Unlike an apply, only fields that
+/// [`EventDrivenServiceStatus`] knows are ever nulled: a field written by
+/// another version of the controller and unknown to this one stays until
+/// that version's successor drops it.
 pub async fn patch_status(
     client: &Client,
     claim: &EventDrivenService,
