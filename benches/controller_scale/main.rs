@@ -76,12 +76,6 @@ const LAG_INTERVAL: Duration = Duration::from_secs(15);
 /// resync's share of convergence (the idle window stays 35 s, so with a
 /// longer interval it no longer sees every claim resync twice).
 const LAG_INTERVAL_ENV: &str = "EDS_BENCH_CTL_LAG_INTERVAL";
-
-fn lag_interval() -> Duration {
-    std::env::var(LAG_INTERVAL_ENV).map_or(LAG_INTERVAL, |s| {
-        Duration::from_secs(s.trim().parse().expect("EDS_BENCH_CTL_LAG_INTERVAL: seconds"))
-    })
-}
 /// Longer than two resyncs: every claim is reconciled at least twice.
 const IDLE_WINDOW: Duration = Duration::from_secs(35);
 /// The controller has stopped writing once it wrote nothing for this long.
@@ -105,6 +99,14 @@ const FLOOR_APPLY: &str = "EDS_BENCH_FLOOR_APPLY";
 /// A command to run the controller under, e.g. `heaptrack -o target/bench/ctl`
 /// (RSS and CPU are then the profiler's).
 const WRAPPER: &str = "EDS_BENCH_CONTROLLER_WRAPPER";
+
+/// The controller's `--lag-interval`: [`LAG_INTERVAL`] unless
+/// [`LAG_INTERVAL_ENV`] says otherwise.
+fn lag_interval() -> Duration {
+    std::env::var(LAG_INTERVAL_ENV).map_or(LAG_INTERVAL, |s| {
+        Duration::from_secs(s.trim().parse().expect("EDS_BENCH_CTL_LAG_INTERVAL: seconds"))
+    })
+}
 
 fn main() {
     let out = std::env::var_os("EDS_BENCH_OUT")
@@ -320,6 +322,7 @@ async fn controller(n: usize) -> Value {
     let slots = cluster::slots(n);
     let kubeconfig = cluster::controller_identity(&cp, &admin).await;
     let nats = NatsServer::start();
+    let lag = lag_interval();
     let setup = Instant::now();
     cluster::create_namespaces(&admin, &slots).await;
     cluster::create_consumers(&nats.url(), &slots).await;
@@ -337,7 +340,7 @@ async fn controller(n: usize) -> Value {
         .arg("controller")
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(["--identity", "bench"])
-        .args(["--lag-interval", &format!("{}s", lag_interval().as_secs())])
+        .args(["--lag-interval", &format!("{}s", lag.as_secs())])
         .args(["--nats-url", &nats.url()])
         .args(["--nats-namespaces", "*"])
         .env("KUBECONFIG", &kubeconfig);
@@ -353,7 +356,9 @@ async fn controller(n: usize) -> Value {
     let started = Instant::now();
     let sampler = ProcSampler::start(pid, started, Duration::from_millis(500));
     let at_start = sampler.now();
-    let reconciles_at_start = metric(port, "eds_reconcile_total");
+    let at_start_scrape = scrape(port);
+    let reconciles_at_start = sum(&at_start_scrape, "eds_reconcile_total");
+    let reconcile_seconds_at_start = sum(&at_start_scrape, "eds_reconcile_duration_seconds_sum");
     let progress = Convergence::new(started, n);
     let watches = progress.watch(&admin, true);
     let ready = Convergence::new(started, n);
@@ -378,8 +383,11 @@ async fn controller(n: usize) -> Value {
     ticker.abort();
     let converged = started.elapsed().as_secs_f64();
     let at_converged = sampler.now();
-    let reconciles_at_converged = metric(port, "eds_reconcile_total");
-    let reconcile_seconds_at_converged = metric(port, "eds_reconcile_duration_seconds_sum");
+    // One scrape: at 10,000 claims each is about 25 MiB of text.
+    let at_converged_scrape = scrape(port);
+    let reconciles_at_converged = sum(&at_converged_scrape, "eds_reconcile_total");
+    let reconcile_seconds_at_converged = sum(&at_converged_scrape, "eds_reconcile_duration_seconds_sum");
+    drop(at_converged_scrape);
     println!(
         "controller at {n}: {} of {n} converged in {converged:.1} s",
         progress.count()
@@ -426,7 +434,7 @@ async fn controller(n: usize) -> Value {
     let changes_to = Timestamp::now();
     let after_changes = sampler.now();
 
-    let scrape = Scrape::parse(&testkit::http::get(port, "/metrics").expect("/metrics").body);
+    let scrape = scrape(port);
     let applies: serde_json::Map<String, Value> = scrape
         .select("eds_child_applies_total", &[])
         .map(|s| (s.labels.get("kind").cloned().unwrap_or_default(), json!(s.value)))
@@ -461,10 +469,10 @@ async fn controller(n: usize) -> Value {
         "write_latency_s": audit::write_latency(&requests, wall, last_write.checked_add(jiff::SignedDuration::from_millis(1)).unwrap()),
         "failures": audit::failures(&requests, wall, end),
         "idle_window_s": IDLE_WINDOW.as_secs_f64(),
-        "lag_interval_s": lag_interval().as_secs_f64(),
+        "lag_interval_s": lag.as_secs_f64(),
         "reconciles": {
             "converge": reconciles_at_converged - reconciles_at_start,
-            "converge_seconds": reconcile_seconds_at_converged,
+            "converge_seconds": reconcile_seconds_at_converged - reconcile_seconds_at_start,
             "idle": reconciles_idle_to - reconciles_idle_from,
             "total": scrape.sum("eds_reconcile_total", &[]).unwrap_or(0.0),
         },
@@ -484,11 +492,20 @@ async fn controller(n: usize) -> Value {
 }
 
 /// The sum of every sample of `name` on the controller's /metrics.
-fn metric(port: u16, name: &str) -> f64 {
+fn scrape(port: u16) -> Scrape {
     let body = testkit::http::get(port, "/metrics")
         .expect("the controller's /metrics")
         .body;
-    Scrape::parse(&body).sum(name, &[]).unwrap_or(0.0)
+    Scrape::parse(&body)
+}
+
+/// The sum of `name`'s series (0 when it has none).
+fn sum(scrape: &Scrape, name: &str) -> f64 {
+    scrape.sum(name, &[]).unwrap_or(0.0)
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    sum(&scrape(port), name)
 }
 
 async fn wait_leader(port: u16) {

@@ -66,16 +66,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
             keys
         })
         .collect();
-    md.push_str("| verb resource |");
-    for (n, _, _) in &runs {
-        write!(md, " controller, {n} |").unwrap();
-    }
-    for (n, _, _) in &runs {
-        write!(md, " floor, {n} |").unwrap();
-    }
-    md.push_str("\n|---|");
-    md.push_str(&"---:|".repeat(2 * runs.len()));
-    md.push('\n');
+    verb_table_header(&mut md, runs.iter().map(|(n, _, _)| *n));
     for key in keys.iter().chain(std::iter::once(&"writes".to_string())) {
         write!(md, "| {key} |").unwrap();
         for (n, _, c) in &runs {
@@ -103,16 +94,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
                 .collect::<Vec<_>>()
         })
         .collect();
-    md.push_str("| verb resource |");
-    for (n, _, _) in &runs {
-        write!(md, " controller, {n} |").unwrap();
-    }
-    for (n, _, _) in &runs {
-        write!(md, " floor, {n} |").unwrap();
-    }
-    md.push_str("\n|---|");
-    md.push_str(&"---:|".repeat(2 * runs.len()));
-    md.push('\n');
+    verb_table_header(&mut md, runs.iter().map(|(n, _, _)| *n));
     let latency = |run: &Option<Value>, key: &str| -> String {
         let l = run.as_ref().map(|r| &r["write_latency_s"][key]);
         match l.and_then(|l| Some((l[1].as_f64()?, l[2].as_f64()?))) {
@@ -295,4 +277,19 @@ fn ready(run: Option<&Value>, n: usize) -> String {
         Some(last) if times.len() >= n => secs(Some(last)),
         _ => format!("{} of {n}", times.len()),
     }
+}
+
+/// The header of a table by verb and resource: a column per controller run,
+/// then one per floor run, for each N.
+fn verb_table_header(md: &mut String, sizes: impl Iterator<Item = usize> + Clone) {
+    md.push_str("| verb resource |");
+    for n in sizes.clone() {
+        write!(md, " controller, {n} |").unwrap();
+    }
+    for n in sizes.clone() {
+        write!(md, " floor, {n} |").unwrap();
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(2 * sizes.count()));
+    md.push('\n');
 }
