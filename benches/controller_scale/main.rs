@@ -26,7 +26,9 @@
 //!
 //! Requests by verb come from the API server's audit log (it records every
 //! request of the ServiceAccounts of `eds-system`); RSS and CPU from
-//! `/proc/<pid>`; reconciles from the controller's /metrics.
+//! `/proc/<pid>`; reconciles from the controller's /metrics. Over each
+//! clock, the whole machine too ([`machine`]): every process's CPU, and the
+//! API server's requests from all its clients, by its own metrics.
 //!
 //! Environment (optional): `EDS_BENCH_CTL_SIZES` (default 100,1000,10000),
 //! `EDS_BENCH_OUT` (default target/bench), `EDS_BENCH_CONTROLLER_WRAPPER`
@@ -38,6 +40,7 @@
 mod audit;
 mod cluster;
 mod heap;
+mod machine;
 mod observe;
 mod report;
 
@@ -64,6 +67,7 @@ use testkit::process::{Peer, free_port};
 use testkit::prometheus::Scrape;
 
 use cluster::Slot;
+use machine::Machine;
 
 #[global_allocator]
 static HEAP: heap::Counting = heap::Counting;
@@ -170,6 +174,8 @@ async fn floor(n: usize) -> Value {
     warm_up_children(&client, &slots[0], false).await;
     let mut tail = audit::Tail::new(&cp.audit_path(), FLOOR_USER);
     tail.read();
+    let machine = machine(&cp, &kwok, &[]);
+    let machine_from = machine.read(&admin).await;
 
     println!("floor at {n}: creating {} objects", 4 * n);
     let wall = Timestamp::now();
@@ -213,6 +219,7 @@ async fn floor(n: usize) -> Value {
         "the floor's objects never all appeared"
     );
     let seen_all = started.elapsed().as_secs_f64();
+    let machine_to = machine.read(&admin).await;
     for task in watches {
         task.abort();
     }
@@ -235,7 +242,25 @@ async fn floor(n: usize) -> Value {
         "requests": audit::count(&requests, wall, Timestamp::now()),
         "write_latency_s": audit::write_latency(&requests, wall, Timestamp::now()),
         "failures": audit::failures(&requests, wall, Timestamp::now()),
+        "machine": machine::spent(&machine_from, &machine_to),
     })
+}
+
+/// Reads the CPU of every process on the machine that takes part in a run:
+/// the control plane's, the scheduler's, KWOK's, `more`, and this driver's.
+fn machine(cp: &cp::ControlPlane, kwok: &Kwok, more: &[(&str, Option<u32>)]) -> Machine {
+    let mut processes = cp.pids();
+    for (name, pid) in [
+        ("kube-scheduler", kwok.scheduler.pid()),
+        ("kwok", kwok.kwok.pid()),
+        ("driver", Some(std::process::id())),
+    ]
+    .into_iter()
+    .chain(more.iter().copied())
+    {
+        processes.push((name.to_string(), pid.expect("a running process")));
+    }
+    Machine::new(processes)
 }
 
 /// The controller's four children of `slot`'s claim as it would apply them
@@ -351,6 +376,12 @@ async fn controller(n: usize) -> Value {
     let pid = peer.pid().expect("the controller's pid");
     let mut tail = audit::Tail::new(&cp.audit_path(), CONTROLLER_USER);
     tail.read();
+    let machine = machine(
+        &cp,
+        &kwok,
+        &[("eds controller", Some(pid)), ("nats-server", nats.peer.pid())],
+    );
+    let machine_from = machine.read(&admin).await;
 
     let wall = Timestamp::now();
     let started = Instant::now();
@@ -388,6 +419,7 @@ async fn controller(n: usize) -> Value {
     let reconciles_at_converged = sum(&at_converged_scrape, "eds_reconcile_total");
     let reconcile_seconds_at_converged = sum(&at_converged_scrape, "eds_reconcile_duration_seconds_sum");
     drop(at_converged_scrape);
+    let machine_to = machine.read(&admin).await;
     println!(
         "controller at {n}: {} of {n} converged in {converged:.1} s",
         progress.count()
@@ -488,6 +520,7 @@ async fn controller(n: usize) -> Value {
         },
         "change_latency_s": latencies,
         "stores": stores,
+        "machine": machine::spent(&machine_from, &machine_to),
     })
 }
 

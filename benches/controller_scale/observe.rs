@@ -225,14 +225,19 @@ fn read_proc(pid: u32, started: Instant) -> Option<ProcSample> {
         .trim()
         .parse()
         .ok()?;
+    Some(ProcSample {
+        at: started.elapsed().as_secs_f64(),
+        rss_bytes: rss_kib * 1024,
+        cpu_seconds: cpu_seconds(pid)?,
+    })
+}
+
+/// The CPU time process `pid` has used so far (user and system), seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command (which may hold spaces), from field 3 on.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ProcSample {
-        at: started.elapsed().as_secs_f64(),
-        rss_bytes: rss_kib * 1024,
-        cpu_seconds: ticks as f64 / testkit::process::clock_ticks(),
-    })
+    Some(ticks as f64 / testkit::process::clock_ticks())
 }

@@ -66,7 +66,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
             keys
         })
         .collect();
-    verb_table_header(&mut md, runs.iter().map(|(n, _, _)| *n));
+    verb_table_header(&mut md, "verb resource", runs.iter().map(|(n, _, _)| *n));
     for key in keys.iter().chain(std::iter::once(&"writes".to_string())) {
         write!(md, "| {key} |").unwrap();
         for (n, _, c) in &runs {
@@ -94,7 +94,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
                 .collect::<Vec<_>>()
         })
         .collect();
-    verb_table_header(&mut md, runs.iter().map(|(n, _, _)| *n));
+    verb_table_header(&mut md, "verb resource", runs.iter().map(|(n, _, _)| *n));
     let latency = |run: &Option<Value>, key: &str| -> String {
         let l = run.as_ref().map(|r| &r["write_latency_s"][key]);
         match l.and_then(|l| Some((l[1].as_f64()?, l[2].as_f64()?))) {
@@ -112,6 +112,23 @@ pub fn write(out: &Path, sizes: &[usize]) {
         }
         md.push('\n');
     }
+
+    md.push_str("\n#### The whole machine until convergence: CPU per claim by process, in milliseconds (every process of the run, on the same two cores)\n\n");
+    machine_table(&mut md, &runs, "process", "cpu_seconds", 1000.0, 0.05, |v| {
+        format!("{v:.1}")
+    });
+    write!(md, "| cores busy (all ÷ the seconds between the readings) |").unwrap();
+    for run in runs.iter().map(|(_, _, c)| c).chain(runs.iter().map(|(_, f, _)| f)) {
+        let busy = run.as_ref().and_then(|r| {
+            let machine = &r["machine"];
+            Some(sum_values(&machine["cpu_seconds"]) / machine["seconds"].as_f64()?)
+        });
+        write!(md, " {} |", busy.map_or("-".into(), |b| format!("{b:.2}"))).unwrap();
+    }
+    md.push_str(
+        "\n\n#### The API server's requests per claim until convergence, from its own metrics (every client: the controller manager, the scheduler and KWOK too)\n\n",
+    );
+    machine_table(&mut md, &runs, "verb resource", "requests", 1.0, 0.05, |v| per(Some(v)));
 
     md.push_str("\n#### The controller: memory, CPU, reconciles, idle resync\n\n");
     md.push_str("| claims | RSS before | RSS converged | RSS peak | RSS after the idle window | RSS growth per claim | CPU to converge | CPU while idle | reconciles to converge (per claim) | reconciles in the idle window (per claim) | writes in the idle window (claims, children, events) | Lease requests in it | /metrics samples |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -279,10 +296,71 @@ fn ready(run: Option<&Value>, n: usize) -> String {
     }
 }
 
-/// The header of a table by verb and resource: a column per controller run,
-/// then one per floor run, for each N.
-fn verb_table_header(md: &mut String, sizes: impl Iterator<Item = usize> + Clone) {
-    md.push_str("| verb resource |");
+/// A table of what `machine.<field>` of each run holds, per claim and times
+/// `scale`: a row per key that reaches `least` in some run, then their sum
+/// over every key as `all`; the columns as [`verb_table_header`]'s.
+fn machine_table(
+    md: &mut String,
+    runs: &[(usize, Option<Value>, Option<Value>)],
+    rows_are: &str,
+    field: &str,
+    scale: f64,
+    least: f64,
+    show: impl Fn(f64) -> String,
+) {
+    let columns: Vec<(usize, &Option<Value>)> = runs
+        .iter()
+        .map(|(n, _, c)| (*n, c))
+        .chain(runs.iter().map(|(n, f, _)| (*n, f)))
+        .collect();
+    let value = |run: &Option<Value>, n: usize, key: Option<&str>| -> Option<f64> {
+        let counts = &run.as_ref()?["machine"][field];
+        let total = match key {
+            Some(key) => counts[key].as_f64().unwrap_or(0.0),
+            None => sum_values(counts),
+        };
+        Some(total * scale / n as f64)
+    };
+    let keys: BTreeSet<String> = columns
+        .iter()
+        .flat_map(|(_, run)| {
+            run.as_ref()
+                .map(|r| object_keys(&r["machine"][field]))
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut rows: Vec<(String, Vec<Option<f64>>)> = keys
+        .iter()
+        .map(|key| {
+            let values = columns.iter().map(|(n, run)| value(run, *n, Some(key))).collect();
+            (key.clone(), values)
+        })
+        .filter(|(_, values): &(String, Vec<Option<f64>>)| values.iter().flatten().any(|v| *v >= least))
+        .collect();
+    rows.push((
+        "all".into(),
+        columns.iter().map(|(n, run)| value(run, *n, None)).collect(),
+    ));
+    verb_table_header(md, rows_are, runs.iter().map(|(n, _, _)| *n));
+    for (key, values) in rows {
+        write!(md, "| {key} |").unwrap();
+        for v in values {
+            write!(md, " {} |", v.map_or("-".into(), &show)).unwrap();
+        }
+        md.push('\n');
+    }
+}
+
+fn sum_values(v: &Value) -> f64 {
+    v.as_object()
+        .map(|o| o.values().filter_map(Value::as_f64).sum())
+        .unwrap_or(0.0)
+}
+
+/// The header of a table by `rows_are` (verb and resource, process): a
+/// column per controller run, then one per floor run, for each N.
+fn verb_table_header(md: &mut String, rows_are: &str, sizes: impl Iterator<Item = usize> + Clone) {
+    write!(md, "| {rows_are} |").unwrap();
     for n in sizes.clone() {
         write!(md, " controller, {n} |").unwrap();
     }

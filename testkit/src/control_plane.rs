@@ -62,6 +62,9 @@ use crate::repo;
 /// The field manager the harness applies YAML with.
 const MANAGER: &str = "eds-test";
 const STARTUP: Duration = Duration::from_secs(60);
+/// Set (to anything): kube-apiserver serves `/debug/pprof` to its admin, so
+/// a benchmark can take a CPU profile of it (docs/benchmarks.md).
+pub const PROFILING: &str = "EDS_TEST_APISERVER_PROFILING";
 
 /// The control plane shared by every test of this binary. See the module docs.
 pub fn shared() -> Shared {
@@ -186,6 +189,15 @@ impl ControlPlane {
     /// its log when it exited by itself.
     pub fn report(&self) -> Vec<String> {
         self.peers().iter_mut().map(Peer::report).collect()
+    }
+
+    /// Each running peer's name and process id (etcd, kube-apiserver,
+    /// kube-controller-manager), for a benchmark that reads their CPU.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.peers()
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.pid()?)))
+            .collect()
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, Vec<Peer>> {
@@ -522,7 +534,8 @@ fn apiserver_command(dir: &Path, credentials: &Credentials, port: u16, etcd_port
         .arg(dir.join("audit-policy.yaml"))
         .arg("--audit-log-path")
         .arg(dir.join("audit.log"))
-        .arg("--profiling=false");
+        // Off unless asked for: `/debug/pprof` for a benchmark's profile.
+        .arg(format!("--profiling={}", std::env::var_os(PROFILING).is_some()));
     command
 }
 
