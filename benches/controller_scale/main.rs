@@ -224,6 +224,17 @@ async fn floor(n: usize) -> Value {
         task.abort();
     }
     println!("floor at {n}: created in {created:.1} s, all seen in {seen_all:.1} s");
+    // Then, off the floor's clock, until every Deployment is available: the
+    // counterpart of the controller's claims saying DeploymentAvailable.
+    let available = Convergence::new(started, n);
+    let available_watch = available.watch_available(&admin);
+    let all_available = available.wait(SETTLE_TIMEOUT).await;
+    available_watch.abort();
+    let available_s = all_available.then(|| available.times().last().copied()).flatten();
+    match available_s {
+        Some(at) => println!("floor at {n}: every Deployment available at {at:.1} s"),
+        None => println!("floor at {n}: not every Deployment available in {SETTLE_TIMEOUT:?}"),
+    }
     kwok.assert_running();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let requests = tail.read().to_vec();
@@ -236,6 +247,7 @@ async fn floor(n: usize) -> Value {
         "namespaces": cluster::namespaces(&slots).len(),
         "created_s": created,
         "seen_s": seen_all,
+        "available_s": available_s,
         "curve": seen.times(),
         "returned": returned,
         "retries": retries.into_inner(),

@@ -9,6 +9,7 @@ use eds::api::EventDrivenService;
 use eds::controller::ChildKind;
 use eds::render::MANAGED_BY;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -130,6 +131,36 @@ impl Convergence {
                     .iter()
                     .any(|c| c.type_ == "DeploymentAvailable" && c.status == "True")
             })
+        })
+    }
+
+    /// Watches the Deployments of the children, marking each claim once its
+    /// Deployment has a replica available (the floor's counterpart of
+    /// [`Convergence::watch_ready`]: the pod that KWOK made Ready, counted by
+    /// the ReplicaSet and the Deployment), until the returned task is
+    /// aborted. Started late, it marks what is already available at once.
+    pub fn watch_available(self: &Arc<Self>, client: &Client) -> tokio::task::JoinHandle<()> {
+        let api = Api::<Deployment>::all(client.clone());
+        let ours = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(api, ours).default_backoff().touched_objects().boxed();
+            while let Some(event) = events.next().await {
+                if let Ok(deployment) = event
+                    && deployment
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.available_replicas)
+                        .is_some_and(|n| n > 0)
+                {
+                    this.mark(
+                        deployment.namespace().unwrap_or_default(),
+                        deployment.name_any(),
+                        STATUS,
+                        STATUS,
+                    );
+                }
+            }
         })
     }
 

@@ -22,14 +22,22 @@ pub fn write(out: &Path, sizes: &[usize]) {
     md.push_str(
         "#### Convergence: claims created at once until every claim's children exist and its status is written\n\n",
     );
-    md.push_str("| claims | namespaces | floor: a plain client creates the 4 children per claim | controller: children + status | ratio | every claim's Deployment available (pods Ready through KWOK) | controller's last write | claims created by the driver in |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| claims | namespaces | floor: a plain client creates the 4 children per claim | controller: children + status | ratio | floor: every Deployment available (pods Ready through KWOK) | controller: every claim says DeploymentAvailable | ratio, until available | controller's last write | claims created by the driver in |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (n, floor, ctl) in &runs {
         let floor_s = floor.as_ref().map(|f| f["seen_s"].as_f64().unwrap_or(f64::NAN));
         let ctl_s = ctl.as_ref().map(|c| c["converged_s"].as_f64().unwrap_or(f64::NAN));
-        let ratio = match (floor_s, ctl_s) {
+        let ratio = |floor: Option<f64>, ctl: Option<f64>| match (floor, ctl) {
             (Some(f), Some(c)) => format!("{:.2}×", c / f),
             _ => "-".into(),
         };
+        let floor_available = floor.as_ref().and_then(|f| f["available_s"].as_f64());
+        let ctl_available = ctl.as_ref().and_then(|c| {
+            let times = c["ready_curve"].as_array()?;
+            if times.len() < *n {
+                return None;
+            }
+            times.last()?.as_f64()
+        });
         let unfinished = ctl
             .as_ref()
             .is_some_and(|c| c["converged_all"] == false)
@@ -37,13 +45,16 @@ pub fn write(out: &Path, sizes: &[usize]) {
             .unwrap_or_default();
         writeln!(
             md,
-            "| {n} | {} | {} | {}{unfinished} | {ratio} | {} | {} | {} |",
+            "| {n} | {} | {} | {}{unfinished} | {} | {} | {} | {} | {} | {} |",
             ctl.as_ref()
                 .or(floor.as_ref())
                 .map_or("-".into(), |r| r["namespaces"].to_string()),
             secs(floor_s),
             secs(ctl_s),
+            ratio(floor_s, ctl_s),
+            secs(floor_available),
             ready(ctl.as_ref(), *n),
+            ratio(floor_available, ctl_available),
             secs(ctl.as_ref().and_then(|c| c["settled_s"].as_f64())),
             secs(ctl.as_ref().and_then(|c| c["created_s"].as_f64())),
         )
