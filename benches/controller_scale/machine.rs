@@ -2,8 +2,8 @@
 //! time by process (from `/proc`), and the API server's requests by verb and
 //! resource from its own `/metrics` (every client's: the controller
 //! manager's, the scheduler's and KWOK's too, which the audit log leaves
-//! out). Everything shares the same two cores, so this is where the time
-//! between the floor and the controller goes.
+//! out; a watch is counted when it ends). Everything shares the same two
+//! cores, so this is where both runs spend them.
 use std::collections::BTreeMap;
 
 use kube::Client;
@@ -35,7 +35,11 @@ impl Machine {
         let cpu_seconds = self
             .processes
             .iter()
-            .map(|(name, pid)| (name.clone(), crate::observe::cpu_seconds(*pid).unwrap_or(f64::NAN)))
+            .map(|(name, pid)| {
+                let seconds = crate::observe::cpu_seconds(*pid)
+                    .unwrap_or_else(|| panic!("{name} (pid {pid}) is no longer running"));
+                (name.clone(), seconds)
+            })
             .collect();
         Reading {
             at: std::time::Instant::now(),

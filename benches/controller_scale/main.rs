@@ -101,7 +101,8 @@ const RUN: &str = "EDS_BENCH_CTL_RUN";
 /// cost of the controller's other requests.
 const FLOOR_APPLY: &str = "EDS_BENCH_FLOOR_APPLY";
 /// A command to run the controller under, e.g. `heaptrack -o target/bench/ctl`
-/// (RSS and CPU are then the profiler's).
+/// (RSS and CPU, the whole-machine table's row of the controller included,
+/// are then the profiler's).
 const WRAPPER: &str = "EDS_BENCH_CONTROLLER_WRAPPER";
 
 /// The controller's `--lag-interval`: [`LAG_INTERVAL`] unless

@@ -325,7 +325,11 @@ fn machine_table(
         .chain(runs.iter().map(|(n, f, _)| (*n, f)))
         .collect();
     let value = |run: &Option<Value>, n: usize, key: Option<&str>| -> Option<f64> {
-        let counts = &run.as_ref()?["machine"][field];
+        let machine = &run.as_ref()?["machine"];
+        if machine.is_null() {
+            return None;
+        }
+        let counts = &machine[field];
         let total = match key {
             Some(key) => counts[key].as_f64().unwrap_or(0.0),
             None => sum_values(counts),

@@ -49,7 +49,7 @@ pub async fn apply_child(
 ///
 /// Not a server-side apply: the API server parses an apply's body as YAML
 /// and merges it field by field, about a third of the CPU a status write
-/// costs it (docs/benchmarks.md, "What bounds convergence"). The status is
+/// costs it (docs/benchmarks.md, "Where the clients wait"). The status is
 /// the controller's alone, and the patch names every field of it. When the
 /// cached status is behind the server's (a field our last write added has
 /// not come back through the watch yet), a field this status drops may
