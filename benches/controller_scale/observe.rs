@@ -140,27 +140,12 @@ impl Convergence {
     /// the ReplicaSet and the Deployment), until the returned task is
     /// aborted. Started late, it marks what is already available at once.
     pub fn watch_available(self: &Arc<Self>, client: &Client) -> tokio::task::JoinHandle<()> {
-        let api = Api::<Deployment>::all(client.clone());
         let ours = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut events = watcher(api, ours).default_backoff().touched_objects().boxed();
-            while let Some(event) = events.next().await {
-                if let Ok(deployment) = event
-                    && deployment
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.available_replicas)
-                        .is_some_and(|n| n > 0)
-                {
-                    this.mark(
-                        deployment.namespace().unwrap_or_default(),
-                        deployment.name_any(),
-                        STATUS,
-                        STATUS,
-                    );
-                }
-            }
+        self.watch_marking(Api::<Deployment>::all(client.clone()), ours, STATUS, STATUS, |d| {
+            d.status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .is_some_and(|n| n > 0)
         })
     }
 
@@ -174,17 +159,31 @@ impl Convergence {
         seen: fn(&EventDrivenService) -> bool,
     ) -> tokio::task::JoinHandle<()> {
         let api = Api::<EventDrivenService>::all(client.clone());
+        self.watch_marking(api, watcher::Config::default(), bit, need, seen)
+    }
+
+    /// Watches `api`'s objects, marking `bit` on the claim of the same
+    /// namespace and name as each object for which `seen` holds, until the
+    /// returned task is aborted.
+    fn watch_marking<K>(
+        self: &Arc<Self>,
+        api: Api<K>,
+        config: watcher::Config,
+        bit: u8,
+        need: u8,
+        seen: fn(&K) -> bool,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .touched_objects()
-                .boxed();
+            let mut events = watcher(api, config).default_backoff().touched_objects().boxed();
             while let Some(event) = events.next().await {
-                if let Ok(claim) = event
-                    && seen(&claim)
+                if let Ok(object) = event
+                    && seen(&object)
                 {
-                    this.mark(claim.namespace().unwrap_or_default(), claim.name_any(), bit, need);
+                    this.mark(object.namespace().unwrap_or_default(), object.name_any(), bit, need);
                 }
             }
         })

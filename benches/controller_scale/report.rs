@@ -31,13 +31,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
             _ => "-".into(),
         };
         let floor_available = floor.as_ref().and_then(|f| f["available_s"].as_f64());
-        let ctl_available = ctl.as_ref().and_then(|c| {
-            let times = c["ready_curve"].as_array()?;
-            if times.len() < *n {
-                return None;
-            }
-            times.last()?.as_f64()
-        });
+        let ctl_available = ready_at(ctl.as_ref(), *n);
         let unfinished = ctl
             .as_ref()
             .is_some_and(|c| c["converged_all"] == false)
@@ -129,7 +123,7 @@ pub fn write(out: &Path, sizes: &[usize]) {
         format!("{v:.1}")
     });
     write!(md, "| cores busy (all ÷ the seconds between the readings) |").unwrap();
-    for run in runs.iter().map(|(_, _, c)| c).chain(runs.iter().map(|(_, f, _)| f)) {
+    for (_, run) in columns(&runs) {
         let busy = run.as_ref().and_then(|r| {
             let machine = &r["machine"];
             Some(sum_values(&machine["cpu_seconds"]) / machine["seconds"].as_f64()?)
@@ -301,10 +295,29 @@ fn ready(run: Option<&Value>, n: usize) -> String {
     let Some(times) = run.and_then(|r| r["ready_curve"].as_array()) else {
         return "-".into();
     };
-    match times.last().and_then(Value::as_f64) {
-        Some(last) if times.len() >= n => secs(Some(last)),
-        _ => format!("{} of {n}", times.len()),
+    match ready_at(run, n) {
+        Some(last) => secs(Some(last)),
+        None => format!("{} of {n}", times.len()),
     }
+}
+
+/// When the last of `n` claims' Deployments became available; `None` if
+/// fewer did.
+fn ready_at(run: Option<&Value>, n: usize) -> Option<f64> {
+    let times = run?["ready_curve"].as_array()?;
+    if times.len() < n {
+        return None;
+    }
+    times.last()?.as_f64()
+}
+
+/// The runs in the order of a table's columns ([`verb_table_header`]): each
+/// controller run, then each floor run, with its N.
+fn columns(runs: &[(usize, Option<Value>, Option<Value>)]) -> Vec<(usize, &Option<Value>)> {
+    runs.iter()
+        .map(|(n, _, c)| (*n, c))
+        .chain(runs.iter().map(|(n, f, _)| (*n, f)))
+        .collect()
 }
 
 /// A table of what `machine.<field>` of each run holds, per claim and times
@@ -319,11 +332,7 @@ fn machine_table(
     least: f64,
     show: impl Fn(f64) -> String,
 ) {
-    let columns: Vec<(usize, &Option<Value>)> = runs
-        .iter()
-        .map(|(n, _, c)| (*n, c))
-        .chain(runs.iter().map(|(n, f, _)| (*n, f)))
-        .collect();
+    let columns = columns(runs);
     let value = |run: &Option<Value>, n: usize, key: Option<&str>| -> Option<f64> {
         let machine = &run.as_ref()?["machine"];
         if machine.is_null() {
